@@ -1,0 +1,224 @@
+"""The data contracts every module keeps: radiographs, landmark sets, records, datasets.
+
+Coordinates are `(x, y)` = (column, row) in pixels of the original image, pixel
+centres on integer coordinates. A missing landmark is NaN with `visible = False`.
+Spacing is `(row_mm, col_mm)` or None when unknown; it is never guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+Spacing = tuple[float, float]
+
+# Where a spacing came from; inspect reports counts per source.
+SPACING_NONE = "none"
+
+
+class LandmarkDataError(ValueError):
+    """Bad input data: the message names the file and the problem."""
+
+
+@dataclasses.dataclass
+class Radiograph:
+    """One decoded image as a reader returns it.
+
+    Attributes:
+      pixels: float32 `[H, W]`, full bit depth, bone bright (MONOCHROME1 inverted).
+      spacing: `(row_mm, col_mm)` or None when unknown or invalid.
+      spacing_source: the tag or origin the spacing came from, or "none".
+      bit_depth: bits stored per pixel in the source (8, 10, 12, 15, 16, ...).
+      photometric: photometric interpretation of the source ("MONOCHROME1",
+        "MONOCHROME2", "RGB", ...).
+      window: `(center, width)` VOI window for display, in `pixels` units, or None.
+      path: the source file, or a description for in-memory images.
+      warnings: problems found while reading that did not stop it.
+    """
+
+    pixels: np.ndarray
+    spacing: Spacing | None
+    spacing_source: str = SPACING_NONE
+    bit_depth: int = 8
+    photometric: str = "MONOCHROME2"
+    window: tuple[float, float] | None = None
+    path: str = ""
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.pixels.shape[:2])  # type: ignore[return-value]
+
+
+@dataclasses.dataclass(frozen=True)
+class LandmarkSet:
+    """A set of landmarks, declared once per dataset.
+
+    Attributes:
+      name: short name of the set ("isbi2015", "phantom", ...).
+      names: landmark names, in the order of the `K` axis.
+      flip_pairs: index pairs `(left, right)` that a horizontal flip swaps.
+      regions: for each landmark, the index into `region_names` of the region
+        (bone) it belongs to, or -1; None when the set declares no regions.
+      region_names: names of the regions; label `r + 1` in a region label map is
+        region `r` (0 is background).
+    """
+
+    name: str
+    names: tuple[str, ...]
+    flip_pairs: tuple[tuple[int, int], ...] = ()
+    regions: tuple[int, ...] | None = None
+    region_names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        k = len(self.names)
+        if len(set(self.names)) != k:
+            raise ValueError(f"landmark set {self.name!r}: duplicate landmark names")
+        seen = set()
+        for a, b in self.flip_pairs:
+            if not (0 <= a < k and 0 <= b < k) or a == b or a in seen or b in seen:
+                raise ValueError(f"landmark set {self.name!r}: bad flip pair {(a, b)}")
+            seen.update((a, b))
+        if self.regions is not None:
+            if len(self.regions) != k:
+                raise ValueError(
+                    f"landmark set {self.name!r}: {len(self.regions)} regions for {k} landmarks"
+                )
+            if any(not -1 <= r < len(self.region_names) for r in self.regions):
+                raise ValueError(f"landmark set {self.name!r}: region index out of range")
+
+    @property
+    def num_landmarks(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_regions(self) -> int:
+        return len(self.region_names)
+
+    def flip_permutation(self) -> np.ndarray:
+        """Index array `perm` so that `flipped[k] = landmarks[perm[k]]`.
+
+        Raises:
+          ValueError: when the set declares no left/right pairs, since a flip
+            would then silently mislabel lateral landmarks.
+        """
+        if not self.flip_pairs:
+            raise ValueError(
+                f"landmark set {self.name!r} declares no left/right flip pairs; "
+                "horizontal flip is refused"
+            )
+        perm = np.arange(self.num_landmarks)
+        for a, b in self.flip_pairs:
+            perm[a], perm[b] = b, a
+        return perm
+
+    @classmethod
+    def numbered(cls, name: str, k: int, prefix: str = "L") -> LandmarkSet:
+        return cls(name=name, names=tuple(f"{prefix}{i + 1}" for i in range(k)))
+
+
+@dataclasses.dataclass
+class Record:
+    """One annotated image.
+
+    Attributes:
+      image: path of the image file, or an in-memory float32 `[H, W]` array.
+      landmarks: float32 `[K, 2]` (x, y) in original pixels, NaN when missing.
+      visible: bool `[K]`; False exactly where the landmark is missing.
+      spacing: `(row_mm, col_mm)` or None when unknown.
+      spacing_source: where the spacing came from, or "none".
+      region_mask: optional int `[H, W]` label map (0 background, r+1 region r),
+        or a path to one.
+      polygons: optional named outlines, each float32 `[N, 2]` (x, y).
+      boxes: optional float32 `[N, 4]` boxes (x0, y0, x1, y1) in pixels.
+      split: the split the record belongs to ("train", "test1", ...), or "".
+      meta: anything else a format carries (source annotation file, ...).
+    """
+
+    image: str | np.ndarray
+    landmarks: np.ndarray
+    visible: np.ndarray
+    spacing: Spacing | None = None
+    spacing_source: str = SPACING_NONE
+    region_mask: np.ndarray | str | None = None
+    polygons: dict[str, np.ndarray] | None = None
+    boxes: np.ndarray | None = None
+    split: str = ""
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.landmarks = np.asarray(self.landmarks, np.float32).reshape(-1, 2)
+        if self.visible is None:
+            self.visible = np.isfinite(self.landmarks).all(axis=1)
+        self.visible = np.asarray(self.visible, bool).reshape(-1)
+        if self.visible.shape[0] != self.landmarks.shape[0]:
+            raise ValueError("visible and landmarks disagree on the landmark count")
+        # Contract: missing means NaN and not visible, never a zero placeholder.
+        missing = ~np.isfinite(self.landmarks).all(axis=1)
+        self.visible = self.visible & ~missing
+        self.landmarks[~self.visible] = np.nan
+
+    @property
+    def name(self) -> str:
+        if isinstance(self.image, str):
+            return self.image.replace("\\", "/").rsplit("/", 1)[-1]
+        return str(self.meta.get("name", "<array>"))
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A landmark set with its records, and what reading them found wrong.
+
+    `warnings` and `errors` are human-readable lines that name the file.
+    Records that could not be read are listed in `errors`, never dropped silently.
+    """
+
+    landmark_set: LandmarkSet
+    records: list[Record]
+    name: str = ""
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Record:
+        return self.records[i]
+
+    def split(self, *names: str) -> Dataset:
+        """The records of the given splits, in order."""
+        known = sorted({r.split for r in self.records})
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"dataset {self.name!r} has no split {unknown}; it has {known}")
+        recs = [r for r in self.records if r.split in names]
+        return dataclasses.replace(self, records=recs)
+
+    def landmarks(self) -> np.ndarray:
+        """float32 `[N, K, 2]` of all records."""
+        return np.stack([r.landmarks for r in self.records]) if self.records else np.zeros(
+            (0, self.landmark_set.num_landmarks, 2), np.float32
+        )
+
+
+def check_landmark_count(landmarks: np.ndarray, landmark_set: LandmarkSet, source: str):
+    """Raises LandmarkDataError naming `source` when the count does not match the set."""
+    k = np.asarray(landmarks).shape[0]
+    if k != landmark_set.num_landmarks:
+        raise LandmarkDataError(
+            f"{source}: {k} landmarks, but landmark set {landmark_set.name!r} "
+            f"has {landmark_set.num_landmarks}"
+        )
+
+
+def as_spacing(value: Sequence[float] | None) -> Spacing | None:
+    """`(row_mm, col_mm)` when both are finite and positive, else None."""
+    if value is None:
+        return None
+    v = [float(x) for x in value]
+    if len(v) != 2 or not all(np.isfinite(x) and x > 0 for x in v):
+        return None
+    return (v[0], v[1])
