@@ -1,0 +1,106 @@
+"""COCO keypoints JSON: `images`, `annotations` with `keypoints` triples, `categories`.
+
+Visibility flag 0 means not labelled (a missing landmark); 1 (labelled but
+occluded) and 2 (visible) both give a position. The flags are kept in
+`meta["coco_visibility"]`. Category `skeleton` is ignored; flip pairs come from
+a `flip_pairs` list of name pairs in the category when present.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+
+from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
+
+
+def _landmark_set(category: dict, source: str) -> LandmarkSet:
+    names = tuple(category.get("keypoints") or ())
+    if not names:
+        raise LandmarkDataError(f"{source}: category {category.get('name')!r} has no keypoints")
+    index = {n: i for i, n in enumerate(names)}
+    try:
+        pairs = tuple((index[a], index[b]) for a, b in category.get("flip_pairs", []))
+    except KeyError as e:
+        raise LandmarkDataError(f"{source}: flip pair names unknown keypoint {e}") from e
+    return LandmarkSet(name=str(category.get("name", "coco")), names=names, flip_pairs=pairs)
+
+
+def load_coco(
+    path: str | pathlib.Path,
+    *,
+    image_dir: str | pathlib.Path | None = None,
+    category_id: int | None = None,
+) -> Dataset:
+    """Reads a COCO keypoints file (one annotation per image and category).
+
+    Args:
+      path: the JSON file, or a folder holding exactly one.
+      image_dir: folder the `file_name`s are relative to (default: the JSON's,
+        then its `images/` subfolder).
+      category_id: which category to read when the file has several.
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.json"))
+        if len(found) != 1:
+            raise LandmarkDataError(f"{path}: expected one COCO .json file, found {len(found)}")
+        path = found[0]
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LandmarkDataError(f"{path}: not a readable JSON file ({e})") from e
+    if not isinstance(doc, dict) or not all(
+        k in doc for k in ("images", "annotations", "categories")
+    ):
+        raise LandmarkDataError(f"{path}: needs 'images', 'annotations' and 'categories'")
+    cats = [c for c in doc["categories"] if c.get("keypoints")]
+    if category_id is not None:
+        cats = [c for c in cats if c.get("id") == category_id]
+    if len(cats) != 1:
+        raise LandmarkDataError(
+            f"{path}: {len(cats)} keypoint categories match; choose one with category_id"
+        )
+    cat = cats[0]
+    lset = _landmark_set(cat, str(path))
+    k = lset.num_landmarks
+    dirs = [pathlib.Path(image_dir)] if image_dir else [path.parent, path.parent / "images"]
+    images = {im["id"]: im for im in doc["images"]}
+    records, errors, warnings, seen = [], [], [], set()
+    for ann in doc["annotations"]:
+        if ann.get("category_id") != cat.get("id"):
+            continue
+        where = f"{path}: annotation {ann.get('id')}"
+        im = images.get(ann.get("image_id"))
+        if im is None:
+            errors.append(f"{where}: image_id {ann.get('image_id')} is not in 'images'")
+            continue
+        if im["id"] in seen:
+            warnings.append(f"{where}: second annotation for {im['file_name']}; kept the first")
+            continue
+        kp = np.asarray(ann.get("keypoints", []), np.float32)
+        if kp.size != 3 * k:
+            errors.append(f"{where}: {kp.size // 3} keypoints, category has {k}")
+            continue
+        kp = kp.reshape(k, 3)
+        flags = kp[:, 2].astype(np.int32)
+        image = next((d / im["file_name"] for d in dirs if (d / im["file_name"]).is_file()), None)
+        if image is None:
+            errors.append(f"{where}: image {im['file_name']} not found in {[str(d) for d in dirs]}")
+            continue
+        seen.add(im["id"])
+        box = ann.get("bbox")
+        records.append(
+            Record(
+                image=str(image),
+                landmarks=kp[:, :2],
+                visible=flags > 0,
+                boxes=None
+                if not box
+                else np.asarray([[box[0], box[1], box[0] + box[2], box[1] + box[3]]], np.float32),
+                meta={"annotation": where, "coco_visibility": flags},
+            )
+        )
+    return Dataset(lset, records, name=path.stem, warnings=warnings, errors=errors)

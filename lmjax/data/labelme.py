@@ -1,0 +1,211 @@
+"""LabelMe JSON: read annotated folders, write predictions that LabelMe opens.
+
+Point shapes are landmarks (by label), polygons become named outlines and
+rectangles boxes. Images are paired with JSON files by file name, because the
+`imagePath` inside real files is often stale.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import warnings as pywarnings
+
+import numpy as np
+
+from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
+
+LABELME_VERSION = "5.0.1"
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders "l2" before "l10"."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _same_image_name(a: str, b: str) -> bool:
+    # "1.tif" names "001.tif": numbered files are often written without padding.
+    sa, sb = pathlib.PurePath(a.replace("\\", "/")).stem, pathlib.PurePath(b).stem
+    if sa.isdigit() and sb.isdigit():
+        return int(sa) == int(sb)
+    return sa == sb
+
+
+def _find_image(json_path: pathlib.Path, image_dirs: list[pathlib.Path]) -> pathlib.Path | None:
+    for folder in image_dirs:
+        for suffix in _IMAGE_SUFFIXES:
+            for candidate in (json_path.stem + suffix, json_path.stem + suffix.upper()):
+                if (folder / candidate).is_file():
+                    return folder / candidate
+    return None
+
+
+def read_labelme_file(
+    path: str | pathlib.Path,
+    landmark_names: tuple[str, ...],
+    *,
+    strict: bool = False,
+    warnings: list[str] | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, dict]:
+    """Reads one LabelMe JSON file.
+
+    Args:
+      path: the JSON file.
+      landmark_names: the landmark labels, in the order of the `K` axis.
+      strict: a duplicated point label is an error instead of a warning.
+      warnings: list that receives warning lines naming the file.
+
+    Returns:
+      `(landmarks [K, 2], polygons, boxes [N, 4], raw json)`; labels absent from
+      the file are NaN.
+    """
+    path = pathlib.Path(path)
+    warnings = [] if warnings is None else warnings
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LandmarkDataError(f"{path}: not a readable LabelMe JSON file ({e})") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
+        raise LandmarkDataError(f"{path}: no 'shapes' list; not a LabelMe file")
+    index = {name: i for i, name in enumerate(landmark_names)}
+    landmarks = np.full((len(landmark_names), 2), np.nan, np.float32)
+    polygons: dict[str, np.ndarray] = {}
+    boxes = []
+    for shape in doc["shapes"]:
+        label, kind = str(shape.get("label", "")), shape.get("shape_type") or "polygon"
+        points = np.asarray(shape.get("points", []), np.float32).reshape(-1, 2)
+        if kind == "point":
+            if label not in index:
+                warnings.append(f"{path}: point label {label!r} is not a landmark; ignored")
+                continue
+            k = index[label]
+            if np.isfinite(landmarks[k]).all():
+                msg = (
+                    f"{path}: label {label!r} appears more than once; kept the first point "
+                    f"({landmarks[k, 0]:.1f}, {landmarks[k, 1]:.1f}), ignored "
+                    f"({points[0, 0]:.1f}, {points[0, 1]:.1f})"
+                )
+                if strict:
+                    raise LandmarkDataError(msg)
+                warnings.append(msg)
+                continue
+            landmarks[k] = points[0]
+        elif kind == "rectangle" and len(points) == 2:
+            lo, hi = points.min(0), points.max(0)
+            boxes.append([lo[0], lo[1], hi[0], hi[1]])
+        elif kind in ("polygon", "linestrip") and len(points) >= 2:
+            polygons[label] = points
+        else:
+            warnings.append(f"{path}: shape {label!r} of type {kind!r} is not used")
+    return landmarks, polygons, np.asarray(boxes, np.float32).reshape(-1, 4), doc
+
+
+def load_labelme(
+    data_dir: str | pathlib.Path,
+    *,
+    image_dir: str | pathlib.Path | None = None,
+    landmark_set: LandmarkSet | None = None,
+    strict: bool = False,
+) -> Dataset:
+    """Reads a folder of LabelMe JSON files and pairs them with images.
+
+    Args:
+      data_dir: folder of `*.json` files.
+      image_dir: where the images are; by default the JSON folder, then a sibling
+        `images/` folder.
+      landmark_set: the landmarks to read; by default every point label found,
+        in natural order ("l2" before "l10").
+      strict: duplicated labels are errors, not warnings.
+    """
+    root = pathlib.Path(data_dir)
+    files = sorted(root.glob("*.json"), key=lambda p: natural_key(p.name))
+    if not files:
+        raise LandmarkDataError(f"{root}: no LabelMe .json files")
+    dirs = [pathlib.Path(image_dir)] if image_dir else [root, root.parent / "images"]
+    warnings: list[str] = []
+    errors: list[str] = []
+    if landmark_set is None:
+        labels = set()
+        for f in files:
+            try:
+                shapes = json.loads(f.read_text()).get("shapes", [])
+            except (OSError, json.JSONDecodeError, AttributeError):
+                continue  # reported when the file is read below
+            labels.update(str(s.get("label")) for s in shapes if s.get("shape_type") == "point")
+        names = tuple(sorted(labels, key=natural_key))
+        landmark_set = LandmarkSet(name=root.name, names=names)
+    records = []
+    for f in files:
+        try:
+            landmarks, polygons, boxes, doc = read_labelme_file(
+                f, landmark_set.names, strict=strict, warnings=warnings
+            )
+        except LandmarkDataError as e:
+            if strict:
+                raise
+            errors.append(str(e))
+            continue
+        image = _find_image(f, dirs)
+        if image is None:
+            errors.append(f"{f}: no image named {f.stem}.* in {', '.join(map(str, dirs))}")
+            continue
+        stated = doc.get("imagePath")
+        if stated and not _same_image_name(stated, image.name):
+            warnings.append(
+                f"{f}: imagePath says {stated!r} but the file is paired by name with {image.name!r}"
+            )
+        records.append(
+            Record(
+                image=str(image),
+                landmarks=landmarks,
+                visible=None,
+                polygons=polygons or None,
+                boxes=boxes if len(boxes) else None,
+                meta={"annotation": str(f)},
+            )
+        )
+    for line in warnings:
+        pywarnings.warn(line, stacklevel=2)
+    return Dataset(landmark_set, records, name=root.name, warnings=warnings, errors=errors)
+
+
+def write_labelme(
+    path: str | pathlib.Path,
+    landmarks: np.ndarray,
+    landmark_names: tuple[str, ...],
+    *,
+    image_path: str,
+    image_hw: tuple[int, int],
+    scores: np.ndarray | None = None,
+) -> None:
+    """Writes landmarks as LabelMe point shapes; missing landmarks are left out.
+
+    `scores` (per landmark) go into each shape's `description` so a reviewer can
+    see which predictions to check first.
+    """
+    shapes = []
+    for k, name in enumerate(landmark_names):
+        x, y = (float(v) for v in landmarks[k])
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        shape = {
+            "label": name,
+            "points": [[x, y]],
+            "group_id": None,
+            "description": "" if scores is None else f"score={float(scores[k]):.4f}",
+            "shape_type": "point",
+            "flags": {},
+        }
+        shapes.append(shape)
+    doc = {
+        "version": LABELME_VERSION,
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": None,
+        "imageHeight": int(image_hw[0]),
+        "imageWidth": int(image_hw[1]),
+    }
+    pathlib.Path(path).write_text(json.dumps(doc, indent=2))

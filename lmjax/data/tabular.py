@@ -1,0 +1,136 @@
+"""CSV annotations: one row per image, `image, <name>_x, <name>_y, ...`.
+
+Optional `row_mm, col_mm` columns give the pixel spacing. An empty cell is a
+missing landmark. Image paths are relative to the CSV file's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import pathlib
+
+import numpy as np
+
+from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record, as_spacing
+
+SPACING_COLUMNS = ("row_mm", "col_mm")
+
+
+def _float(cell: str, where: str) -> float:
+    cell = (cell or "").strip()
+    if cell == "" or cell.lower() == "nan":
+        return math.nan
+    try:
+        return float(cell)
+    except ValueError as e:
+        raise LandmarkDataError(f"{where}: {cell!r} is not a number") from e
+
+
+def landmark_names_from_header(header: list[str], source: str) -> tuple[str, ...]:
+    coords = [h for h in header[1:] if h not in SPACING_COLUMNS]
+    names = []
+    for h in coords:
+        if not (h.endswith("_x") or h.endswith("_y")):
+            raise LandmarkDataError(f"{source}: column {h!r} is neither <name>_x nor <name>_y")
+        if h.endswith("_x"):
+            names.append(h[:-2])
+    missing = [f"{n}_y" for n in names if f"{n}_y" not in coords]
+    if missing or len(coords) != 2 * len(names):
+        raise LandmarkDataError(f"{source}: x and y columns do not pair up (missing {missing})")
+    return tuple(names)
+
+
+def load_csv(
+    path: str | pathlib.Path,
+    *,
+    image_dir: str | pathlib.Path | None = None,
+    landmark_set: LandmarkSet | None = None,
+) -> Dataset:
+    """Reads a landmark CSV file.
+
+    Args:
+      path: the CSV file, or a folder holding exactly one.
+      image_dir: folder the `image` column is relative to (default: the CSV's).
+      landmark_set: expected landmarks; by default the header's names.
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.csv"))
+        if len(found) != 1:
+            raise LandmarkDataError(f"{path}: expected one .csv file, found {len(found)}")
+        path = found[0]
+    base = pathlib.Path(image_dir) if image_dir else path.parent
+    try:
+        rows = list(csv.reader(path.read_text().splitlines()))
+    except OSError as e:
+        raise LandmarkDataError(f"{path}: cannot read ({e.strerror})") from e
+    if not rows or not rows[0] or rows[0][0].strip() != "image":
+        raise LandmarkDataError(f"{path}: the first column must be 'image'")
+    header = [h.strip() for h in rows[0]]
+    names = landmark_names_from_header(header, str(path))
+    if landmark_set is None:
+        landmark_set = LandmarkSet(name=path.stem, names=names)
+    elif tuple(landmark_set.names) != names:
+        raise LandmarkDataError(
+            f"{path}: columns name landmarks {list(names)}, "
+            f"but the landmark set {landmark_set.name!r} has {list(landmark_set.names)}"
+        )
+    col = {h: i for i, h in enumerate(header)}
+    records, errors = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        where = f"{path}:{line}"
+        if len(row) != len(header):
+            errors.append(f"{where}: {len(row)} cells, header has {len(header)}")
+            continue
+        try:
+            pts = [
+                [_float(row[col[f"{n}_x"]], where), _float(row[col[f"{n}_y"]], where)]
+                for n in names
+            ]
+            spacing = None
+            if all(c in col for c in SPACING_COLUMNS):
+                raw = [_float(row[col[c]], where) for c in SPACING_COLUMNS]
+                spacing = as_spacing(raw)
+        except LandmarkDataError as e:
+            errors.append(str(e))
+            continue
+        image = base / row[0].strip()
+        if not image.is_file():
+            errors.append(f"{where}: image {image} does not exist")
+            continue
+        records.append(
+            Record(
+                image=str(image),
+                landmarks=np.asarray(pts, np.float32),
+                visible=None,
+                spacing=spacing,
+                spacing_source="csv" if spacing else "none",
+                meta={"annotation": where},
+            )
+        )
+    return Dataset(landmark_set, records, name=path.stem, errors=errors)
+
+
+def write_csv(
+    path: str | pathlib.Path,
+    images: list[str],
+    landmarks: np.ndarray,
+    landmark_names: tuple[str, ...],
+    *,
+    spacing: np.ndarray | None = None,
+) -> None:
+    """Writes `[N, K, 2]` landmarks; NaN becomes an empty cell."""
+    header = ["image"] + [f"{n}_{a}" for n in landmark_names for a in ("x", "y")]
+    if spacing is not None:
+        header += list(SPACING_COLUMNS)
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(header)
+        for i, image in enumerate(images):
+            cells = ["" if not np.isfinite(v) else f"{float(v):.3f}" for v in landmarks[i].ravel()]
+            if spacing is not None:
+                cells += ["" if not np.isfinite(v) else f"{float(v):g}" for v in spacing[i]]
+            out.writerow([image, *cells])
