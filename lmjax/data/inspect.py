@@ -74,8 +74,9 @@ def summarize(dataset: Dataset, *, read_images: bool = True) -> dict[str, Any]:
         "spacing": dict(sorted(spacing_sources.items())),
         "image_sizes": dict(sizes.most_common()),
         "bit_depths": {str(k): v for k, v in sorted(depths.items())},
-        "warnings": warnings,
-        "errors": errors,
+        # The header pass and the decode pass can both report one problem.
+        "warnings": list(dict.fromkeys(warnings)),
+        "errors": list(dict.fromkeys(errors)),
     }
 
 
