@@ -78,8 +78,7 @@ def read_labelme_file(
         points = np.asarray(shape.get("points", []), np.float32).reshape(-1, 2)
         if kind == "point":
             if label not in index:
-                warnings.append(f"{path}: point label {label!r} is not a landmark; ignored")
-                continue
+                raise LandmarkDataError(f"{path}: point label {label!r} is not a landmark")
             k = index[label]
             if np.isfinite(landmarks[k]).all():
                 msg = (
@@ -126,16 +125,25 @@ def load_labelme(
     dirs = [pathlib.Path(image_dir)] if image_dir else [root, root.parent / "images"]
     warnings: list[str] = []
     errors: list[str] = []
+    labels: dict[str, str] = {}  # label -> first file that has it
+    for f in files:
+        try:
+            shapes = json.loads(f.read_text()).get("shapes", [])
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue  # reported when the file is read below
+        for s in shapes:
+            if s.get("shape_type") == "point":
+                labels.setdefault(str(s.get("label")), f.name)
     if landmark_set is None:
-        labels = set()
-        for f in files:
-            try:
-                shapes = json.loads(f.read_text()).get("shapes", [])
-            except (OSError, json.JSONDecodeError, AttributeError):
-                continue  # reported when the file is read below
-            labels.update(str(s.get("label")) for s in shapes if s.get("shape_type") == "point")
         names = tuple(sorted(labels, key=natural_key))
         landmark_set = LandmarkSet(name=root.name, names=names)
+    unknown = [f"{label!r} ({f})" for label, f in labels.items() if label not in landmark_set.names]
+    if unknown:
+        raise LandmarkDataError(
+            f"{root}: point labels {', '.join(unknown)} are not in landmark set "
+            f"{landmark_set.name!r} ({landmark_set.num_landmarks} landmarks: "
+            f"{', '.join(landmark_set.names[:5])}...)"
+        )
     records = []
     for f in files:
         try:
