@@ -1,0 +1,33 @@
+"""Pure jnp functions shared by every model: targets, extractors, losses, geometry.
+
+Host-side connected-component centroids live in `lmjax.ops.centroids`.
+"""
+
+from lmjax.ops.extractors import (
+    hard_argmax,
+    local_soft_argmax,
+    probability_centroid,
+    sigmoid_argmax,
+    soft_argmax,
+)
+from lmjax.ops.geometry import apply_affine, invert_affine, warp_image
+from lmjax.ops.losses import LOSSES, get_loss, register_loss
+from lmjax.ops.targets import add_background, circle_masks, gaussian_heatmaps, square_masks
+
+__all__ = [
+    "LOSSES",
+    "add_background",
+    "apply_affine",
+    "circle_masks",
+    "gaussian_heatmaps",
+    "get_loss",
+    "hard_argmax",
+    "invert_affine",
+    "local_soft_argmax",
+    "probability_centroid",
+    "register_loss",
+    "sigmoid_argmax",
+    "soft_argmax",
+    "square_masks",
+    "warp_image",
+]
