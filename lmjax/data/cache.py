@@ -80,7 +80,7 @@ def resize_to_cache(pixels: np.ndarray, long_side: int) -> tuple[np.ndarray, np.
         # Pillow's bilinear filter widens with the scale factor (anti-aliased, no
         # moire on the large downscale radiographs need), aligns pixel edges like
         # affine.resize, and is ~15x faster than skimage's Gaussian + resize.
-        img = Image.fromarray(np.ascontiguousarray(pixels, np.float32), mode="F")
+        img = Image.fromarray(np.ascontiguousarray(pixels, np.float32))  # mode "F"
         pixels = np.asarray(img.resize(dst_hw[::-1], Image.BILINEAR), np.float32)
     return pixels, affine.resize(src_hw, dst_hw)
 
@@ -233,7 +233,9 @@ def load_mask(mask: np.ndarray | str, *, cache_dir: str | None = None) -> np.nda
             labels = labels[..., 0]
         if npy is not None:
             npy.parent.mkdir(parents=True, exist_ok=True)
-            small = labels.astype(np.min_scalar_type(max(int(labels.max(initial=0)), 0)))
+            small = labels.astype(
+                np.uint8 if 0 <= labels.min() and labels.max() < 256 else np.int32
+            )
             _atomic_write(npy, lambda f: np.save(f, small))
         mask = labels
     return np.asarray(mask).astype(np.int32, copy=False)

@@ -30,6 +30,7 @@ import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import grain
@@ -44,7 +45,7 @@ from lmjax.data.augment import (
     sample_geometry,
     warp,
 )
-from lmjax.data.types import Dataset, LandmarkSet, Record
+from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
 
 FITS = ("resize", "letterbox")
 NORMALIZATIONS = ("zscore", "unit")
@@ -55,12 +56,16 @@ def fit_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int], fit: str) -> np
     return affine.resize(src_hw, dst_hw) if fit == "resize" else affine.letterbox(src_hw, dst_hw)
 
 
-def resolve_augment(augment: AugmentConfig | str | Mapping[str, Any] | None):
-    """An AugmentConfig from a config, a preset name, a dict, or None."""
+def resolve_augment(augment: AugmentConfig | str | Mapping[str, Any] | None, flip_pairs=()):
+    """An AugmentConfig from a config, a preset name, a dict, or None.
+
+    The "medsapiens" preset adds flips (p 0.5) for a set with `flip_pairs`.
+    """
     if augment is None or isinstance(augment, AugmentConfig):
         return augment
     if isinstance(augment, str):
-        return get_preset(augment)
+        cfg = get_preset(augment)
+        return replace(cfg, p_flip=0.5) if augment == "medsapiens" and flip_pairs else cfg
     return AugmentConfig.from_dict(augment)
 
 
@@ -93,11 +98,8 @@ def region_flip_table(landmark_set: LandmarkSet) -> np.ndarray:
 
 
 class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
-    """Record index -> one sample dict; `random_map` augments, `map` does not.
-
-    Thread-safe and picklable, so Grain may run it in threads or worker processes.
-    Indices at or beyond the record count give evaluation padding.
-    """
+    """Record index -> sample dict (`random_map` augments, `map` does not); indices
+    past the records give evaluation padding. Thread-safe and picklable."""
 
     def __init__(self, dataset: Dataset, augment: AugmentConfig | None, **options):
         """`options`: input_hw, fit, normalize, long_side, cache_dir, with_masks."""
@@ -180,6 +182,10 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
         }
         if self.with_masks:
             mask = cache.load_mask(rec.region_mask, cache_dir=self.cache_dir)  # type: ignore[arg-type]
+            if mask.shape != img.original_hw:
+                raise LandmarkDataError(
+                    f"{rec.name}: region mask {mask.shape} != image {img.original_hw}"
+                )
             mask = warp(mask, full, self.input_hw, field=geo.field, order=0)
             if geo.flipped:  # mirrored left structures now read as right ones
                 t = self.region_table
@@ -215,8 +221,7 @@ def stack_batch(elements: Sequence[dict], *, pad_to: int | None = None, filler=N
 
 
 def _ensure_flags_parsed() -> None:
-    """Grain 0.2.x reads an absl flag when starting workers (google/grain#1355);
-    outside an absl app nothing parsed the flags, so accept their defaults."""
+    """Grain 0.2.x reads an absl flag in workers (google/grain#1355): accept defaults."""
     from absl import flags
 
     if not flags.FLAGS.is_parsed():
@@ -278,7 +283,7 @@ def make_dataset(
         )
     if batch_size < 1 or len(input_size) != 2 or min(input_size) < 1:
         raise ValueError(f"bad batch_size {batch_size} or input_size {input_size}")
-    cfg = resolve_augment(augment) if train else None
+    cfg = resolve_augment(augment, dataset.landmark_set.flip_pairs) if train else None
     if cfg is not None and cfg.flips:
         dataset.landmark_set.flip_permutation()  # raises now, not mid-epoch
     n_masks = sum(r.region_mask is not None for r in dataset.records)

@@ -159,3 +159,12 @@ def test_coarse_dropout_zeroes_boxes():
     assert img.min() == 1.0  # the input is left alone
     out = coarse_dropout(img, np.random.default_rng(0), holes=(3, 3), size=(0.1, 0.1))
     assert 0 < (out == 0).sum() <= 3 * 5 * 6
+
+
+def test_medsapiens_flips_only_with_pairs():
+    from lmjax.data.pipeline import resolve_augment
+
+    assert resolve_augment("medsapiens", ((0, 1),)).p_flip == 0.5
+    assert resolve_augment("medsapiens", ()).p_flip == 0.0
+    assert resolve_augment({"preset": "pelvis"}).p_affine == 0.5
+    assert resolve_augment(None) is None

@@ -161,6 +161,30 @@ def test_blobs_follow_landmarks_through_full_augmentation():
     assert 0 < flipped < 12  # both flipped and unflipped samples were checked
 
 
+def test_downscaled_cache_keeps_blobs_on_landmarks():
+    src = np.array([[100.0, 80.0], [300.0, 90.0], [120.0, 300.0], [290.0, 310.0], [200.0, 200.0]])
+    rec = Record(image=blob_image((400, 400), src, sigma=8.0), landmarks=src, visible=None)
+    aug = AugmentConfig(p_rotation=1.0, rotation=30.0, p_scale=1.0, scale=(0.9, 1.1))
+    # 400 px sources, cache at 80 px (5x smaller), model input 64 px.
+    b = next(
+        make_pipeline(
+            Dataset(PAIRED, [rec]),
+            input_size=(64, 64),
+            batch_size=1,
+            augment=aug,
+            normalize="unit",
+            **PROC,
+        )
+    )
+    img = b["image"][0, :, :, 0].astype(np.float64)
+    for p in b["landmarks"][0]:
+        x0, y0 = np.round(p).astype(int)
+        win = img[y0 - 4 : y0 + 5, x0 - 4 : x0 + 5]
+        ys, xs = np.mgrid[y0 - 4 : y0 + 5, x0 - 4 : x0 + 5]
+        c = np.array([(win * xs).sum(), (win * ys).sum()]) / win.sum()
+        assert np.abs(c - p).max() < 0.25, (c, p)
+
+
 def test_flip_swaps_pairs():
     ds = toy_dataset(n=2)
     b = next(
