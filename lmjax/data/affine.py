@@ -64,9 +64,7 @@ def letterbox(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
     s = min(dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1])
     pad_x = (dst_hw[1] - src_hw[1] * s) / 2.0
     pad_y = (dst_hw[0] - src_hw[0] * s) / 2.0
-    return compose(
-        translate(0.5, 0.5), np.diag([s, s, 1.0]), translate(pad_x - 0.5, pad_y - 0.5)
-    )
+    return compose(translate(0.5, 0.5), np.diag([s, s, 1.0]), translate(pad_x - 0.5, pad_y - 0.5))
 
 
 def apply(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -199,8 +199,10 @@ class Dataset:
 
     def landmarks(self) -> np.ndarray:
         """float32 `[N, K, 2]` of all records."""
-        return np.stack([r.landmarks for r in self.records]) if self.records else np.zeros(
-            (0, self.landmark_set.num_landmarks, 2), np.float32
+        return (
+            np.stack([r.landmarks for r in self.records])
+            if self.records
+            else np.zeros((0, self.landmark_set.num_landmarks, 2), np.float32)
         )
 
 
