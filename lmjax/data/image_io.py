@@ -309,9 +309,11 @@ def _to_grey(arr: np.ndarray, name: str, tolerance: int, warns: list[str]) -> np
     arr = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]
     if arr.shape[2] == 1:
         return arr[..., 0].astype(np.float32)
-    spread = int(np.max(np.ptp(arr, axis=2)))
+    # Per-channel planes: a reduction over the 3-wide last axis is ~10x slower.
+    planes = np.moveaxis(arr, 2, 0).astype(np.int32)
+    spread = max(int(np.abs(planes[0] - planes[c]).max()) for c in (1, 2))
     if spread == 0:
-        return arr[..., 0].astype(np.float32)
+        return planes[0].astype(np.float32)
     grey = arr.astype(np.float32) @ _LUMA_WEIGHTS
     if spread > tolerance:
         msg = f"{name}: colour image converted to grey luminance (0.299 R + 0.587 G + 0.114 B)"
