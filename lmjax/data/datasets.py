@@ -44,8 +44,10 @@ def detect_format(data_dir: str | pathlib.Path) -> str:
         return "labelme"
     if any(image_io.is_image_file(p) for p in path.iterdir() if p.is_file()):
         return "images"
+    nested = sorted(d.name for d in path.iterdir() if d.is_dir() and any(d.glob("*.json")))
+    hint = f"; annotation folders inside: {', '.join(nested)}" if nested else ""
     raise LandmarkDataError(
-        f"{path}: no images or annotations found (formats: {', '.join(FORMATS[1:])})"
+        f"{path}: no images or annotations found (formats: {', '.join(FORMATS[1:])}){hint}"
     )
 
 

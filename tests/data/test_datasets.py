@@ -38,6 +38,8 @@ def test_detect_format(tmp_path, shared_data):
         detect_format(tmp_path / "nope")
     with pytest.raises(LandmarkDataError, match="no images or annotations found"):
         detect_format(tmp_path)
+    with pytest.raises(LandmarkDataError, match="annotation folders inside: labelme_farhadifar"):
+        detect_format(shared_data / "hamedan_ceph_sample")
 
 
 def test_spacing_precedence_user_then_format_then_file(tmp_path):
