@@ -1,0 +1,184 @@
+"""Small layers shared by the model families. NHWC throughout.
+
+`dtype` is the compute dtype (e.g. `jnp.bfloat16`), `param_dtype` the storage dtype
+of the parameters (float32): mixed precision is these two arguments, nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Dtype = Any
+
+LEAKY_SLOPE = 0.01  # nnU-Net's leaky ReLU negative slope
+
+
+def he_normal(negative_slope: float = LEAKY_SLOPE) -> nnx.Initializer:
+    """He (Kaiming) normal init for a leaky ReLU, fan-in mode, as nnU-Net initialises."""
+    return nnx.initializers.variance_scaling(2.0 / (1.0 + negative_slope**2), "fan_in", "normal")
+
+
+class ConvNormAct(nnx.Module):
+    """Conv (k x k, 'same'-style symmetric padding) -> instance norm (affine) -> leaky ReLU.
+
+    `[B, H, W, in_features] -> [B, ceil(H / strides), ceil(W / strides), out_features]`.
+
+    The conv has no bias: instance norm subtracts the per-channel mean right after,
+    so a bias would be cancelled exactly (a parameter with zero gradient). Padding is
+    `k // 2` on both sides, as PyTorch pads, so a stride-2 conv samples input pixels
+    0, 2, 4, ... (Flax's 'SAME' would pad only at the end and sample 1, 3, 5, ...).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        kernel_size: int = 3,
+        strides: int = 1,
+        negative_slope: float = LEAKY_SLOPE,
+        epsilon: float = 1e-5,
+        dtype: Dtype = jnp.float32,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
+        pad = kernel_size // 2
+        self.conv = nnx.Conv(
+            in_features,
+            out_features,
+            kernel_size=(kernel_size, kernel_size),
+            strides=(strides, strides),
+            padding=((pad, pad), (pad, pad)),
+            use_bias=False,
+            kernel_init=he_normal(negative_slope),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+        # Statistics over H, W per sample and channel (computed in float32 by Flax even
+        # for bf16 inputs); scale and bias per channel. epsilon 1e-5 as PyTorch/nnU-Net.
+        self.norm = nnx.InstanceNorm(
+            out_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+        self.negative_slope = negative_slope
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nnx.leaky_relu(self.norm(self.conv(x)), self.negative_slope)
+
+
+class ConvBlock(nnx.Module):
+    """Two `ConvNormAct` in a row; the first may be strided (nnU-Net's downsampling).
+
+    `[B, H, W, in_features] -> [B, H / strides, W / strides, out_features]`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        strides: int = 1,
+        dtype: Dtype = jnp.float32,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.first = ConvNormAct(in_features, out_features, strides=strides, **kw)
+        self.second = ConvNormAct(out_features, out_features, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.second(self.first(x))
+
+
+def upsample2x_nearest(x: jax.Array) -> jax.Array:
+    """`[B, H, W, C] -> [B, 2H, 2W, C]`, each pixel copied to a 2 x 2 block."""
+    b, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+    return x.reshape(b, 2 * h, 2 * w, c)
+
+
+def _bilinear2x_axis(x: jax.Array, axis: int) -> jax.Array:
+    n = x.shape[axis]
+    first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+    last = jax.lax.slice_in_dim(x, n - 1, n, axis=axis)
+    prev = jnp.concatenate([first, jax.lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis=axis)
+    nxt = jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis), last], axis=axis)
+    even = 0.75 * x + 0.25 * prev
+    odd = 0.75 * x + 0.25 * nxt
+    out = jnp.stack([even, odd], axis=axis + 1)
+    return out.reshape(*x.shape[:axis], 2 * n, *x.shape[axis + 1 :])
+
+
+def upsample2x_bilinear(x: jax.Array) -> jax.Array:
+    """`[B, H, W, C] -> [B, 2H, 2W, C]` bilinear, half-pixel centres, edges clamped.
+
+    Equals `jax.image.resize(x, ..., "bilinear")` (and PyTorch's `align_corners=False`)
+    for a factor of exactly 2, written as shifted weighted sums: those fuse into one
+    elementwise kernel, where the general resize builds dense interpolation matrices.
+    """
+    return _bilinear2x_axis(_bilinear2x_axis(x, 1), 2)
+
+
+class Upsample(nnx.Module):
+    """Doubles H and W and maps `in_features` to `out_features` channels.
+
+    `[B, H, W, in_features] -> [B, 2H, 2W, out_features]`.
+
+    mode="transpose": transposed conv, kernel 2, stride 2 (nnU-Net).
+    mode="resize": `resize_method` ("bilinear" | "nearest") upsampling by 2 and a
+      `resize_kernel` x `resize_kernel` conv (1 or 3), because transposed convolutions
+      are slow under XLA on GPU. A 1 x 1 conv is applied before the resize: both are
+      linear, one per pixel and one per channel, so they commute, and the conv then
+      runs on 4x fewer pixels. A 3 x 3 conv runs after the resize.
+    No bias: the result is concatenated with a skip and fed to a conv + instance norm.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        mode: Literal["transpose", "resize"] = "transpose",
+        resize_method: Literal["bilinear", "nearest"] = "bilinear",
+        resize_kernel: int = 1,
+        dtype: Dtype = jnp.float32,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
+        if mode not in ("transpose", "resize"):
+            raise ValueError(f"upsample mode must be 'transpose' or 'resize', got {mode!r}")
+        if resize_method not in ("bilinear", "nearest"):
+            raise ValueError(
+                f"resize_method must be 'bilinear' or 'nearest', got {resize_method!r}"
+            )
+        if resize_kernel not in (1, 3):
+            raise ValueError(f"resize_kernel must be 1 or 3, got {resize_kernel!r}")
+        kw = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.mode = mode
+        self.resize_method = resize_method
+        self.resize_kernel = resize_kernel
+        if mode == "transpose":
+            self.conv = nnx.ConvTranspose(
+                in_features, out_features, kernel_size=(2, 2), strides=(2, 2), padding="VALID", **kw
+            )
+        else:
+            k, pad = resize_kernel, resize_kernel // 2
+            self.conv = nnx.Conv(
+                in_features, out_features, (k, k), padding=((pad, pad), (pad, pad)), **kw
+            )
+
+    def _resize(self, x: jax.Array) -> jax.Array:
+        if self.resize_method == "nearest":
+            return upsample2x_nearest(x)
+        return upsample2x_bilinear(x)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.mode == "transpose":
+            return self.conv(x)
+        if self.resize_kernel == 1:
+            return self._resize(self.conv(x))
+        return self.conv(self._resize(x))
