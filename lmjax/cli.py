@@ -44,6 +44,8 @@ commands:
             lmjax inspect --data_dir=DIR [--format=...] [--output=FILE.json]
   preview   run the input pipeline with augmentation and write an image grid
             lmjax preview [--data_dir=DIR] [--augment=PRESET] [--output_dir=DIR]
+  measure   clinical measurements and classes from annotation files
+            lmjax measure --data_dir=DIR [--format=...] [--output=FILE.json|FILE.csv]
 
 `lmjax COMMAND --helpfull` lists every flag."""
 
@@ -99,7 +101,47 @@ def cmd_preview():
     return 0
 
 
-COMMANDS = {"inspect": cmd_inspect, "preview": cmd_preview}
+def cmd_measure():
+    import csv
+
+    import numpy as np
+
+    from lmjax.measurements.report import measure_dataset, to_csv_rows
+
+    ds = _load()
+    spacing = np.array(
+        [r.spacing if r.spacing else (np.nan, np.nan) for r in ds.records], np.float64
+    ).reshape(-1, 2)
+    results = measure_dataset(
+        ds.landmarks(), spacing, ds.landmark_set, [r.name for r in ds.records]
+    )
+    names = sorted({n for r in results for n in r["measurements"]})
+    if not names:
+        raise LandmarkDataError(
+            f"no measurement is defined for landmark set {ds.landmark_set.name!r} "
+            f"({', '.join(ds.landmark_set.names[:5])}...)"
+        )
+    for r in results:
+        cells = []
+        for name, m in r["measurements"].items():
+            value = "-" if m["value"] is None else f"{m['value']:.2f}"
+            cells.append(f"{name}={value}{'' if m['class'] is None else ' ' + str(m['class'])}")
+        print(f"{r['image']}: {', '.join(cells)}")
+    out = _OUTPUT.value
+    if out and out.lower().endswith(".csv"):
+        rows = to_csv_rows(results)
+        pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {out}")
+    else:
+        _write_json({"dataset": ds.name, "images": results}, out)
+    return 0
+
+
+COMMANDS = {"inspect": cmd_inspect, "preview": cmd_preview, "measure": cmd_measure}
 
 
 def _main(command: str, argv: list[str]) -> int:

@@ -58,3 +58,31 @@ def test_mistakes_end_with_one_line(args, message):
     assert out.returncode != 0
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_measure_json_and_csv(shared_data, tmp_path):
+    out = lmjax(
+        "measure", f"--data_dir={shared_data / 'isbi2015'}", f"--output={tmp_path / 'm.json'}"
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert len(doc["images"]) == 300
+    first = doc["images"][0]
+    assert first["image"] == "001.jpg"
+    assert set(first["measurements"]) == {"ANB", "SNB", "SNA", "ODI", "APDI", "FHI", "FMA", "MW"}
+    anb = first["measurements"]["ANB"]
+    assert anb["unit"] == "deg" and anb["class"] in ("C1", "C2", "C3")
+    sna, snb = first["measurements"]["SNA"]["value"], first["measurements"]["SNB"]["value"]
+    assert anb["value"] == pytest.approx(sna - snb, abs=1e-6)
+    labelme = shared_data / "hamedan_ceph_sample" / "labelme_farhadifar"
+    out = lmjax("measure", f"--data_dir={labelme}", f"--output={tmp_path / 'm.csv'}")
+    assert out.returncode == 0, out.stderr
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert rows[0].startswith("image,ANB,ANB_class") and len(rows) == 6
+    # No spacing in this sample: MW stays in pixels and gets no class, with the reason.
+    assert "MW: pixel spacing unknown" in rows[1]
+
+
+def test_measure_without_definitions_is_an_error(shared_data):
+    out = lmjax("measure", f"--data_dir={shared_data / 'dicom'}")
+    assert out.returncode == 2 and "no measurement is defined for landmark set" in out.stderr
