@@ -1,0 +1,125 @@
+"""Evaluation in the original image frame: the code behind `lmjax evaluate` and the
+validation of `lmjax train`, so both report the same numbers.
+
+Predictions are made at the model input, mapped back through each sample's
+`to_original` affine and compared with the annotations in millimetres (pixels,
+named as such, when any spacing is unknown).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from lmjax import metrics
+from lmjax.data import affine
+from lmjax.data.pipeline import make_pipeline
+from lmjax.data.types import Dataset
+
+# (images [B, H, W, C]) -> (coords [B, K, 2] at the model input, confidence [B, K])
+PredictFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+DEFAULT_THRESHOLDS = (2.0, 2.5, 3.0, 4.0)
+
+
+def with_flip_tta(predict: PredictFn, flip_permutation: np.ndarray) -> PredictFn:
+    """Averages the prediction with that of the mirrored image, labels swapped back."""
+
+    def fn(images: np.ndarray):
+        coords, conf = predict(images)
+        fcoords, fconf = predict(images[:, :, ::-1])
+        width = images.shape[2]
+        fcoords = np.asarray(fcoords)[:, flip_permutation].copy()
+        fcoords[..., 0] = width - 1 - fcoords[..., 0]
+        return (np.asarray(coords) + fcoords) / 2, (
+            np.asarray(conf) + np.asarray(fconf)[:, flip_permutation]
+        ) / 2
+
+    return fn
+
+
+def predict_dataset(
+    predict: PredictFn,
+    dataset: Dataset,
+    *,
+    input_size: tuple[int, int],
+    batch_size: int,
+    fit: str = "resize",
+    normalize: str = "zscore",
+    cache_dir: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks in the original frame for every record, in record order.
+
+    Returns:
+      `(coords [N, K, 2], confidence [N, K])`; NaN where the model gave none.
+    """
+    n, k = len(dataset.records), dataset.landmark_set.num_landmarks
+    coords = np.full((n, k, 2), np.nan, np.float32)
+    conf = np.zeros((n, k), np.float32)
+    batches = make_pipeline(
+        dataset,
+        input_size=input_size,
+        batch_size=batch_size,
+        train=False,
+        fit=fit,
+        normalize=normalize,
+        cache_dir=cache_dir,
+        process_index=0,
+        process_count=1,
+    )
+    for batch in batches:
+        pred, score = predict(batch["image"])
+        pred, score = np.asarray(pred, np.float32), np.asarray(score, np.float32)
+        for i in np.flatnonzero(batch["valid"]):
+            idx = int(batch["index"][i])
+            coords[idx] = affine.apply(pred[i], batch["to_original"][i])
+            conf[idx] = score[i]
+    return coords, conf
+
+
+def error_report(
+    pred: np.ndarray,
+    dataset: Dataset,
+    *,
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS,
+) -> dict[str, Any]:
+    """MRE, SD, median, IQR, p95, SDR and a per-landmark table against the records.
+
+    Returns:
+      A JSON-ready dict: `n_images`, `unit`, `mre`, `sd`, `median`, `iqr`, `p95`,
+      `missed`, `sdr` ({threshold: percent}) and `per_landmark`.
+    """
+    gt = dataset.landmarks()
+    spacing = np.array(
+        [r.spacing if r.spacing else (np.nan, np.nan) for r in dataset.records], np.float64
+    ).reshape(-1, 2)
+    errors, unit = metrics.radial_errors(pred, gt, spacing)
+    summary = metrics.summarize(errors, unit=unit, thresholds=thresholds)
+    report = {
+        "n_images": len(dataset.records),
+        "unit": unit,
+        **{key: summary[key] for key in ("mre", "sd", "median", "iqr", "p95", "missed", "n")},
+        "sdr": {f"{t:g}": summary[metrics.sdr_key(t)] for t in thresholds},
+        "per_landmark": metrics.per_landmark(
+            errors, dataset.landmark_set.names, unit=unit, thresholds=thresholds
+        ),
+    }
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as the terminal shows it: overall line, then a per-landmark table."""
+    unit = report["unit"]
+    sdr = "  ".join(f"SDR@{t}{unit} {v:.1f}%" for t, v in report["sdr"].items())
+    head = (
+        f"{report['n_images']} images  MRE {report['mre']:.3f} {unit}  SD {report['sd']:.3f}  "
+        f"median {report['median']:.3f}  p95 {report['p95']:.3f}  {sdr}"
+    )
+    if report["missed"]:
+        head += f"  missed {report['missed']}"
+    rows = report["per_landmark"]
+    sdr_cols = [metrics.sdr_key(float(t)) for t in report["sdr"]]
+    cols = ["landmark", "n", "mre", "sd", "median", "p95", *sdr_cols]
+    return head + "\n" + metrics.format_table(rows, cols)
