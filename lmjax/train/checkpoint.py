@@ -1,0 +1,266 @@
+"""Checkpointing: the one module that uses Orbax.
+
+One `orbax.checkpoint.CheckpointManager` under `<workdir>/checkpoints` saves, per step,
+a composite of four items:
+
+    state    any pytree of jax arrays (params, optimizer state, step, typed PRNG keys);
+             Orbax writes each process's shards itself and stores typed keys as key data
+    data     the Grain iterator state (`DatasetIterator.get_state()`, a JSON dict), one
+             file per process (`process_<i>-of-<n>.json`, Grain's own layout), because
+             every process reads its own slice of the data
+    config   the run config as a JSON dict, written by process 0 only
+    metrics  optional floats (e.g. validation MRE), written by process 0 only; Orbax's
+             reserved item, which is what its best-checkpoint tracking reads
+
+Keep policy: the latest `max_to_keep` checkpoints plus the single best one by
+`best_metric`. Orbax's `max_to_keep` + `best_fn` options keep the N *best* instead, so
+the policy is spelled out as `AnyPreservationPolicy([LatestN(n), BestN(n=1)])` on one
+manager; a step is deleted only when neither policy keeps it.
+
+Saves are asynchronous: `save` returns once the arrays are copied to host memory (so
+donating `state` to the next train step is safe) and files are written in the
+background. Call `wait()` (or `close()`) before the process exits, e.g. in a SIGTERM
+handler; a save cut short leaves only a temporary directory, which Orbax never restores
+and removes on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint.checkpoint_managers import preservation_policy as keep
+
+PyTree = Any
+log = logging.getLogger(__name__)
+
+
+def abstract_like(state: PyTree) -> PyTree:
+    """`jax.ShapeDtypeStruct`s (with shardings) for the array leaves of a live `state`.
+
+    Replace the shardings to restore onto another mesh. Non-array leaves (Python ints)
+    are kept as they are: Orbax restores them by value.
+    """
+
+    def one(x: Any) -> Any:
+        if isinstance(x, jax.Array):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        return x
+
+    return jax.tree.map(one, state)
+
+
+def _data_filename() -> str:
+    # Grain's own Orbax handler names the files this way; one per process, because each
+    # process iterates over its own slice of the data.
+    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+    return {
+        "state": ocp.StandardCheckpointHandler(),
+        # primary_host=None: every process writes its own iterator state.
+        "data": ocp.JsonCheckpointHandler(
+            filename=_data_filename(),
+            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=None),
+        ),
+        "config": ocp.JsonCheckpointHandler(),  # process 0 only (Orbax's default)
+    }
+
+
+class Checkpointer:
+    """Saves and restores train state, Grain state, config and metrics by step.
+
+    Args:
+      workdir: run directory; checkpoints go to `<workdir>/checkpoints/<step>/`.
+      max_to_keep: how many of the latest checkpoints to keep (besides the best).
+      best_metric: key in the `metrics` dict that ranks checkpoints.
+      best_mode: "min" (errors such as MRE) or "max" (e.g. SDR).
+    """
+
+    def __init__(
+        self,
+        workdir: str | epath.PathLike,
+        *,
+        max_to_keep: int = 3,
+        best_metric: str = "val_mre",
+        best_mode: Literal["min", "max"] = "min",
+    ) -> None:
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+        if max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
+        self.workdir = epath.Path(workdir)
+        self.best_metric, self.best_mode = best_metric, best_mode
+        policy = keep.AnyPreservationPolicy(
+            [
+                keep.LatestN(n=max_to_keep),
+                # BestN keeps the n highest after sorting; reverse puts the lowest last.
+                keep.BestN(
+                    get_metric_fn=self._score,
+                    reverse=best_mode == "min",
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                ),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            best_fn=self._score,  # still needed: it makes `best_step()` rank by metric
+            best_mode=best_mode,
+            preservation_policy=policy,
+            cleanup_tmp_directories=True,  # drop saves cut short by a killed run
+        )
+        self._manager = ocp.CheckpointManager(
+            self.workdir / "checkpoints", options=options, item_handlers=_handlers()
+        )
+
+    def _score(self, metrics: Any) -> float:
+        # A missing or NaN metric ranks worst, so it never displaces a real best.
+        worst = math.inf if self.best_mode == "min" else -math.inf
+        value = metrics.get(self.best_metric) if isinstance(metrics, Mapping) else None
+        if value is None or math.isnan(float(value)):
+            return worst
+        return float(value)
+
+    def save(
+        self,
+        step: int,
+        state: PyTree,
+        *,
+        data_state: Mapping[str, Any],
+        config: Mapping[str, Any],
+        metrics: Mapping[str, float] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Starts saving `step` (asynchronously); False if the step was not due or exists.
+
+        Call on every process. `data_state` is this process's `iterator.get_state()`;
+        `config` must be JSON-serialisable; metrics values are converted to float.
+        """
+        items = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(dict(data_state)),
+            config=ocp.args.JsonSave(dict(config)),
+        )
+        if metrics is not None:
+            metrics = {k: float(v) for k, v in metrics.items()}
+        return self._manager.save(int(step), args=items, metrics=metrics, force=force)
+
+    def latest_step(self) -> int | None:
+        """The newest saved step, or None."""
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The saved step with the best `best_metric`, or None if no step has it."""
+        step = self._manager.best_step()
+        if step is None or math.isinf(self._score(self._manager.metrics(step))):
+            return None
+        return step
+
+    def all_steps(self) -> list[int]:
+        """All saved steps, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def restore(
+        self, step: int | Literal["best"] | None = None, *, abstract_state: PyTree
+    ) -> tuple[PyTree, dict[str, Any] | None, dict[str, Any], dict[str, float] | None]:
+        """Restores `(state, data_state, config, metrics)` of a step (None: the latest).
+
+        `abstract_state` (see `abstract_like`) fixes the structure, dtypes and shardings
+        of the restored state, so a checkpoint restores onto any mesh or device count.
+        `data_state` is None when this process layout has no saved iterator state (the
+        checkpoint came from a different number of processes); the data restarts then.
+        """
+        where = self._manager.directory
+        if step is None:
+            step = self.latest_step()
+        elif step == "best":
+            step = self.best_step()
+            if step is None:
+                raise FileNotFoundError(
+                    f"{self.workdir}: no checkpoint with metric {self.best_metric!r} in {where}"
+                )
+        if step is None:
+            raise FileNotFoundError(f"{self.workdir}: no checkpoint found in {where}")
+        if step not in self.all_steps():
+            raise FileNotFoundError(
+                f"{self.workdir}: no checkpoint for step {step} (saved: {self.all_steps()})"
+            )
+        self._check_shapes(step, abstract_state)
+        items = {
+            "state": ocp.args.StandardRestore(abstract_state),
+            "config": ocp.args.JsonRestore(),
+        }
+        data_file = where / str(step) / "data" / _data_filename()
+        if data_file.exists():
+            items["data"] = ocp.args.JsonRestore()
+        else:
+            log.warning("%s: no data state for this process layout; data restarts", data_file)
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except ValueError as err:
+            raise ValueError(f"{where / str(step)}: cannot restore state: {err}") from err
+        data = out["data"] if "data" in items else None
+        return out.state, data, out.config, self._manager.metrics(step)
+
+    def _check_shapes(self, step: int, abstract_state: PyTree) -> None:
+        """Raises ValueError naming every leaf whose saved shape differs from the target."""
+        saved = self._manager.item_metadata(step)["state"]
+        stored = {_key(p): leaf.shape for p, leaf in jax.tree.leaves_with_path(saved)}
+        bad = []
+        for path, leaf in jax.tree.leaves_with_path(abstract_state):
+            shape = getattr(leaf, "shape", None)
+            if shape is not None and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                # Typed keys are stored as their key data (trailing uint32 dimension).
+                shape = jax.eval_shape(jax.random.key_data, leaf).shape
+            key = _key(path)
+            if shape is not None and key in stored and tuple(stored[key]) != tuple(shape):
+                bad.append(f"{key}: checkpoint {tuple(stored[key])} vs target {tuple(shape)}")
+        if bad:
+            raise ValueError(
+                f"{self._manager.directory / str(step)}: state shapes do not match the "
+                f"model: {'; '.join(bad)}"
+            )
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _key(path: tuple[Any, ...]) -> str:
+    # Orbax's metadata tree turns tuples into lists and namedtuples/dataclasses into
+    # dicts, so compare paths by their plain key names.
+    names = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+    return "/".join(str(n) for n in names)
+
+
+def restore_config(workdir: str | epath.PathLike) -> dict[str, Any] | None:
+    """The config saved with the latest checkpoint in `workdir`, or None if there is none.
+
+    Reads only the config item, so no model or abstract state is needed.
+    """
+    directory = epath.Path(workdir) / "checkpoints"
+    if not directory.exists():
+        return None
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    handlers = {"config": ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config

@@ -1,0 +1,199 @@
+"""Optax optimizers and learning-rate schedules from a config, and reduce-on-plateau.
+
+`make_optimizer(cfg)` returns `(tx, schedule)`: the optax transformation (weight
+decay, the optimizer, clipping by global norm first) and the schedule it uses,
+so the loop can log the learning rate. `cfg` is an `OptimConfig`, a mapping, or
+an `ml_collections.ConfigDict`; unknown keys and names are errors.
+
+Reduce-on-plateau is split between host and device on purpose. The validation
+MRE exists only on the host, every few hundred steps, so `ReduceOnPlateau` is a
+small host object fed with it; it returns a learning-rate scale that the loop
+writes into `TrainState.lr_scale` (a replicated scalar) and the train step
+multiplies the optax updates by it. Nothing is read back per step.
+`optax.contrib.reduce_on_plateau` was not used: it needs the monitored value at
+every `update` call, i.e. in every train step, where no validation MRE exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "step", "polynomial")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer settings; step counts are optimizer updates (train steps).
+
+    name: "adam" (L2 `weight_decay` added to the gradient, as torch Adam), "adamw"
+      (decoupled `weight_decay`), or "sgd" (`momentum`, `nesterov`; L2 decay).
+    schedule: "constant"; "cosine" to `learning_rate * final_fraction` at
+      `total_steps`; "step" multiplies by `factor` at each of `boundaries`;
+      "polynomial" to `learning_rate * final_fraction` at `total_steps` with `power`.
+      Every schedule starts with `warmup_steps` of linear warmup from 0.
+    clip_norm: clip gradients to this global norm before anything else; None: off.
+    plateau_*: `ReduceOnPlateau` defaults (patience 10 evaluations, factor 0.5).
+    """
+
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = False
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int | None = None
+    final_fraction: float = 0.0
+    boundaries: Sequence[int] = ()
+    factor: float = 0.1
+    power: float = 1.0
+    clip_norm: float | None = None
+    plateau_patience: int = 10
+    plateau_factor: float = 0.5
+    plateau_rtol: float = 1e-4
+    plateau_cooldown: int = 0
+    plateau_min_scale: float = 0.0
+
+    @classmethod
+    def from_any(cls, cfg: OptimConfig | Mapping[str, Any] | Any) -> OptimConfig:
+        """From an `OptimConfig`, a mapping or a `ConfigDict` (anything with `to_dict`)."""
+        if isinstance(cfg, cls):
+            return cfg
+        if hasattr(cfg, "to_dict"):
+            cfg = cfg.to_dict()
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - fields)
+        if unknown:
+            raise ValueError(
+                f"unknown optimizer settings {unknown}; known: {', '.join(sorted(fields))}"
+            )
+        return cls(**dict(cfg))
+
+
+def make_schedule(cfg: OptimConfig | Mapping[str, Any]) -> optax.Schedule:
+    """The learning rate as a function of the update count (0 for the first update).
+
+    Raises:
+      ValueError: for an unknown schedule name (listing the known ones) or a
+        decaying schedule without `total_steps`.
+    """
+    cfg = OptimConfig.from_any(cfg)
+    lr, warm = cfg.learning_rate, cfg.warmup_steps
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; known: {', '.join(SCHEDULES)}")
+    if cfg.schedule in ("cosine", "polynomial") and not cfg.total_steps:
+        raise ValueError(f"schedule {cfg.schedule!r} needs total_steps")
+    # Decay runs over the steps after the warmup; join_schedules hands the decay
+    # schedule `step - warmup_steps`, so absolute boundaries are shifted here.
+    decay_steps = max((cfg.total_steps or 0) - warm, 1)
+    if cfg.schedule == "constant":
+        decay = optax.constant_schedule(lr)
+    elif cfg.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(lr, decay_steps, alpha=cfg.final_fraction)
+    elif cfg.schedule == "step":
+        # Multiplied by `factor` from step `b` on (step >= b), as torch's MultiStepLR.
+        bounds = jnp.asarray([int(b) - warm for b in cfg.boundaries], jnp.int32)
+        decay = lambda count: lr * cfg.factor ** jnp.sum(count >= bounds)
+    else:
+        decay = optax.polynomial_schedule(
+            lr, lr * cfg.final_fraction, cfg.power, transition_steps=decay_steps
+        )
+    if warm <= 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), decay], [warm])
+
+
+def make_optimizer(
+    cfg: OptimConfig | Mapping[str, Any],
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """`(tx, schedule)` for `cfg`; see `OptimConfig` for the names.
+
+    Raises:
+      ValueError: for an unknown optimizer or schedule name, listing the known ones.
+    """
+    cfg = OptimConfig.from_any(cfg)
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.name!r}; known: {', '.join(OPTIMIZERS)}")
+    schedule = make_schedule(cfg)
+    parts: list[optax.GradientTransformation] = []
+    if cfg.clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    if cfg.name == "adamw":
+        parts.append(
+            optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        )
+    else:
+        if cfg.weight_decay:
+            # Coupled L2: the decay joins the gradient before the moments/momentum.
+            parts.append(optax.add_decayed_weights(cfg.weight_decay))
+        if cfg.name == "adam":
+            parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+        else:
+            parts.append(optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+    return optax.chain(*parts), schedule
+
+
+@dataclasses.dataclass
+class ReduceOnPlateau:
+    """Host-side learning-rate scale that drops when a validation metric stalls.
+
+    Call `update(value)` once per evaluation with a metric where lower is better
+    (the validation MRE). After `patience` evaluations in a row without a relative
+    improvement of more than `rtol` over the best value, the scale is multiplied
+    by `factor` (not below `min_scale`) and the count restarts; `cooldown`
+    evaluations after a drop are ignored. Non-finite values count as no improvement.
+    The fields are plain numbers, so `dataclasses.asdict` checkpoints it.
+    """
+
+    patience: int = 10
+    factor: float = 0.5
+    rtol: float = 1e-4
+    cooldown: int = 0
+    min_scale: float = 0.0
+    scale: float = 1.0
+    best: float = math.inf
+    num_bad: int = 0
+    cooldown_left: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.factor < 1.0:
+            raise ValueError(f"plateau factor must be in (0, 1), got {self.factor}")
+        if self.patience < 1:
+            raise ValueError(f"plateau patience must be at least 1, got {self.patience}")
+
+    @classmethod
+    def from_config(cls, cfg: OptimConfig | Mapping[str, Any]) -> ReduceOnPlateau:
+        """Uses the `plateau_*` settings of an optimizer config."""
+        cfg = OptimConfig.from_any(cfg)
+        return cls(
+            patience=cfg.plateau_patience,
+            factor=cfg.plateau_factor,
+            rtol=cfg.plateau_rtol,
+            cooldown=cfg.plateau_cooldown,
+            min_scale=cfg.plateau_min_scale,
+        )
+
+    def update(self, value: float) -> float:
+        """Records one evaluation's metric; returns the (possibly reduced) scale."""
+        value = float(value)
+        if math.isfinite(value) and value < self.best * (1.0 - self.rtol):
+            self.best, self.num_bad = value, 0
+        else:
+            self.num_bad += 1
+        if self.cooldown_left > 0:
+            self.cooldown_left -= 1
+            self.num_bad = 0
+        elif self.num_bad >= self.patience:
+            self.scale = max(self.scale * self.factor, self.min_scale)
+            self.num_bad, self.cooldown_left = 0, self.cooldown
+        return self.scale

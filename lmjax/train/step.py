@@ -1,0 +1,299 @@
+"""Train state and the compiled train and eval steps.
+
+The model is split once (`create_train_state`); the graphdef stays outside as a static
+closure and the pure steps `nnx.merge` it with the state's arrays. Targets are rendered in
+the step from `batch["landmarks"]`. Both steps are jitted with explicit shardings (state
+replicated, batch split along `data`); the train step donates the state.
+
+bf16 (`compute_dtype="bfloat16"`): params and images are cast to bf16 inside the step, so
+forward and backward run in bf16; the state keeps fp32 params and moments, gradients return
+in fp32 through the cast, and losses reduce in fp32.
+
+A non-finite loss or gradient norm skips the update (`step` still counts the batch) and
+shows in the metrics (`loss`, `skipped`): the loop reads metrics only every few steps, and
+meanwhile one bad batch must not poison the state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from lmjax.ops import extractors, targets
+from lmjax.ops.losses import deep_supervision, get_loss
+from lmjax.parallel import data_sharding, replicated
+
+MODES = ("heatmap", "segmentation", "coordinate")
+TARGETS = ("gaussian", "circle", "square")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DIFFERENTIABLE = ("soft_argmax", "local_soft_argmax", "probability_centroid")
+EXTRACTORS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
+    n: getattr(extractors, n) for n in ("hard_argmax", "sigmoid_argmax", *DIFFERENTIABLE)
+}
+COORD_LOSSES = ("coord_l1", "coord_l2", "wing")  # (pred [B,K,2], target [B,K,2])
+REGION_LOSSES = ("anatomical_consistency", "soft_anatomical_consistency")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """What the step trains: targets, losses, coordinate extraction, precision.
+
+    mode: "heatmap" (Gaussian targets), "segmentation" (mask targets on logits),
+      "coordinate" (coordinate losses on `outputs["coords"]`, else on `extractor`).
+    target: "gaussian" | "circle" | "square" (None: circle for segmentation, else
+      gaussian), sized by `sigma`, `radius`, `side` in model-input pixels.
+    losses: name -> weight. `COORD_LOSSES` compare coordinates, the others compare
+      `outputs["heatmaps"]` (plus `outputs["deep_supervision"]`) with the target.
+    loss_kwargs: name -> extra keyword arguments of that loss.
+    extractor, extractor_kwargs: `EXTRACTORS` name and options, for coordinates.
+    deep_supervision(_weights): also supervise those outputs (None: halving weights).
+    compute_dtype: "float32" or "bfloat16" (params stay float32).
+    """
+
+    mode: str = "heatmap"
+    target: str | None = None
+    sigma: float = 2.0
+    radius: float = 3.0
+    side: float = 5.0
+    losses: Mapping[str, float] = dataclasses.field(default_factory=lambda: {"heatmap_mse": 1.0})
+    loss_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    extractor: str = "hard_argmax"
+    extractor_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    deep_supervision: bool = False
+    deep_supervision_weights: tuple[float, ...] | None = None
+    compute_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for what, value, known in (
+            ("mode", self.mode, MODES),
+            ("target", self.target_kind, TARGETS),
+            ("extractor", self.extractor, tuple(EXTRACTORS)),
+            ("compute_dtype", self.compute_dtype, tuple(DTYPES)),
+        ):
+            if value not in known:
+                raise ValueError(f"unknown {what} {value!r}; known: {', '.join(known)}")
+        if not self.losses:
+            raise ValueError("TaskSpec needs at least one loss")
+        for name in self.losses:
+            get_loss(name)  # unknown names raise, listing the registered ones
+            if name in REGION_LOSSES:
+                raise ValueError(f"loss {name!r} needs region outputs; the step does not feed them")
+
+    @property
+    def target_kind(self) -> str:
+        """The target renderer actually used."""
+        return self.target or ("circle" if self.mode == "segmentation" else "gaussian")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training; the graphdef is kept outside."""
+
+    step: jax.Array  # int32 [], batches seen
+    params: nnx.State  # the nnx.Param arrays, float32
+    model_state: nnx.State  # every other variable: batch statistics, RNG counts
+    opt_state: optax.OptState
+    rng: jax.Array  # PRNG key; reseeds the model's RNG streams at each step
+    lr_scale: jax.Array  # float32 [], multiplies the updates; set by reduce-on-plateau
+
+
+def create_train_state(
+    model: nnx.Module,
+    tx: optax.GradientTransformation,
+    rng: int | jax.Array,
+    *,
+    mesh: Mesh | None = None,
+) -> tuple[nnx.GraphDef, TrainState]:
+    """Splits `model` once into `(graphdef, TrainState)`; replicated on `mesh` if given."""
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    key = jax.random.key(rng) if isinstance(rng, int) else rng
+    step, one = jnp.zeros((), jnp.int32), jnp.ones((), jnp.float32)
+    state = TrainState(step, params, model_state, tx.init(params), key, one)
+    if mesh is not None:
+        state = jax.device_put(state, replicated(mesh))
+    return graphdef, state
+
+
+def set_lr_scale(state: TrainState, scale: float, mesh: Mesh) -> TrainState:
+    """A state with `lr_scale = scale` (called by the loop after an evaluation)."""
+    return state.replace(lr_scale=jax.device_put(np.float32(scale), replicated(mesh)))
+
+
+def _cast(x: jax.Array, dtype: Any) -> jax.Array:
+    """A floating array in `dtype`; other arrays (ints, PRNG keys) unchanged."""
+    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
+def _merge(graphdef: nnx.GraphDef, params: Any, state: TrainState, train: bool, dtype: Any):
+    """The model with `params` cast to the compute dtype, in train or eval mode."""
+    params = jax.tree.map(lambda p: _cast(p, dtype), params)
+    # Fresh Variables (copy): updating batch statistics then neither touches the
+    # caller's state objects nor crosses from the jit trace into the grad trace.
+    model = nnx.merge(graphdef, params, state.model_state, copy=True)
+    model.train() if train else model.eval()  # dropout and batch-norm behaviour
+    streams = sorted({n.tag for _, n in nnx.iter_graph(model) if isinstance(n, nnx.RngStream)})
+    if train and streams:
+        # Dropout masks depend only on the state, so a resumed run repeats them.
+        key = jax.random.fold_in(state.rng, state.step)
+        keys = {t: jax.random.fold_in(key, i) for i, t in enumerate(streams)}
+        nnx.reseed(model, policy="match_shape", **keys)
+    return model
+
+
+def _rescale(coords: jax.Array, maps: jax.Array, image: jax.Array, *, back: bool = False):
+    """Model-input pixels -> pixels of `maps` (which may be coarser), or `back`."""
+    # Pixel centres sit on integers, so the outer edge of pixel 0 is -0.5 in both.
+    s = jnp.asarray([maps.shape[2] / image.shape[2], maps.shape[1] / image.shape[1]])
+    return (coords + 0.5) / s - 0.5 if back else (coords + 0.5) * s - 0.5
+
+
+def _render(task: TaskSpec, landmarks: jax.Array, visible: jax.Array, like: jax.Array, image):
+    """Target `[B, h, w, K]` for maps like `like`; sizes scale with the maps' resolution."""
+    coords, shape = _rescale(landmarks, like, image), like.shape[1:3]
+    f = (like.shape[1] / image.shape[1] + like.shape[2] / image.shape[2]) / 2
+    if task.target_kind == "gaussian":
+        return targets.gaussian_heatmaps(coords, shape=shape, sigma=task.sigma * f, visible=visible)
+    if task.target_kind == "circle":
+        return targets.circle_masks(coords, shape=shape, radius=task.radius * f, visible=visible)
+    return targets.square_masks(coords, shape=shape, side=task.side * f, visible=visible)
+
+
+def _extract(task: TaskSpec, maps: jax.Array, image: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Coordinates `[B, K, 2]` in model-input pixels and confidence `[B, K]` from maps."""
+    x = maps.astype(jnp.float32)
+    if task.extractor == "probability_centroid":
+        # The centroid needs non-negative mass: probabilities of logits, clipped heatmaps.
+        x = jax.nn.sigmoid(x) if task.mode == "segmentation" else jnp.maximum(x, 0.0)
+    coords, conf = EXTRACTORS[task.extractor](x, **task.extractor_kwargs)
+    return _rescale(coords, maps, image, back=True), conf
+
+
+def _map_scales(task: TaskSpec, outputs: Mapping[str, Any]) -> list[jax.Array]:
+    """The maps to supervise, finest first: `[heatmaps]`, or with deep supervision."""
+    maps, extra = outputs["heatmaps"], list(outputs.get("deep_supervision") or [])
+    if task.deep_supervision and not extra:
+        raise ValueError("task.deep_supervision is set but the model returns no deep_supervision")
+    if not task.deep_supervision:
+        return [maps]
+    # Accept lists with or without the full-resolution output in front.
+    return extra if extra[0].shape == maps.shape else [maps, *extra]
+
+
+def _loss_terms(task: TaskSpec, outputs: Mapping[str, Any], batch: Mapping[str, jax.Array]):
+    """Per-example loss `[B]` for each configured loss name."""
+    image, lm, vis = batch["image"], batch["landmarks"], batch["visible"]
+    terms = {}
+    for name in task.losses:
+        fn, kw = get_loss(name), dict(task.loss_kwargs.get(name, {}))
+        if name in COORD_LOSSES and "coords" in outputs:
+            terms[name] = fn(outputs["coords"], lm, visible=vis, **kw)
+        elif name in COORD_LOSSES and task.extractor in DIFFERENTIABLE:
+            coords = _extract(task, outputs["heatmaps"], image)[0]
+            terms[name] = fn(coords, lm, visible=vis, **kw)
+        elif name in COORD_LOSSES:
+            raise ValueError(
+                f"coordinate loss {name!r} needs outputs['coords'] or a differentiable "
+                f"extractor ({', '.join(DIFFERENTIABLE)}), not {task.extractor!r}"
+            )
+        else:
+            # One scale through the wrapper is the loss itself (weight 1, no resize).
+            scales = _map_scales(task, outputs)
+            target = _render(task, lm, vis, scales[0], image)
+            weights = task.deep_supervision_weights if len(scales) > 1 else None
+            terms[name] = deep_supervision(fn, scales, target, weights=weights, visible=vis, **kw)
+    return terms
+
+
+def _valid_mean(per_example: jax.Array, valid: jax.Array) -> jax.Array:
+    """Mean of `[B]` over valid examples (0 when none is valid), in float32."""
+    total = jnp.sum(jnp.where(valid, per_example.astype(jnp.float32), 0.0))
+    return total / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    task: TaskSpec,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    schedule: optax.Schedule | None = None,
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
+
+    `batch` comes from `shard_batch`: `image` `[B, H, W, C]`, `landmarks` `[B, K, 2]`,
+    `visible` `[B, K]`, optional `valid` `[B]` (others are ignored). Metrics are
+    float32 device scalars: `loss`, unweighted `loss_<name>` per term, `grad_norm`,
+    `skipped`, and `learning_rate` (schedule(step) * lr_scale) when `schedule` is given.
+    """
+    dtype = DTYPES[task.compute_dtype]
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        valid = batch.get("valid", jnp.ones(batch["image"].shape[:1], bool))
+
+        def loss_fn(params):
+            model = _merge(graphdef, params, state, True, dtype)
+            outputs = model(batch["image"].astype(dtype))
+            terms = {k: _valid_mean(v, valid) for k, v in _loss_terms(task, outputs, batch).items()}
+            loss = sum(task.losses[k] * v for k, v in terms.items())
+            # Keep the state's dtypes (bf16 compute may give bf16 statistics): no retrace.
+            rest = nnx.split(model, nnx.Param, ...)[2]
+            rest = jax.tree.map(lambda new, old: _cast(new, old.dtype), rest, state.model_state)
+            return loss, (terms, rest)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (terms, model_state)), grads = grad_fn(state.params)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
+        params = optax.apply_updates(state.params, updates)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = (params, opt_state, model_state)
+        old = (state.params, state.opt_state, state.model_state)
+        params, opt_state, model_state = jax.lax.cond(ok, lambda: new, lambda: old)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": 1.0 - ok}
+        metrics |= {f"loss_{k}": v for k, v in terms.items()}
+        if schedule is not None:
+            metrics["learning_rate"] = schedule(state.step) * state.lr_scale
+        metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+        new_state = state.replace(
+            step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
+        )
+        return new_state, metrics
+
+    rep, data = replicated(mesh), data_sharding(mesh)
+    return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+
+
+def make_eval_step(
+    graphdef: nnx.GraphDef, task: TaskSpec, mesh: Mesh
+) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
+    """The jitted `eval_step(state, batch) -> {"coords", "confidence"}`, not donating.
+
+    coords `[B, K, 2]` (x, y) in model-input pixels (the host maps them to the
+    original image with `batch["to_original"]`): `outputs["coords"]` if the model
+    has them, else the extractor's; confidence `[B, K]` from the extractor on the
+    heatmaps (1 without heatmaps). Both are sharded along `data`.
+    """
+    dtype = DTYPES[task.compute_dtype]
+
+    def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        model = _merge(graphdef, state.params, state, False, dtype)
+        outputs = model(batch["image"].astype(dtype))
+        if "heatmaps" in outputs:
+            coords, conf = _extract(task, outputs["heatmaps"], batch["image"])
+        else:
+            conf = jnp.ones(outputs["coords"].shape[:-1], jnp.float32)
+        coords = outputs["coords"].astype(jnp.float32) if "coords" in outputs else coords
+        return {"coords": coords, "confidence": conf}
+
+    data = data_sharding(mesh)
+    return jax.jit(eval_step, in_shardings=(replicated(mesh), data), out_shardings=data)
