@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from lmjax.data.types import LandmarkDataError
 
@@ -36,10 +37,23 @@ _AUGMENT = flags.DEFINE_string("augment", "default", "preview: augmentation pres
 _INPUT_SIZE = flags.DEFINE_integer("input_size", 256, "preview: model input side in pixels.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "preview: how many augmented samples.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    str(pathlib.Path(__file__).parent / "configs" / "phantom.py"),
+    "train: a config file (`get_config(arg)`), as PATH[:ARG]; default: the phantom U-Net.",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "train/evaluate: the run's folder.")
+_SPLIT = flags.DEFINE_string("split", None, "evaluate: split to evaluate (default: test).")
 
 USAGE = """usage: lmjax COMMAND [--flag=value ...]
 
 commands:
+  train     train (or resume) a model; with no flags, the phantom U-Net in a temp folder
+            lmjax train [--config=PATH[:ARG]] [--workdir=DIR] [--config.FIELD=VALUE ...]
+  evaluate  errors in mm of a trained model on a split, in the original image frame
+            lmjax evaluate --workdir=DIR [--data_dir=DIR] [--split=NAME]
+                           [--ground_truth=senior|junior|mean] [--output=FILE.json]
   inspect   read a dataset folder as training would and summarise it
             lmjax inspect --data_dir=DIR [--format=...] [--output=FILE.json]
   preview   run the input pipeline with augmentation and write an image grid
@@ -141,7 +155,80 @@ def cmd_measure():
     return 0
 
 
-COMMANDS = {"inspect": cmd_inspect, "preview": cmd_preview, "measure": cmd_measure}
+def _evaluate_workdir(workdir: str, split: str | None, output: str | None) -> dict:
+    from lmjax.evaluate import format_report
+    from lmjax.train import loop
+
+    config, mesh, state, eval_step = loop.restore_trained(workdir)
+    with config.unlocked():
+        if _DATA_DIR.present:
+            config.data.data_dir = _DATA_DIR.value
+        if _GROUND_TRUTH.present:
+            config.data.ground_truth = _GROUND_TRUTH.value
+    train, val, test = loop.load_splits(config)
+    name = split or (config.data.test_split if test is not None else config.data.val_split)
+    if name == config.data.val_split:
+        dataset = val
+    elif test is not None and name == config.data.test_split:
+        dataset = test
+    else:
+        from lmjax.data.datasets import load_dataset
+
+        full = load_dataset(
+            config.data.data_dir or None,
+            format=config.data.format or None,
+            ground_truth=config.data.ground_truth,
+            phantom_size=config.data.phantom_size,
+            seed=config.train.seed,
+        )
+        dataset = full.split(name)
+    if dataset.landmark_set.num_landmarks != train.landmark_set.num_landmarks:
+        raise LandmarkDataError(
+            f"the data has {dataset.landmark_set.num_landmarks} landmarks, the model "
+            f"{train.landmark_set.num_landmarks}"
+        )
+    report, _, _ = loop.evaluate_state(config, eval_step, mesh, state, dataset)
+    report = {
+        "split": name,
+        "ground_truth": config.data.ground_truth,
+        "model": config.model.name,
+        "checkpoint_step": int(state.step),
+        **report,
+    }
+    print(f"{dataset.name} {name}  ({config.model.name}, step {int(state.step)})")
+    print(format_report(report))
+    _write_json(report, output)
+    return report
+
+
+def cmd_train():
+    import tempfile
+
+    from lmjax.train import loop
+
+    workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="lmjax_")
+    config = _CONFIG.value
+    print(f"training {config.model.name} into {workdir}")
+    loop.train(config, workdir)
+    report = _evaluate_workdir(workdir, None, str(pathlib.Path(workdir) / "eval.json"))
+    print(f"MRE {report['mre']:.3f} {report['unit']} on {report['split']}; outputs in {workdir}")
+    return 0
+
+
+def cmd_evaluate():
+    if not _WORKDIR.value:
+        raise LandmarkDataError("--workdir is required")
+    _evaluate_workdir(_WORKDIR.value, _SPLIT.value, _OUTPUT.value)
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "inspect": cmd_inspect,
+    "preview": cmd_preview,
+    "measure": cmd_measure,
+}
 
 
 def _main(command: str, argv: list[str]) -> int:
@@ -152,7 +239,7 @@ def _main(command: str, argv: list[str]) -> int:
             # Data problems are listed by the command itself, once.
             warnings.simplefilter("ignore", UserWarning)
             return COMMANDS[command]()
-    except (LandmarkDataError, ValueError, FileNotFoundError) as e:
+    except (LandmarkDataError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"lmjax {command}: error: {e}", file=sys.stderr)
         return 2
 

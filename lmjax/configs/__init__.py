@@ -1,0 +1,1 @@
+"""Built-in configurations; research configs live in experiments/configs/."""

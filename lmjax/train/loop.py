@@ -1,0 +1,276 @@
+"""The training loop: one readable pass through mesh, input, model, steps, evaluation.
+
+Validation uses `lmjax.evaluate`, the code of `lmjax evaluate`, so the numbers
+in the log are the numbers a user gets later. Metrics are fetched from the
+device only every `log_every` steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from lmjax import evaluate as evaluation
+from lmjax import models, parallel
+from lmjax.data.datasets import load_dataset
+from lmjax.data.pipeline import make_pipeline
+from lmjax.data.types import Dataset
+from lmjax.train import checkpoint as ckpt_lib
+from lmjax.train.optim import OptimConfig, ReduceOnPlateau, make_optimizer
+from lmjax.train.step import (
+    TaskSpec,
+    create_train_state,
+    make_eval_step,
+    make_train_step,
+    set_lr_scale,
+)
+
+DEVICE_KEYS = ("image", "landmarks", "visible", "valid")
+_PLATEAU_FIELDS = ("scale", "best", "num_bad", "cooldown_left")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, ...); the message says where."""
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_splits(config) -> tuple[Dataset, Dataset, Dataset | None]:
+    """Train, validation and (when present) test datasets from the config."""
+    d = config.data
+    ds = load_dataset(
+        d.data_dir or None,
+        format=d.format or None,
+        ground_truth=d.ground_truth,
+        phantom_size=d.phantom_size,
+        seed=config.train.seed,
+    )
+    if not ds.records:
+        raise ValueError(f"{d.data_dir or 'phantom'}: no usable records; {ds.errors[:3]}")
+    splits = {r.split for r in ds.records}
+    train = ds.split(d.train_split) if d.train_split in splits else ds
+    if d.val_split in splits:
+        val = ds.split(d.val_split)
+    else:  # hold out a deterministic part of the training records
+        n_val = max(1, int(round(len(train.records) * d.val_fraction)))
+        order = np.random.default_rng(config.train.seed).permutation(len(train.records))
+        held = set(order[:n_val].tolist())
+        val = dataclasses.replace(train, records=[train.records[i] for i in sorted(held)])
+        train = dataclasses.replace(
+            train, records=[r for i, r in enumerate(train.records) if i not in held]
+        )
+    test = ds.split(d.test_split) if d.test_split in splits else None
+    return train, val, test
+
+
+def task_spec(config) -> TaskSpec:
+    t = config.task
+    return TaskSpec(
+        mode=t.mode,
+        target=t.target,
+        sigma=t.sigma,
+        radius=t.radius,
+        side=t.side,
+        losses=dict(t.losses),
+        extractor=t.extractor,
+        extractor_kwargs=(
+            {"temperature": t.extractor_temperature}
+            if t.extractor in ("soft_argmax", "local_soft_argmax")
+            else {}
+        ),
+        deep_supervision=t.deep_supervision,
+        compute_dtype=t.compute_dtype,
+    )
+
+
+def build(config, num_landmarks: int):
+    """Model, optimizer, state and compiled steps on a mesh of all devices."""
+    mesh = parallel.make_mesh()
+    kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+    if config.task.compute_dtype == "bfloat16":
+        kwargs.setdefault("dtype", jax.numpy.bfloat16)
+    model = models.build_model(
+        config.model.name,
+        num_outputs=num_landmarks,
+        input_size=tuple(config.data.input_size),
+        in_channels=1,
+        rngs=nnx.Rngs(config.train.seed),
+        **kwargs,
+    )
+    optim = OptimConfig.from_any({**config.optim.to_dict(), "total_steps": config.train.steps})
+    tx, schedule = make_optimizer(optim)
+    graphdef, state = create_train_state(model, tx, config.train.seed, mesh=mesh)
+    task = task_spec(config)
+    train_step = make_train_step(graphdef, task, tx, mesh, schedule=schedule)
+    eval_step = make_eval_step(graphdef, task, mesh)
+    return mesh, state, train_step, eval_step, optim
+
+
+def predictor(eval_step, mesh, state_ref: list):
+    """`images -> (coords, confidence)` at the model input, through the eval step."""
+
+    def predict(images: np.ndarray):
+        batch = parallel.shard_batch({"image": images.astype(np.float32)}, mesh)
+        out = eval_step(state_ref[0], batch)
+        return np.asarray(out["coords"]), np.asarray(out["confidence"])
+
+    return predict
+
+
+def evaluate_state(config, eval_step, mesh, state, dataset: Dataset, *, cache_dir=None):
+    predict = predictor(eval_step, mesh, [state])
+    if config.train.flip_tta and dataset.landmark_set.flip_pairs:
+        predict = evaluation.with_flip_tta(predict, dataset.landmark_set.flip_permutation())
+    coords, conf = evaluation.predict_dataset(
+        predict,
+        dataset,
+        input_size=tuple(config.data.input_size),
+        batch_size=config.train.batch_size,
+        fit=config.data.fit,
+        normalize=config.data.normalize,
+        cache_dir=cache_dir,
+    )
+    return evaluation.error_report(coords, dataset), coords, conf
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
+    """Trains (or resumes) into `workdir`; returns the final validation report."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cache_dir = config.data.cache_dir or str(workdir / "cache")
+    train_ds, val_ds, _ = load_splits(config)
+    k = train_ds.landmark_set.num_landmarks
+    mesh, state, train_step, eval_step, optim = build(config, k)
+    jax.set_mesh(mesh)
+    batches = make_pipeline(
+        train_ds,
+        input_size=tuple(config.data.input_size),
+        batch_size=config.train.batch_size // jax.process_count(),
+        augment=config.data.augment or None,
+        seed=config.train.seed,
+        cache_dir=cache_dir,
+        fit=config.data.fit,
+        normalize=config.data.normalize,
+        num_threads=config.data.num_threads,
+    )
+    plateau = ReduceOnPlateau.from_config(optim)
+    checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
+    start = 0
+    if checkpoints.latest_step() is not None:
+        state, data_state, _, metrics = checkpoints.restore(
+            abstract_state=ckpt_lib.abstract_like(state)
+        )
+        batches.set_state(data_state)
+        for key in _PLATEAU_FIELDS:
+            if metrics and f"plateau_{key}" in metrics:
+                setattr(plateau, key, type(getattr(plateau, key))(metrics[f"plateau_{key}"]))
+        start = int(state.step)
+        log(f"resumed from step {start} in {workdir}")
+
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal="SIGTERM"))
+    history = (workdir / "metrics.jsonl").open("a")
+    report: dict[str, Any] = {}
+    try:
+        t0, seen, skipped = time.perf_counter(), 0, None
+        for step in range(start + 1, config.train.steps + 1):
+            batch = next(batches)
+            device_batch = parallel.shard_batch({k: batch[k] for k in DEVICE_KEYS}, mesh)
+            state, metrics = train_step(state, device_batch)
+            skipped = metrics["skipped"] if skipped is None else skipped + metrics["skipped"]
+            seen += config.train.batch_size
+            last = step == config.train.steps
+            if step % config.train.log_every == 0 or last or stop["signal"]:
+                values = {name: float(v) for name, v in jax.device_get(metrics).items()}
+                if float(skipped) > 0 or not np.isfinite(values["loss"]):
+                    raise TrainingError(
+                        f"non-finite loss or gradient at or before step {step} "
+                        f"(loss {values['loss']}); the last good checkpoint is "
+                        f"step {checkpoints.latest_step()} in {workdir}"
+                    )
+                rate = seen / (time.perf_counter() - t0)
+                eta = (config.train.steps - step) * config.train.batch_size / rate
+                log(
+                    f"step {step}/{config.train.steps}  loss {values['loss']:.5f}  "
+                    f"{rate:.1f} img/s  eta {eta:.0f}s"
+                )
+                history.write(json.dumps({"step": step, **values, "images_per_s": rate}) + "\n")
+                history.flush()
+                t0, seen = time.perf_counter(), 0
+            if step % config.train.eval_every == 0 or last or stop["signal"]:
+                report, _, _ = evaluate_state(
+                    config, eval_step, mesh, state, val_ds, cache_dir=cache_dir
+                )
+                scale = plateau.update(report["mre"])
+                state = set_lr_scale(state, scale, mesh)
+                log(
+                    f"step {step}  val MRE {report['mre']:.3f} {report['unit']}  "
+                    f"SDR@2 {report['sdr']['2']:.1f}%  lr scale {scale:g}"
+                )
+                history.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "val": {
+                                key: report[key]
+                                for key in ("mre", "sd", "median", "p95", "sdr", "unit")
+                            },
+                        }
+                    )
+                    + "\n"
+                )
+                history.flush()
+                checkpoints.save(
+                    step,
+                    state,
+                    data_state=batches.get_state(),
+                    config=config.to_dict(),
+                    metrics={
+                        "val_mre": report["mre"],
+                        **{f"plateau_{key}": getattr(plateau, key) for key in _PLATEAU_FIELDS},
+                    },
+                )
+            if stop["signal"]:
+                log(f"{stop['signal']}: saved step {step} in {workdir}; exiting")
+                break
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+        history.close()
+        signal.signal(signal.SIGTERM, previous)
+    return report
+
+
+def restore_trained(workdir: str | pathlib.Path, *, which: str = "best"):
+    """`(config, mesh, state, eval_step)` from a workdir's best (or latest) checkpoint.
+
+    Raises:
+      FileNotFoundError: the workdir has no checkpoint (one line, for the CLI).
+    """
+    import ml_collections
+
+    saved = ckpt_lib.restore_config(workdir)
+    if saved is None:
+        raise FileNotFoundError(f"{workdir}: no checkpoint found; train with lmjax train first")
+    config = ml_collections.ConfigDict(saved)
+    train_ds, _, _ = load_splits(config)
+    mesh, state, _, eval_step, _ = build(config, train_ds.landmark_set.num_landmarks)
+    checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
+    try:
+        step = "best" if which == "best" and checkpoints.best_step() is not None else None
+        state, _, _, _ = checkpoints.restore(step, abstract_state=ckpt_lib.abstract_like(state))
+    finally:
+        checkpoints.close()
+    return config, mesh, state, eval_step
