@@ -1,27 +1,23 @@
 """Checkpointing: the one module that uses Orbax.
 
-One `orbax.checkpoint.CheckpointManager` under `<workdir>/checkpoints` saves, per step,
-a composite of four items:
+One `orbax.checkpoint.CheckpointManager` under `<workdir>/checkpoints` saves per step:
 
     state    any pytree of jax arrays (params, optimizer state, step, typed PRNG keys);
              Orbax writes each process's shards itself and stores typed keys as key data
-    data     the Grain iterator state (`DatasetIterator.get_state()`, a JSON dict), one
-             file per process (`process_<i>-of-<n>.json`, Grain's own layout), because
-             every process reads its own slice of the data
-    config   the run config as a JSON dict, written by process 0 only
-    metrics  optional floats (e.g. validation MRE), written by process 0 only; Orbax's
-             reserved item, which is what its best-checkpoint tracking reads
+    data     the Grain iterator state (`DatasetIterator.get_state()`, JSON), one file per
+             process (Grain's `process_<i>-of-<n>.json`): each process reads its own slice
+    config   the run config (JSON), written by process 0 only
+    metrics  optional floats (e.g. validation MRE), process 0 only; Orbax's own item
 
-Keep policy: the latest `max_to_keep` checkpoints plus the single best one by
-`best_metric`. Orbax's `max_to_keep` + `best_fn` options keep the N *best* instead, so
-the policy is spelled out as `AnyPreservationPolicy([LatestN(n), BestN(n=1)])` on one
-manager; a step is deleted only when neither policy keeps it.
+Keep policy: the latest `max_to_keep` steps plus the best one by `best_metric`, as
+`AnyPreservationPolicy([LatestN(n), BestN(n=1)])` on one manager. (Orbax's own
+`max_to_keep` with `best_fn` would keep the n best steps and drop the latest ones.)
 
 Saves are asynchronous: `save` returns once the arrays are copied to host memory (so
-donating `state` to the next train step is safe) and files are written in the
-background. Call `wait()` (or `close()`) before the process exits, e.g. in a SIGTERM
-handler; a save cut short leaves only a temporary directory, which Orbax never restores
-and removes on the next start.
+donating `state` to the next train step is safe); files are written in the background.
+Call `wait()` (or `close()`) before the process exits, e.g. in a SIGTERM handler. A save
+cut short leaves only a `*.orbax-checkpoint-tmp` directory, which is never restored and
+is removed when the next Checkpointer on the workdir starts.
 """
 
 from __future__ import annotations
@@ -48,9 +44,8 @@ def abstract_like(state: PyTree) -> PyTree:
     """
 
     def one(x: Any) -> Any:
-        if isinstance(x, jax.Array):
-            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-        return x
+        is_array = isinstance(x, jax.Array)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) if is_array else x
 
     return jax.tree.map(one, state)
 
@@ -59,18 +54,6 @@ def _data_filename() -> str:
     # Grain's own Orbax handler names the files this way; one per process, because each
     # process iterates over its own slice of the data.
     return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-
-
-def _handlers() -> dict[str, ocp.CheckpointHandler]:
-    return {
-        "state": ocp.StandardCheckpointHandler(),
-        # primary_host=None: every process writes its own iterator state.
-        "data": ocp.JsonCheckpointHandler(
-            filename=_data_filename(),
-            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=None),
-        ),
-        "config": ocp.JsonCheckpointHandler(),  # process 0 only (Orbax's default)
-    }
 
 
 class Checkpointer:
@@ -97,35 +80,37 @@ class Checkpointer:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.workdir = epath.Path(workdir)
         self.best_metric, self.best_mode = best_metric, best_mode
-        policy = keep.AnyPreservationPolicy(
-            [
-                keep.LatestN(n=max_to_keep),
-                # BestN keeps the n highest after sorting; reverse puts the lowest last.
-                keep.BestN(
-                    get_metric_fn=self._score,
-                    reverse=best_mode == "min",
-                    n=1,
-                    keep_checkpoints_without_metrics=False,
-                ),
-            ]
+        # BestN keeps the n highest after sorting; `reverse` puts the lowest last for "min".
+        best = keep.BestN(
+            get_metric_fn=self._score,
+            reverse=best_mode == "min",
+            n=1,
+            keep_checkpoints_without_metrics=False,  # LatestN alone decides those
         )
+        policy = keep.AnyPreservationPolicy([keep.LatestN(n=max_to_keep), best])
         options = ocp.CheckpointManagerOptions(
             best_fn=self._score,  # still needed: it makes `best_step()` rank by metric
             best_mode=best_mode,
             preservation_policy=policy,
             cleanup_tmp_directories=True,  # drop saves cut short by a killed run
         )
-        self._manager = ocp.CheckpointManager(
-            self.workdir / "checkpoints", options=options, item_handlers=_handlers()
-        )
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            # primary_host=None: every process writes its own iterator state.
+            "data": ocp.JsonCheckpointHandler(
+                filename=_data_filename(),
+                multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=None),
+            ),
+            "config": ocp.JsonCheckpointHandler(),  # process 0 only (Orbax's default)
+        }
+        directory = self.workdir / "checkpoints"
+        self._manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
     def _score(self, metrics: Any) -> float:
         # A missing or NaN metric ranks worst, so it never displaces a real best.
         worst = math.inf if self.best_mode == "min" else -math.inf
         value = metrics.get(self.best_metric) if isinstance(metrics, Mapping) else None
-        if value is None or math.isnan(float(value)):
-            return worst
-        return float(value)
+        return worst if value is None or math.isnan(float(value)) else float(value)
 
     def save(
         self,
@@ -141,6 +126,7 @@ class Checkpointer:
 
         Call on every process. `data_state` is this process's `iterator.get_state()`;
         `config` must be JSON-serialisable; metrics values are converted to float.
+        Call `wait()` before exiting, or the save may be left unfinished.
         """
         items = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
@@ -157,10 +143,9 @@ class Checkpointer:
 
     def best_step(self) -> int | None:
         """The saved step with the best `best_metric`, or None if no step has it."""
-        step = self._manager.best_step()
-        if step is None or math.isinf(self._score(self._manager.metrics(step))):
-            return None
-        return step
+        step = self._manager.best_step()  # Orbax ranks a step without the metric last
+        has_metric = step is not None and math.isfinite(self._score(self._manager.metrics(step)))
+        return step if has_metric else None
 
     def all_steps(self) -> list[int]:
         """All saved steps, oldest first."""
@@ -176,26 +161,13 @@ class Checkpointer:
         `data_state` is None when this process layout has no saved iterator state (the
         checkpoint came from a different number of processes); the data restarts then.
         """
-        where = self._manager.directory
-        if step is None:
-            step = self.latest_step()
-        elif step == "best":
-            step = self.best_step()
-            if step is None:
-                raise FileNotFoundError(
-                    f"{self.workdir}: no checkpoint with metric {self.best_metric!r} in {where}"
-                )
-        if step is None:
-            raise FileNotFoundError(f"{self.workdir}: no checkpoint found in {where}")
-        if step not in self.all_steps():
-            raise FileNotFoundError(
-                f"{self.workdir}: no checkpoint for step {step} (saved: {self.all_steps()})"
-            )
+        step = self._resolve(step)
         self._check_shapes(step, abstract_state)
         items = {
             "state": ocp.args.StandardRestore(abstract_state),
             "config": ocp.args.JsonRestore(),
         }
+        where = self._manager.directory
         data_file = where / str(step) / "data" / _data_filename()
         if data_file.exists():
             items["data"] = ocp.args.JsonRestore()
@@ -207,6 +179,19 @@ class Checkpointer:
             raise ValueError(f"{where / str(step)}: cannot restore state: {err}") from err
         data = out["data"] if "data" in items else None
         return out.state, data, out.config, self._manager.metrics(step)
+
+    def _resolve(self, step: int | Literal["best"] | None) -> int:
+        """The step to restore; FileNotFoundError with a one-line reason if there is none."""
+        saved = self.all_steps()
+        if step is None:
+            step, why = self.latest_step(), "no checkpoint found"
+        elif step == "best":
+            step, why = self.best_step(), f"no checkpoint with metric {self.best_metric!r}"
+        else:
+            why = f"no checkpoint for step {step} (saved: {saved})"
+        if step not in saved:
+            raise FileNotFoundError(f"{self.workdir}: {why} in {self._manager.directory}")
+        return step
 
     def _check_shapes(self, step: int, abstract_state: PyTree) -> None:
         """Raises ValueError naming every leaf whose saved shape differs from the target."""
@@ -222,10 +207,8 @@ class Checkpointer:
             if shape is not None and key in stored and tuple(stored[key]) != tuple(shape):
                 bad.append(f"{key}: checkpoint {tuple(stored[key])} vs target {tuple(shape)}")
         if bad:
-            raise ValueError(
-                f"{self._manager.directory / str(step)}: state shapes do not match the "
-                f"model: {'; '.join(bad)}"
-            )
+            where = self._manager.directory / str(step)
+            raise ValueError(f"{where}: saved state shapes differ: {'; '.join(bad)}")
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+
 import grain
 import jax
 import jax.numpy as jnp
@@ -10,7 +16,7 @@ import optax
 import pytest
 
 from lmjax.train.checkpoint import Checkpointer, abstract_like, restore_config
-from tests.train import run_on_fake_devices
+from tests.train import REPO, run_on_fake_devices
 
 CONFIG = {"model": {"name": "unet", "features": 8}, "lr": 1e-3, "seed": 0}
 
@@ -183,3 +189,77 @@ def test_restores_onto_another_device_count(tmp_path):
     assert out["rng"] == np.asarray(jax.random.key_data(state["rng"])).tolist()
     assert out["data"] == {"next_index": 4}
     assert out["config"] == CONFIG
+
+
+def test_data_state_of_another_process_layout_is_skipped(tmp_path):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, make_state(), data_state={"next_index": 3}, config=CONFIG)
+        ckpt.wait()
+        data_dir = tmp_path / "checkpoints" / "1" / "data"
+        (data_dir / "process_0-of-1.json").rename(data_dir / "process_0-of-2.json")
+        state, data, config, _ = ckpt.restore(abstract_state=abstract_like(make_state()))
+    assert data is None  # the data restarts; the model state still restores
+    assert_same_state(state, make_state())
+    assert config == CONFIG
+
+
+TWO_PROCESSES = """
+import json, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[1]))
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+from lmjax.train.checkpoint import Checkpointer, abstract_like
+
+pid = jax.process_index()
+mesh = jax.make_mesh((2,), ("data",))
+split, same = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+kernel = np.arange(12.0).reshape(4, 3)
+state = {
+    "kernel": jax.make_array_from_callback((4, 3), split, lambda i: kernel[i]),
+    "rng": jax.jit(lambda: jax.random.key(3), out_shardings=same)(),
+}
+with Checkpointer(sys.argv[3]) as ckpt:
+    ckpt.save(1, state, data_state={"next_index": 10 + pid}, config={"p": 1}, metrics={"mre": 1})
+    ckpt.wait()
+    restored, data, config, metrics = ckpt.restore(abstract_state=abstract_like(state))
+full = multihost_utils.process_allgather(restored["kernel"], tiled=True)
+print(json.dumps({"kernel": np.asarray(full).tolist(), "data": data, "config": config}))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_keep_their_own_data_state(tmp_path):
+    """Each process saves and gets back its own iterator state; JSON parts appear once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_PROCESSES, str(i), str(port), str(tmp_path)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-4000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    for pid, result in enumerate(results):
+        assert result["data"] == {"next_index": 10 + pid}
+        assert result["kernel"] == np.arange(12.0).reshape(4, 3).tolist()
+        assert result["config"] == {"p": 1}
+    step = tmp_path / "checkpoints" / "1"
+    assert sorted(p.name for p in (step / "data").glob("*.json")) == [
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    ]
+    assert restore_config(tmp_path) == {"p": 1}
