@@ -146,7 +146,11 @@ def evaluate_state(config, eval_step, mesh, state, dataset: Dataset, *, cache_di
 
 
 def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
-    """Trains (or resumes) into `workdir`; returns the final validation report."""
+    """Trains (or resumes) into `workdir`; returns the final validation report.
+
+    On SIGTERM the current step is checkpointed and the report carries
+    `stopped_by: "SIGTERM"`.
+    """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cache_dir = config.data.cache_dir or str(workdir / "cache")
@@ -244,6 +248,7 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
                 )
             if stop["signal"]:
                 log(f"{stop['signal']}: saved step {step} in {workdir}; exiting")
+                report["stopped_by"] = stop["signal"]
                 break
     finally:
         checkpoints.wait()

@@ -69,3 +69,37 @@ def test_evaluate_without_checkpoint_is_one_line(tmp_path):
     with pytest.raises(FileNotFoundError):
         loop.restore_trained(tmp_path)
     assert ckpt_lib.restore_config(tmp_path) is None
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    import signal
+    import time
+
+    cmd = [
+        sys.executable,
+        "-u",
+        "-m",
+        "lmjax.cli",
+        "train",
+        f"--workdir={tmp_path}",
+        "--config=" + loop.__file__.replace("train/loop.py", "configs/phantom.py") + ":tiny",
+        "--config.train.steps=100000",
+        "--config.train.eval_every=100000",
+        "--config.train.log_every=2",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines = []
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("step 4/") or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=240)
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out
+    assert "SIGTERM: saved step" in out
+    saved = int(out.split("SIGTERM: saved step ")[1].split()[0])
+    assert saved >= 4
+    with ckpt_lib.Checkpointer(tmp_path) as checkpoints:
+        assert checkpoints.latest_step() == saved
