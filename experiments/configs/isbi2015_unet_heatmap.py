@@ -1,0 +1,62 @@
+"""Heatmap U-Net on ISBI 2015 (pelvis paper's nnU-Net-style U-Net, heatmap regression).
+
+Splits: train = the 150 training images (a tenth held out for validation),
+test = test1; ground truth selectable (senior by default, `mean` for the mean of
+both doctors). Arguments:
+
+  cpu  a budget for 2 CPU cores: 320x256 input (aspect kept), 16 features,
+       soft-argmax decoding for sub-pixel coordinates, ~1 hour.
+  gpu  the full setting: 640x512 input, 32 features, bf16, cosine schedule.
+
+    lmjax train --config=experiments/configs/isbi2015_unet_heatmap.py:cpu --workdir=runs/isbi_cpu
+    lmjax evaluate --workdir=runs/isbi_cpu --split=test1 --ground_truth=senior
+"""
+
+import os
+
+from lmjax.configs.phantom import get_config as base_config
+
+
+def get_config(arg: str = "cpu"):
+    if arg not in ("cpu", "gpu", "smoke"):
+        raise ValueError(f"argument must be cpu, gpu or smoke, got {arg!r}")
+    c = base_config()
+    c.paper = "pelvis paper: nnU-Net-style U-Net, Gaussian heatmaps, deep supervision (ISBI 2015)"
+    data = os.environ.get(
+        "LMJAX_DATA", os.path.join(os.path.dirname(__file__), "../../../shared/data")
+    )
+    c.data.data_dir = os.path.join(data, "isbi2015")
+    c.data.format = "isbi2015"
+    c.data.train_split = "train"
+    c.data.val_split = "val"
+    c.data.test_split = "test1"
+    c.data.val_fraction = 0.1
+    c.data.augment = "pelvis"
+    c.model.upsample = "resize"
+    c.train.log_every = 20
+    if arg in ("cpu", "smoke"):
+        c.data.input_size = (320, 256)
+        c.model.features = 16
+        c.model.num_levels = 6
+        c.task.sigma = 3.0
+        c.train.batch_size = 8
+        c.train.steps = 900
+        c.train.eval_every = 150
+    if arg == "gpu":
+        c.data.input_size = (640, 512)
+        c.data.num_threads = 8
+        c.model.features = 32
+        c.model.num_levels = 7
+        c.task.sigma = 5.0
+        c.task.compute_dtype = "bfloat16"
+        c.optim.schedule = "cosine"
+        c.optim.learning_rate = 1e-3
+        c.train.batch_size = 16
+        c.train.steps = 20000
+        c.train.eval_every = 1000
+    if arg == "smoke":
+        c.train.steps = 2
+        c.train.eval_every = 2
+        c.train.log_every = 1
+        c.train.batch_size = 2
+    return c
