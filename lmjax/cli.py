@@ -32,7 +32,10 @@ _SPACING = flags.DEFINE_list("spacing", None, "row_mm,col_mm for every image (ov
 _STRICT = flags.DEFINE_bool("strict", False, "Duplicated LabelMe labels are errors.")
 _READ_IMAGES = flags.DEFINE_bool("read_images", True, "inspect: decode every image.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the result as JSON to this file.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "lmjax_preview", "preview: output folder.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "predict/preview: output folder (preview default: lmjax_preview)."
+)
+_FLIP_TTA = flags.DEFINE_bool("flip_tta", False, "predict: average with the mirrored image.")
 _AUGMENT = flags.DEFINE_string("augment", "default", "preview: augmentation preset.")
 _INPUT_SIZE = flags.DEFINE_integer("input_size", 256, "preview: model input side in pixels.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "preview: how many augmented samples.")
@@ -54,6 +57,8 @@ commands:
   evaluate  errors in mm of a trained model on a split, in the original image frame
             lmjax evaluate --workdir=DIR [--data_dir=DIR] [--split=NAME]
                            [--ground_truth=senior|junior|mean] [--output=FILE.json]
+  predict   landmarks (JSON, overlay PNG, LabelMe file) for DICOM or image files
+            lmjax predict --workdir=DIR --output_dir=DIR INPUT [INPUT ...]
   inspect   read a dataset folder as training would and summarise it
             lmjax inspect --data_dir=DIR [--format=...] [--output=FILE.json]
   preview   run the input pipeline with augmentation and write an image grid
@@ -104,7 +109,7 @@ def cmd_preview():
 
     paths = write_preview(
         _load(),
-        output_dir=_OUTPUT_DIR.value,
+        output_dir=_OUTPUT_DIR.value or "lmjax_preview",
         augment=_AUGMENT.value,
         input_size=_INPUT_SIZE.value,
         num_images=_NUM_IMAGES.value,
@@ -156,7 +161,7 @@ def cmd_measure():
 
 
 def _evaluate_workdir(workdir: str, split: str | None, output: str | None) -> dict:
-    from lmjax.evaluate import format_report
+    from lmjax.evaluate import format_report, measurement_report
     from lmjax.train import loop
 
     config, mesh, state, eval_step = loop.restore_trained(workdir)
@@ -187,7 +192,10 @@ def _evaluate_workdir(workdir: str, split: str | None, output: str | None) -> di
             f"the data has {dataset.landmark_set.num_landmarks} landmarks, the model "
             f"{train.landmark_set.num_landmarks}"
         )
-    report, _, _ = loop.evaluate_state(config, eval_step, mesh, state, dataset)
+    report, coords, _ = loop.evaluate_state(config, eval_step, mesh, state, dataset)
+    measurements = measurement_report(coords, dataset)
+    if measurements is not None:
+        report["measurements"] = measurements
     report = {
         "split": name,
         "ground_truth": config.data.ground_truth,
@@ -197,6 +205,9 @@ def _evaluate_workdir(workdir: str, split: str | None, output: str | None) -> di
     }
     print(f"{dataset.name} {name}  ({config.model.name}, step {int(state.step)})")
     print(format_report(report))
+    for mname, m in report.get("measurements", {}).get("classifications", {}).items():
+        if m.get("n"):
+            print(f"{mname}: class accuracy {m['accuracy']:.3f}  macro F1 {m['macro']['f1']:.3f}")
     _write_json(report, output)
     return report
 
@@ -209,9 +220,22 @@ def cmd_train():
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="lmjax_")
     config = _CONFIG.value
     print(f"training {config.model.name} into {workdir}")
-    loop.train(config, workdir)
+    if loop.train(config, workdir).get("stopped_by"):
+        return 0
     report = _evaluate_workdir(workdir, None, str(pathlib.Path(workdir) / "eval.json"))
     print(f"MRE {report['mre']:.3f} {report['unit']} on {report['split']}; outputs in {workdir}")
+    return 0
+
+
+def cmd_predict(inputs: list[str]):
+    from lmjax.predict import run_predict
+
+    if not _WORKDIR.value or not _OUTPUT_DIR.value:
+        raise LandmarkDataError("--workdir and --output_dir are required")
+    if not inputs:
+        raise LandmarkDataError("name at least one image file or folder to predict")
+    results = run_predict(_WORKDIR.value, inputs, _OUTPUT_DIR.value, flip_tta=_FLIP_TTA.value)
+    print(f"wrote {len(results)} predictions to {_OUTPUT_DIR.value}")
     return 0
 
 
@@ -225,6 +249,7 @@ def cmd_evaluate():
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
     "inspect": cmd_inspect,
     "preview": cmd_preview,
     "measure": cmd_measure,
@@ -232,12 +257,14 @@ COMMANDS = {
 
 
 def _main(command: str, argv: list[str]) -> int:
-    if len(argv) > 1:
+    if len(argv) > 1 and command != "predict":
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         with warnings.catch_warnings():
             # Data problems are listed by the command itself, once.
             warnings.simplefilter("ignore", UserWarning)
+            if command == "predict":
+                return cmd_predict(argv[1:])
             return COMMANDS[command]()
     except (LandmarkDataError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"lmjax {command}: error: {e}", file=sys.stderr)

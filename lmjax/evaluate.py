@@ -123,3 +123,19 @@ def format_report(report: dict[str, Any]) -> str:
     sdr_cols = [metrics.sdr_key(float(t)) for t in report["sdr"]]
     cols = ["landmark", "n", "mre", "sd", "median", "p95", *sdr_cols]
     return head + "\n" + metrics.format_table(rows, cols)
+
+
+def measurement_report(pred: np.ndarray, dataset: Dataset) -> dict[str, Any] | None:
+    """Clinical measurements from predicted vs annotated landmarks, or None when the
+    landmark set defines none: median absolute error and IQR per measurement,
+    accuracy and per-class and macro precision, recall and F1 per classification."""
+    from lmjax.measurements.report import compare, measure_dataset
+
+    names = [r.name for r in dataset.records]
+    spacing = np.array(
+        [r.spacing if r.spacing else (np.nan, np.nan) for r in dataset.records], np.float64
+    ).reshape(-1, 2)
+    gt = measure_dataset(dataset.landmarks(), spacing, dataset.landmark_set, names)
+    if not any(r["measurements"] for r in gt):
+        return None
+    return compare(measure_dataset(pred, spacing, dataset.landmark_set, names), gt)
