@@ -24,5 +24,5 @@ def shared_data() -> pathlib.Path:
     if path is None or not path.is_dir():
         if os.environ.get("CI"):
             pytest.fail("LMJAX_DATA is not set or missing; CI must provide the shared data")
-        pytest.skip("real data not available: set LMJAX_DATA to the shared data folder")
+        pytest.skip(reason="real data not available: set LMJAX_DATA to the shared data folder")
     return path

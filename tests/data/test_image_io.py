@@ -272,7 +272,7 @@ def test_dicom_without_pixel_data(tmp_path):
 
 def test_dicom_compressed_without_decoder(tmp_path):
     if pydicom.pixels.get_decoder(JPEGLosslessSV1).is_available:
-        pytest.skip("a JPEG Lossless decoder plugin is installed")
+        pytest.skip(reason="a JPEG Lossless decoder plugin is installed")
     path = write_dicom(
         tmp_path / "jl.dcm",
         syntax=JPEGLosslessSV1,
@@ -287,7 +287,7 @@ def test_dicom_compressed_without_decoder(tmp_path):
 
 def test_dicom_compressed_decodes_with_plugin(tmp_path):
     if not pydicom.pixels.get_decoder(JPEGBaseline8Bit).is_available:
-        pytest.skip("no JPEG Baseline decoder plugin is installed")
+        pytest.skip(reason="no JPEG Baseline decoder plugin is installed")
     grey = (np.add.outer(np.arange(H), np.arange(W)) * 8).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(grey).save(buffer, format="JPEG", quality=95)
@@ -305,7 +305,7 @@ def test_dicom_compressed_decodes_with_plugin(tmp_path):
 
 def test_dicom_corrupt_compressed_data_names_syntax(tmp_path):
     if not pydicom.pixels.get_decoder(JPEGBaseline8Bit).is_available:
-        pytest.skip("no JPEG Baseline decoder plugin is installed")
+        pytest.skip(reason="no JPEG Baseline decoder plugin is installed")
     path = write_dicom(
         tmp_path / "bad.dcm",
         STORED.astype(np.uint8),
