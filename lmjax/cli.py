@@ -235,7 +235,8 @@ def cmd_predict(inputs: list[str]):
     if not inputs:
         raise LandmarkDataError("name at least one image file or folder to predict")
     results = run_predict(_WORKDIR.value, inputs, _OUTPUT_DIR.value, flip_tta=_FLIP_TTA.value)
-    print(f"wrote {len(results)} predictions to {_OUTPUT_DIR.value}")
+    written = sum("error" not in r for r in results)
+    print(f"wrote {written} of {len(results)} predictions to {_OUTPUT_DIR.value}")
     return 0
 
 

@@ -1,0 +1,246 @@
+"""`lmjax predict`: landmarks, measurements and review files for new radiographs.
+
+Per image: `<stem>.json` (landmarks in original pixels, and mm when the spacing is
+known; spacing, reading warnings, measurements), `<stem>.png` (windowed, numbered
+landmarks) and `<stem>.labelme.json` (for review; corrected, it is training data);
+`predictions.csv` has all images. Images are decoded once, a batch at a time, and
+go through `predict_dataset` as in-memory records: the evaluation's resize, fit,
+normalisation and mapping back through `to_original`."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import pathlib
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import jax
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from lmjax import evaluate
+from lmjax.data import affine, image_io
+from lmjax.data.cache import cache_hw
+from lmjax.data.labelme import natural_key, write_labelme
+from lmjax.data.tabular import write_csv
+from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Radiograph, Record
+from lmjax.measurements.report import measure_dataset
+from lmjax.train import loop
+
+MAX_OVERLAY_SIDE = 2048
+_COLOURS = ((255, 99, 71), (50, 205, 50), (30, 144, 255), (255, 215, 0), (238, 130, 238))
+
+
+def collect_inputs(inputs: list[str]) -> list[pathlib.Path]:
+    """Image files named by `inputs`, folders giving theirs in natural order; other
+    files in a folder are skipped with a note on stderr, a file named twice counts once.
+
+    Raises:
+      LandmarkDataError: an input is missing, a named file is not an image file,
+        or a folder holds no image files.
+    """
+    files: list[pathlib.Path] = []
+    for path in map(pathlib.Path, inputs):
+        if path.is_dir():
+            found = sorted(path.iterdir(), key=lambda p: natural_key(p.name))
+            for p in found:
+                if not image_io.is_image_file(p):  # also false for folders: not recursed
+                    print(f"lmjax predict: {p}: not an image file; skipped", file=sys.stderr)
+            found = [p for p in found if image_io.is_image_file(p)]
+            if not found:
+                raise LandmarkDataError(f"{path}: no image files")
+            files += found
+        elif not path.is_file():
+            raise LandmarkDataError(f"{path}: no such file or folder")
+        elif not image_io.is_image_file(path):
+            raise LandmarkDataError(f"{path}: not an image file (DICOM, PNG, JPEG, BMP or TIFF)")
+        else:
+            files.append(path)
+    first = {p.resolve(): p for p in reversed(files)}
+    return [p for p in files if first[p.resolve()] is p]
+
+
+def unique_stems(files: list[pathlib.Path]) -> list[str]:
+    """File stems, with `_2`, `_3`, ... where they collide (ignoring case, as macOS
+    and Windows file systems do)."""
+    stems: list[str] = []
+    for p in files:
+        taken, n = {s.lower() for s in stems}, 1
+        while (stem := p.stem if n == 1 else f"{p.stem}_{n}").lower() in taken:
+            n += 1
+        stems.append(stem)
+    return stems
+
+
+def _read(path: pathlib.Path) -> Radiograph | LandmarkDataError:
+    try:
+        return image_io.read_radiograph(path)
+    except LandmarkDataError as e:
+        return e
+
+
+def _relative(path: pathlib.Path, start: pathlib.Path) -> str:
+    """`path` relative to `start` with `/`, or absolute across Windows drives."""
+    try:
+        return pathlib.Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def overlay(grey: np.ndarray, coords: np.ndarray) -> Image.Image:
+    """RGB uint8 `[H, W]` image with landmark k circled and numbered k + 1;
+    downscaled (points too) to at most MAX_OVERLAY_SIDE."""
+    pic = Image.fromarray(grey).convert("RGB")
+    src_hw = grey.shape[:2]
+    dst_hw = cache_hw(src_hw, MAX_OVERLAY_SIDE)
+    if dst_hw != src_hw:
+        pic = pic.resize(dst_hw[::-1], Image.BILINEAR)
+        coords = affine.apply(coords, affine.resize(src_hw, dst_hw))
+    draw = ImageDraw.Draw(pic)
+    r = max(2, max(dst_hw) // 200)
+    font = ImageFont.load_default(size=max(10, 3 * r))
+    for k, (x, y) in enumerate(np.asarray(coords, np.float64)):
+        if np.isfinite(x) and np.isfinite(y):
+            colour = _COLOURS[k % len(_COLOURS)]
+            draw.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=max(1, r // 2))
+            draw.text((x + r + 1, y - r), str(k + 1), fill=colour, font=font)
+    return pic
+
+
+def write_outputs(
+    out: pathlib.Path,
+    stem: str,
+    path: pathlib.Path,
+    rad: Radiograph,
+    coords: np.ndarray,
+    conf: np.ndarray,
+    lset: LandmarkSet,
+    measured: dict[str, Any],
+) -> dict[str, Any]:
+    """Writes `<stem>.json`, `.png`, `.labelme.json` for `coords` `[K, 2]` (original
+    pixels, NaN where the model gave none); returns the JSON."""
+    landmarks = []
+    for name, (x, y), c in zip(lset.names, coords.tolist(), conf.tolist(), strict=True):
+        ok = bool(np.isfinite(x) and np.isfinite(y))
+        entry = {"name": name, "x": x if ok else None, "y": y if ok else None, "confidence": c}
+        if rad.spacing is not None:  # (row_mm, col_mm): x goes with columns
+            entry["x_mm"] = round(x * rad.spacing[1], 4) if ok else None
+            entry["y_mm"] = round(y * rad.spacing[0], 4) if ok else None
+        landmarks.append(entry)
+    doc = {
+        "image": str(path),
+        "image_size": list(rad.shape),
+        "spacing": list(rad.spacing) if rad.spacing is not None else None,
+        "spacing_source": rad.spacing_source,
+        "landmark_set": lset.name,
+        "landmarks": landmarks,
+        "measurements": measured,
+        "warnings": list(rad.warnings),
+    }
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=2))
+    grey = image_io.to_display_uint8(rad)
+    overlay(grey, coords).save(out / f"{stem}.png")
+    review, rel = out / f"{stem}.labelme.json", _relative(path, out)
+    # LabelMe resolves imagePath against the folder of the JSON file.
+    write_labelme(review, coords, lset.names, image_path=rel, image_hw=rad.shape, scores=conf)
+    # LabelMe opens images with Pillow and shows them unwindowed: DICOM fails and
+    # deeper than 8-bit images look black, so those get the windowed image embedded.
+    try:
+        with Image.open(path):
+            embed = rad.bit_depth > 8
+    except Exception:
+        embed = True
+    if embed:
+        doc_lm, png = json.loads(review.read_text()), io.BytesIO()
+        Image.fromarray(grey).save(png, format="PNG")
+        doc_lm["imageData"] = base64.b64encode(png.getvalue()).decode("ascii")
+        review.write_text(json.dumps(doc_lm, indent=2))
+    return doc
+
+
+def run_predict(
+    workdir: str | os.PathLike,
+    inputs: list[str],
+    output_dir: str | os.PathLike,
+    *,
+    batch_size: int | None = None,
+    flip_tta: bool = False,
+) -> list[dict[str, Any]]:
+    """Predicts landmarks for image files and folders with a trained workdir.
+
+    Args:
+      workdir: the training run's folder; its best checkpoint is used.
+      inputs: image files (DICOM, PNG, JPEG, BMP, TIFF) and folders of them.
+      output_dir: gets the per-image files and `predictions.csv`.
+      batch_size: default the config's; rounded up to a multiple of the devices.
+      flip_tta: average with the mirrored image (also done when the config says so).
+
+    Returns:
+      Per input image, in order: its `<stem>.json` content, or `{"image", "error"}`
+      when it could not be read (also noted on stderr).
+
+    Raises:
+      FileNotFoundError: the workdir has no checkpoint.
+      LandmarkDataError: bad inputs (see `collect_inputs`), outputs that would
+        overwrite inputs, flip TTA without left/right pairs, or no readable image.
+    """
+    files = collect_inputs(inputs)
+    stems = unique_stems(files)
+    out = pathlib.Path(output_dir)
+    sources = {p.resolve() for p in files}
+    for name in (f"{s}{ext}" for s in stems for ext in (".json", ".png", ".labelme.json")):
+        if (out / name).resolve() in sources:
+            raise LandmarkDataError(f"{out / name}: the output would overwrite an input image")
+    config, mesh, state, eval_step = loop.restore_trained(workdir)
+    lset = loop.load_splits(config)[0].landmark_set
+    predict = loop.predictor(eval_step, mesh, [state])
+    if flip_tta and not lset.flip_pairs:
+        raise LandmarkDataError(f"flip TTA: landmark set {lset.name!r} has no left/right pairs")
+    if (flip_tta or config.train.flip_tta) and lset.flip_pairs:
+        predict = evaluate.with_flip_tta(predict, lset.flip_permutation())
+    n = jax.device_count()  # the batch is split over the devices
+    batch = -(-(batch_size or config.train.batch_size) // n) * n
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    rows: list[tuple[str, np.ndarray, Any]] = []
+    nan = np.full((lset.num_landmarks, 2), np.nan)
+    # Threads decode; one batch at a time bounds the memory of full-resolution images.
+    with ThreadPoolExecutor(max_workers=min(batch, os.cpu_count() or 1)) as pool:
+        for s in range(0, len(files), batch):
+            read = list(pool.map(_read, files[s : s + batch]))
+            ok = [r for r in read if isinstance(r, Radiograph)]
+            # The bit depth gives the unit-range scaling of the file-based cache.
+            records = [Record(r.pixels, nan, None, meta={"bit_depth": r.bit_depth}) for r in ok]
+            coords, conf = evaluate.predict_dataset(
+                predict,
+                Dataset(lset, records),
+                input_size=tuple(config.data.input_size),
+                batch_size=batch,
+                fit=config.data.fit,
+                normalize=config.data.normalize,
+            )
+            # Rounded once, so the JSON, LabelMe and CSV files hold the same numbers.
+            coords, conf = np.round(coords.astype(float), 3), np.round(conf.astype(float), 4)
+            spacing = np.array([r.spacing or (np.nan, np.nan) for r in ok]).reshape(-1, 2)
+            measured = measure_dataset(coords, spacing, lset, [r.path for r in ok])
+            done = iter(zip(coords, conf, measured, strict=True))
+            for path, stem, r in zip(files[s : s + batch], stems[s : s + batch], read, strict=True):
+                if isinstance(r, LandmarkDataError):
+                    print(f"lmjax predict: skipped: {r}", file=sys.stderr)
+                    results.append({"image": str(path), "error": str(r)})
+                    continue
+                xy, c, m = next(done)
+                results.append(write_outputs(out, stem, path, r, xy, c, lset, m["measurements"]))
+                rows.append((_relative(path, out), xy, r.spacing or (np.nan, np.nan)))
+    if not rows:
+        errors = [r["error"] for r in results]
+        many = f"none of the {len(errors)} images could be read; first: {errors[0]}"
+        raise LandmarkDataError(errors[0] if len(errors) == 1 else many)
+    images, coords, spacing = zip(*rows, strict=True)
+    table = out / "predictions.csv"
+    write_csv(table, list(images), np.stack(coords), lset.names, spacing=np.array(spacing))
+    return results
