@@ -91,9 +91,20 @@ def _relative(path: pathlib.Path, start: pathlib.Path) -> str:
         return path.resolve().as_posix()
 
 
-def overlay(grey: np.ndarray, coords: np.ndarray) -> Image.Image:
-    """RGB uint8 `[H, W]` image with landmark k circled and numbered k + 1;
-    downscaled (points too) to at most MAX_OVERLAY_SIDE."""
+def measurement_lines(measured: dict[str, Any]) -> list[str]:
+    """One text line per measurement: name, value with unit, class or why missing."""
+    lines = []
+    for name, m in measured.items():
+        value = "-" if m.get("value") is None else f"{m['value']:.1f} {m.get('unit', '')}"
+        tail = m.get("class") or m.get("reason") or ""
+        lines.append(f"{name} {value} {tail}".strip())
+    return lines
+
+
+def overlay(grey: np.ndarray, coords: np.ndarray, lines: list[str] = ()) -> Image.Image:
+    """RGB uint8 `[H, W]` image with landmark k circled and numbered k + 1 and the
+    measurement `lines` in the top-left corner; downscaled (points too) to at most
+    MAX_OVERLAY_SIDE."""
     pic = Image.fromarray(grey).convert("RGB")
     src_hw = grey.shape[:2]
     dst_hw = cache_hw(src_hw, MAX_OVERLAY_SIDE)
@@ -108,6 +119,11 @@ def overlay(grey: np.ndarray, coords: np.ndarray) -> Image.Image:
             colour = _COLOURS[k % len(_COLOURS)]
             draw.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=max(1, r // 2))
             draw.text((x + r + 1, y - r), str(k + 1), fill=colour, font=font)
+    step = max(10, 3 * r) + 2
+    for i, line in enumerate(lines):
+        y = 2 + i * step
+        draw.rectangle(draw.textbbox((4, y), line, font=font), fill=(0, 0, 0))
+        draw.text((4, y), line, fill=(255, 255, 255), font=font)
     return pic
 
 
@@ -143,7 +159,7 @@ def write_outputs(
     }
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=2))
     grey = image_io.to_display_uint8(rad)
-    overlay(grey, coords).save(out / f"{stem}.png")
+    overlay(grey, coords, measurement_lines(measured)).save(out / f"{stem}.png")
     review, rel = out / f"{stem}.labelme.json", _relative(path, out)
     # LabelMe resolves imagePath against the folder of the JSON file.
     write_labelme(review, coords, lset.names, image_path=rel, image_hw=rad.shape, scores=conf)
