@@ -46,6 +46,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "train: a config file (`get_config(arg)`), as PATH[:ARG]; default: the phantom U-Net.",
     lock_config=True,
 )
+_STEPS = flags.DEFINE_integer("steps", 20, "benchmark: timed steps after warm-up.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "train/evaluate: the run's folder.")
 _SPLIT = flags.DEFINE_string("split", None, "evaluate: split to evaluate (default: test).")
 
@@ -59,6 +60,8 @@ commands:
                            [--ground_truth=senior|junior|mean] [--output=FILE.json]
   predict   landmarks (JSON, overlay PNG, LabelMe file) for DICOM or image files
             lmjax predict --workdir=DIR --output_dir=DIR INPUT [INPUT ...]
+  benchmark train-step throughput of a config on synthetic batches
+            lmjax benchmark [--config=PATH[:ARG]] [--steps=N] [--output=FILE.json]
   inspect   read a dataset folder as training would and summarise it
             lmjax inspect --data_dir=DIR [--format=...] [--output=FILE.json]
   preview   run the input pipeline with augmentation and write an image grid
@@ -240,6 +243,15 @@ def cmd_predict(inputs: list[str]):
     return 0
 
 
+def cmd_benchmark():
+    from lmjax.benchmark import benchmark, format_benchmark
+
+    result = benchmark(_CONFIG.value, steps=_STEPS.value)
+    print(format_benchmark(result))
+    _write_json(result, _OUTPUT.value)
+    return 0
+
+
 def cmd_evaluate():
     if not _WORKDIR.value:
         raise LandmarkDataError("--workdir is required")
@@ -251,6 +263,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "benchmark": cmd_benchmark,
     "inspect": cmd_inspect,
     "preview": cmd_preview,
     "measure": cmd_measure,
