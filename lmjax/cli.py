@@ -126,14 +126,10 @@ def cmd_preview():
 def cmd_measure():
     import csv
 
-    import numpy as np
-
     from lmjax.measurements.report import measure_dataset, to_csv_rows
 
     ds = _load()
-    spacing = np.array(
-        [r.spacing if r.spacing else (np.nan, np.nan) for r in ds.records], np.float64
-    ).reshape(-1, 2)
+    spacing = ds.spacings()
     results = measure_dataset(
         ds.landmarks(), spacing, ds.landmark_set, [r.name for r in ds.records]
     )

@@ -92,9 +92,7 @@ def error_report(
       `missed`, `sdr` ({threshold: percent}) and `per_landmark`.
     """
     gt = dataset.landmarks()
-    spacing = np.array(
-        [r.spacing if r.spacing else (np.nan, np.nan) for r in dataset.records], np.float64
-    ).reshape(-1, 2)
+    spacing = dataset.spacings()
     errors, unit = metrics.radial_errors(pred, gt, spacing)
     summary = metrics.summarize(errors, unit=unit, thresholds=thresholds)
     report = {
@@ -132,9 +130,7 @@ def measurement_report(pred: np.ndarray, dataset: Dataset) -> dict[str, Any] | N
     from lmjax.measurements.report import compare, measure_dataset
 
     names = [r.name for r in dataset.records]
-    spacing = np.array(
-        [r.spacing if r.spacing else (np.nan, np.nan) for r in dataset.records], np.float64
-    ).reshape(-1, 2)
+    spacing = dataset.spacings()
     gt = measure_dataset(dataset.landmarks(), spacing, dataset.landmark_set, names)
     if not any(r["measurements"] for r in gt):
         return None

@@ -197,6 +197,12 @@ class Dataset:
         recs = [r for r in self.records if r.split in names]
         return dataclasses.replace(self, records=recs)
 
+    def spacings(self) -> np.ndarray:
+        """float64 `[N, 2]` (row_mm, col_mm) of all records; NaN rows where unknown."""
+        return np.array(
+            [r.spacing if r.spacing else (np.nan, np.nan) for r in self.records], np.float64
+        ).reshape(-1, 2)
+
     def landmarks(self) -> np.ndarray:
         """float32 `[N, K, 2]` of all records."""
         return (
