@@ -169,7 +169,7 @@ def _evaluate_workdir(workdir: str, split: str | None, output: str | None) -> di
             config.data.data_dir = _DATA_DIR.value
         if _GROUND_TRUTH.present:
             config.data.ground_truth = _GROUND_TRUTH.value
-    train, val, test = loop.load_splits(config)
+    _, val, test = loop.load_splits(config)
     name = split or (config.data.test_split if test is not None else config.data.val_split)
     if name == config.data.val_split:
         dataset = val
@@ -186,10 +186,11 @@ def _evaluate_workdir(workdir: str, split: str | None, output: str | None) -> di
             seed=config.train.seed,
         )
         dataset = full.split(name)
-    if dataset.landmark_set.num_landmarks != train.landmark_set.num_landmarks:
+    trained = loop.load_landmark_set(workdir, config)
+    if dataset.landmark_set.num_landmarks != trained.num_landmarks:
         raise LandmarkDataError(
             f"the data has {dataset.landmark_set.num_landmarks} landmarks, the model "
-            f"{train.landmark_set.num_landmarks}"
+            f"{trained.num_landmarks}"
         )
     report, coords, _ = loop.evaluate_state(config, eval_step, mesh, state, dataset)
     measurements = measurement_report(coords, dataset)

@@ -212,8 +212,8 @@ def run_predict(
         if (out / name).resolve() in sources:
             raise LandmarkDataError(f"{out / name}: the output would overwrite an input image")
     config, mesh, state, eval_step = loop.restore_trained(workdir)
-    lset = loop.load_splits(config)[0].landmark_set
-    predict = loop.predictor(eval_step, mesh, [state])
+    lset = loop.load_landmark_set(workdir, config)
+    predict = loop.predictor(eval_step, mesh, [state], loop.task_spec(config))
     if flip_tta and not lset.flip_pairs:
         raise LandmarkDataError(f"flip TTA: landmark set {lset.name!r} has no left/right pairs")
     if (flip_tta or config.train.flip_tta) and lset.flip_pairs:

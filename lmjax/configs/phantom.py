@@ -67,6 +67,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.train.eval_every = 100
     c.train.log_every = 20
     c.train.keep = 3
+    c.train.tensorboard = True  # event files under <workdir>/tensorboard
     c.train.seed = 0
     c.train.flip_tta = False
 

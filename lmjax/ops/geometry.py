@@ -62,8 +62,9 @@ def warp_image(
       `[B, out_h, out_w, C]` in the dtype of `image`.
     """
     h, w = out_hw
-    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
-                          indexing="ij")
+    ys, xs = jnp.meshgrid(
+        jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
+    )
     grid = jnp.stack([xs.ravel(), ys.ravel()], -1)  # [H*W, 2] (x, y)
 
     def one(img, m):
@@ -71,7 +72,10 @@ def warp_image(
 
         def channel(ch):
             out = ndimage.map_coordinates(
-                ch.astype(jnp.float32), [src[:, 1], src[:, 0]], order=order, mode="constant",
+                ch.astype(jnp.float32),
+                [src[:, 1], src[:, 0]],
+                order=order,
+                mode="constant",
                 cval=cval,
             )
             return out.reshape(h, w)

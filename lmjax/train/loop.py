@@ -22,18 +22,21 @@ from lmjax import evaluate as evaluation
 from lmjax import models, parallel
 from lmjax.data.datasets import load_dataset
 from lmjax.data.pipeline import make_pipeline
-from lmjax.data.types import Dataset
+from lmjax.data.types import Dataset, LandmarkSet
 from lmjax.train import checkpoint as ckpt_lib
+from lmjax.train.logs import RunLog
 from lmjax.train.optim import OptimConfig, ReduceOnPlateau, make_optimizer
 from lmjax.train.step import (
     TaskSpec,
     create_train_state,
+    host_coordinates,
     make_eval_step,
     make_train_step,
     set_lr_scale,
 )
 
 DEVICE_KEYS = ("image", "landmarks", "visible", "valid")
+LANDMARKS_FILE = "landmarks.json"
 _PLATEAU_FIELDS = ("scale", "best", "num_bad", "cooldown_left")
 
 
@@ -115,19 +118,26 @@ def build(config, num_landmarks: int):
     return mesh, state, train_step, eval_step, optim
 
 
-def predictor(eval_step, mesh, state_ref: list):
-    """`images -> (coords, confidence)` at the model input, through the eval step."""
+def predictor(eval_step, mesh, state_ref: list, task: TaskSpec | None = None):
+    """`images -> (coords, confidence)` at the model input, through the eval step.
+
+    `task` is needed when its extractor runs on the host (the step returns maps).
+    """
 
     def predict(images: np.ndarray):
         batch = parallel.shard_batch({"image": images.astype(np.float32)}, mesh)
         out = eval_step(state_ref[0], batch)
+        if "probs" in out:
+            if task is None:
+                raise ValueError("a host extractor needs the TaskSpec in predictor()")
+            return host_coordinates(task, np.asarray(out["probs"]), images.shape[1:3])
         return np.asarray(out["coords"]), np.asarray(out["confidence"])
 
     return predict
 
 
 def evaluate_state(config, eval_step, mesh, state, dataset: Dataset, *, cache_dir=None):
-    predict = predictor(eval_step, mesh, [state])
+    predict = predictor(eval_step, mesh, [state], task_spec(config))
     if config.train.flip_tta and dataset.landmark_set.flip_pairs:
         predict = evaluation.with_flip_tta(predict, dataset.landmark_set.flip_permutation())
     coords, conf = evaluation.predict_dataset(
@@ -140,6 +150,29 @@ def evaluate_state(config, eval_step, mesh, state, dataset: Dataset, *, cache_di
         cache_dir=cache_dir,
     )
     return evaluation.error_report(coords, dataset), coords, conf
+
+
+def save_landmark_set(workdir: pathlib.Path, landmark_set: LandmarkSet) -> None:
+    """`landmarks.json`: what the outputs mean, so inference never reads training data."""
+    path = pathlib.Path(workdir) / LANDMARKS_FILE
+    path.write_text(json.dumps(dataclasses.asdict(landmark_set), indent=1) + "\n")
+
+
+def load_landmark_set(workdir: str | pathlib.Path, config=None) -> LandmarkSet:
+    """The landmark set a workdir was trained on (from its training data if unsaved)."""
+    path = pathlib.Path(workdir) / LANDMARKS_FILE
+    if path.exists():
+        raw = json.loads(path.read_text())
+        return LandmarkSet(
+            name=raw["name"],
+            names=tuple(raw["names"]),
+            flip_pairs=tuple(tuple(p) for p in raw["flip_pairs"]),
+            regions=None if raw["regions"] is None else tuple(raw["regions"]),
+            region_names=tuple(raw["region_names"]),
+        )
+    if config is None:
+        raise FileNotFoundError(f"{path}: missing")
+    return load_splits(config)[0].landmark_set
 
 
 # ---------------------------------------------------------------- the loop
@@ -156,6 +189,7 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
     cache_dir = config.data.cache_dir or str(workdir / "cache")
     train_ds, val_ds, _ = load_splits(config)
     k = train_ds.landmark_set.num_landmarks
+    save_landmark_set(workdir, train_ds.landmark_set)
     mesh, state, train_step, eval_step, optim = build(config, k)
     jax.set_mesh(mesh)
     batches = make_pipeline(
@@ -185,7 +219,7 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
 
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal="SIGTERM"))
-    history = (workdir / "metrics.jsonl").open("a")
+    history = RunLog(workdir, tensorboard=config.train.get("tensorboard", True))
     report: dict[str, Any] = {}
     try:
         t0, seen, skipped = time.perf_counter(), 0, None
@@ -210,8 +244,7 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
                     f"step {step}/{config.train.steps}  loss {values['loss']:.5f}  "
                     f"{rate:.1f} img/s  eta {eta:.0f}s"
                 )
-                history.write(json.dumps({"step": step, **values, "images_per_s": rate}) + "\n")
-                history.flush()
+                history.write(step, "train", {**values, "images_per_s": rate})
                 t0, seen = time.perf_counter(), 0
             if step % config.train.eval_every == 0 or last or stop["signal"]:
                 report, _, _ = evaluate_state(
@@ -223,19 +256,8 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
                     f"step {step}  val MRE {report['mre']:.3f} {report['unit']}  "
                     f"SDR@2 {report['sdr']['2']:.1f}%  lr scale {scale:g}"
                 )
-                history.write(
-                    json.dumps(
-                        {
-                            "step": step,
-                            "val": {
-                                key: report[key]
-                                for key in ("mre", "sd", "median", "p95", "sdr", "unit")
-                            },
-                        }
-                    )
-                    + "\n"
-                )
-                history.flush()
+                keys = ("mre", "sd", "median", "p95", "sdr", "unit")
+                history.write(step, "val", {key: report[key] for key in keys})
                 checkpoints.save(
                     step,
                     state,
@@ -270,8 +292,8 @@ def restore_trained(workdir: str | pathlib.Path, *, which: str = "best"):
     if saved is None:
         raise FileNotFoundError(f"{workdir}: no checkpoint found; train with lmjax train first")
     config = ml_collections.ConfigDict(saved)
-    train_ds, _, _ = load_splits(config)
-    mesh, state, _, eval_step, _ = build(config, train_ds.landmark_set.num_landmarks)
+    landmark_set = load_landmark_set(workdir, config)
+    mesh, state, _, eval_step, _ = build(config, landmark_set.num_landmarks)
     checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
     try:
         step = "best" if which == "best" and checkpoints.best_step() is not None else None

@@ -28,7 +28,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from lmjax.ops import extractors, targets
+from lmjax.ops import centroids, extractors, targets
 from lmjax.ops.losses import deep_supervision, get_loss
 from lmjax.parallel import data_sharding, replicated
 
@@ -39,6 +39,9 @@ DIFFERENTIABLE = ("soft_argmax", "local_soft_argmax", "probability_centroid")
 EXTRACTORS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
     n: getattr(extractors, n) for n in ("hard_argmax", "sigmoid_argmax", *DIFFERENTIABLE)
 }
+# The lower-limb paper's methods 1-5 label connected components on the host: the eval
+# step returns probabilities and `host_coordinates` finishes the job.
+HOST_EXTRACTORS = tuple(centroids.METHODS)
 COORD_LOSSES = ("coord_l1", "coord_l2", "wing")  # (pred [B,K,2], target [B,K,2])
 REGION_LOSSES = ("anatomical_consistency", "soft_anatomical_consistency")
 
@@ -54,7 +57,8 @@ class TaskSpec:
     losses: name -> weight. `COORD_LOSSES` compare coordinates, the others compare
       `outputs["heatmaps"]` (plus `outputs["deep_supervision"]`) with the target.
     loss_kwargs: name -> extra keyword arguments of that loss.
-    extractor, extractor_kwargs: `EXTRACTORS` name and options, for coordinates.
+    extractor, extractor_kwargs: `EXTRACTORS` (on device) or `HOST_EXTRACTORS`
+      (`lmjax.ops.centroids` methods, on the host) name and options.
     deep_supervision(_weights): also supervise those outputs (None: halving weights).
     compute_dtype: "float32" or "bfloat16" (params stay float32).
     """
@@ -76,7 +80,7 @@ class TaskSpec:
         for what, value, known in (
             ("mode", self.mode, MODES),
             ("target", self.target_kind, TARGETS),
-            ("extractor", self.extractor, tuple(EXTRACTORS)),
+            ("extractor", self.extractor, (*EXTRACTORS, *HOST_EXTRACTORS)),
             ("compute_dtype", self.compute_dtype, tuple(DTYPES)),
         ):
             if value not in known:
@@ -281,13 +285,19 @@ def make_eval_step(
     coords `[B, K, 2]` (x, y) in model-input pixels (the host maps them to the
     original image with `batch["to_original"]`): `outputs["coords"]` if the model
     has them, else the extractor's; confidence `[B, K]` from the extractor on the
-    heatmaps (1 without heatmaps). Both are sharded along `data`.
+    heatmaps (1 without heatmaps). Both are sharded along `data`. With a host
+    extractor it returns `{"probs"}` instead: maps `[B, h, w, K]` in [0, 1] (sigmoid
+    of segmentation logits, clipped heatmaps) for `host_coordinates`.
     """
     dtype = DTYPES[task.compute_dtype]
 
     def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         model = _merge(graphdef, state.params, state, False, dtype)
         outputs = model(batch["image"].astype(dtype))
+        if task.extractor in HOST_EXTRACTORS and "heatmaps" in outputs:
+            maps = outputs["heatmaps"].astype(jnp.float32)
+            probs = jax.nn.sigmoid(maps) if task.mode == "segmentation" else jnp.clip(maps, 0, 1)
+            return {"probs": probs}
         if "heatmaps" in outputs:
             coords, conf = _extract(task, outputs["heatmaps"], batch["image"])
         else:
@@ -297,3 +307,16 @@ def make_eval_step(
 
     data = data_sharding(mesh)
     return jax.jit(eval_step, in_shardings=(replicated(mesh), data), out_shardings=data)
+
+
+def host_coordinates(
+    task: TaskSpec, probs: np.ndarray, input_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(coords [B, K, 2] in model-input pixels, confidence [B, K])` by a host method.
+
+    Missed landmarks (no component) are NaN with confidence 0.
+    """
+    result = centroids.extract_centroids(probs, task.extractor, **task.extractor_kwargs)
+    h, w = probs.shape[1:3]
+    scale = np.array([input_hw[1] / w, input_hw[0] / h], np.float32)
+    return (result.coords + 0.5) * scale - 0.5, result.confidence

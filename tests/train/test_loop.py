@@ -12,6 +12,8 @@ import pytest
 from lmjax.configs.phantom import get_config
 from lmjax.train import checkpoint as ckpt_lib
 from lmjax.train import loop
+from lmjax.train.logs import TENSORBOARD_DIR
+from tests.train.test_logs import read_scalars
 
 
 def _config(**train):
@@ -38,6 +40,28 @@ def test_training_halves_the_validation_error(tmp_path):
     assert after["mre"] <= 0.5 * before["mre"], (before["mre"], after["mre"])
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4 and '"val"' in lines[-1]
+    scalars = read_scalars(tmp_path / TENSORBOARD_DIR)
+    assert [s for s, _ in scalars["train/loss"]] == [50, 100, 150]
+    assert scalars["val/mre"] == [(150, pytest.approx(after["mre"], rel=1e-6))]
+    assert loop.load_landmark_set(tmp_path) == val.landmark_set
+
+
+def test_segmentation_with_method_3_learns(tmp_path):
+    config = _config(steps=150, eval_every=150, log_every=50)
+    with config.unlocked():
+        config.task.mode = "segmentation"
+        config.task.target = "circle"
+        config.task.radius = 4.0
+        config.task.losses = {"dice_ce": 1.0}
+        config.task.extractor = "midpoint"
+        config.optim.learning_rate = 1e-2
+    _, val, _ = loop.load_splits(config)
+    mesh, state, _, eval_step, _ = loop.build(config, val.landmark_set.num_landmarks)
+    before, _, _ = loop.evaluate_state(config, eval_step, mesh, state, val)
+    after = loop.train(config, tmp_path, log=lambda *_: None)
+    losses = [v for _, v in read_scalars(tmp_path / TENSORBOARD_DIR)["train/loss"]]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert after["mre"] <= 0.5 * before["mre"], (before["mre"], after["mre"])
 
 
 def test_resume_reaches_the_same_parameters(tmp_path):
