@@ -10,7 +10,8 @@ splits, U-Net, schedule) is the heatmap config's. Arguments as there:
   cpu  256x192 input, 16 features, r = 7.5 px, 2 CPU cores in under an hour.
   gpu  640x512 input, 32 features, r = 15 px, bf16.
 
-    lmjax train --config=experiments/configs/isbi2015_unet_segmentation.py:cpu --workdir=runs/isbi_seg
+    lmjax train --workdir=runs/isbi_seg \
+        --config=experiments/configs/isbi2015_unet_segmentation.py:cpu
     lmjax evaluate --workdir=runs/isbi_seg --split=test1 --ground_truth=senior
 """
 
