@@ -68,6 +68,8 @@ commands:
             lmjax preview [--data_dir=DIR] [--augment=PRESET] [--output_dir=DIR]
   measure   clinical measurements and classes from annotation files
             lmjax measure --data_dir=DIR [--format=...] [--output=FILE.json|FILE.csv]
+  compare   evaluation reports side by side, Wilcoxon signed-rank tests on paired errors
+            lmjax compare A.json B.json [...] [--output=FILE.json]
 
 `lmjax COMMAND --helpfull` lists every flag."""
 
@@ -249,6 +251,15 @@ def cmd_benchmark():
     return 0
 
 
+def cmd_compare(reports: list[str]):
+    from lmjax.compare import compare_reports, format_comparison
+
+    result = compare_reports(reports)
+    print(format_comparison(result))
+    _write_json(result, _OUTPUT.value)
+    return 0
+
+
 def cmd_evaluate():
     if not _WORKDIR.value:
         raise LandmarkDataError("--workdir is required")
@@ -264,18 +275,20 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "preview": cmd_preview,
     "measure": cmd_measure,
+    "compare": cmd_compare,
 }
+POSITIONAL = ("predict", "compare")  # commands that take file arguments
 
 
 def _main(command: str, argv: list[str]) -> int:
-    if len(argv) > 1 and command != "predict":
+    if len(argv) > 1 and command not in POSITIONAL:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         with warnings.catch_warnings():
             # Data problems are listed by the command itself, once.
             warnings.simplefilter("ignore", UserWarning)
-            if command == "predict":
-                return cmd_predict(argv[1:])
+            if command in POSITIONAL:
+                return COMMANDS[command](argv[1:])
             return COMMANDS[command]()
     except (LandmarkDataError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"lmjax {command}: error: {e}", file=sys.stderr)

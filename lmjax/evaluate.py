@@ -89,7 +89,8 @@ def error_report(
 
     Returns:
       A JSON-ready dict: `n_images`, `unit`, `mre`, `sd`, `median`, `iqr`, `p95`,
-      `missed`, `sdr` ({threshold: percent}) and `per_landmark`.
+      `missed`, `sdr` ({threshold: percent}), `per_landmark` and `per_image`
+      (`images`, `landmarks` and `errors [N][K]`, null where missing).
     """
     gt = dataset.landmarks()
     spacing = dataset.spacings()
@@ -103,6 +104,14 @@ def error_report(
         "per_landmark": metrics.per_landmark(
             errors, dataset.landmark_set.names, unit=unit, thresholds=thresholds
         ),
+        # Paired tests between models (`lmjax compare`) need every single error.
+        "per_image": {
+            "images": [r.name for r in dataset.records],
+            "landmarks": list(dataset.landmark_set.names),
+            "errors": [
+                [round(float(e), 4) if np.isfinite(e) else None for e in row] for row in errors
+            ],
+        },
     }
     return report
 
