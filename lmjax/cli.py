@@ -217,11 +217,25 @@ def _evaluate_workdir(workdir: str, split: str | None, output: str | None) -> di
 def cmd_train():
     import tempfile
 
-    from lmjax.train import loop
+    from lmjax.train import folds, loop
 
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="lmjax_")
     config = _CONFIG.value
     print(f"training {config.model.name} into {workdir}")
+    if folds.cv_enabled(config) and config.data.get("cv_fold", -1) < 0:
+        summary = folds.run_folds(
+            config,
+            workdir,
+            loop.train,
+            lambda fold_dir, out: _evaluate_workdir(str(fold_dir), None, out),
+        )
+        if "stopped_by" not in summary:
+            print(
+                f"cross-validation over {summary['n_folds']} folds: MRE "
+                f"{summary['mre_mean']:.3f} +- {summary['mre_sd']:.3f} {summary['unit']} "
+                f"(pooled {summary['pooled_mre']:.3f}); {workdir}/cv_summary.json"
+            )
+        return 0
     if loop.train(config, workdir).get("stopped_by"):
         return 0
     report = _evaluate_workdir(workdir, None, str(pathlib.Path(workdir) / "eval.json"))

@@ -23,6 +23,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.val_split = "val"  # held out of train_split when the dataset lacks it
     c.data.test_split = "test"
     c.data.val_fraction = 0.1
+    # Cross-validation (lmjax.train.folds): k-fold, or leave-one-group-out by a
+    # metadata key or a regular expression on the image name; -1: every fold.
+    c.data.cv_folds = 0
+    c.data.cv_group_key = ""
+    c.data.cv_group_pattern = ""
+    c.data.cv_fold = -1
     c.data.input_size = (128, 128)
     c.data.fit = "resize"
     c.data.normalize = "zscore"

@@ -24,6 +24,7 @@ from lmjax.data.datasets import load_dataset
 from lmjax.data.pipeline import make_pipeline
 from lmjax.data.types import Dataset, LandmarkSet
 from lmjax.train import checkpoint as ckpt_lib
+from lmjax.train import folds
 from lmjax.train.logs import RunLog
 from lmjax.train.optim import OptimConfig, ReduceOnPlateau, make_optimizer
 from lmjax.train.step import (
@@ -61,7 +62,12 @@ def load_splits(config) -> tuple[Dataset, Dataset, Dataset | None]:
         raise ValueError(f"{d.data_dir or 'phantom'}: no usable records; {ds.errors[:3]}")
     splits = {r.split for r in ds.records}
     train = ds.split(d.train_split) if d.train_split in splits else ds
-    if d.val_split in splits:
+    test = ds.split(d.test_split) if d.test_split in splits else None
+    cv = folds.cv_enabled(config)
+    if cv:  # the held-out fold is the test set; validation comes from the rest
+        keep, out = folds.held_out(train.records, config)
+        train, test = (dataclasses.replace(train, records=r) for r in (keep, out))
+    if d.val_split in splits and not cv:
         val = ds.split(d.val_split)
     else:  # hold out a deterministic part of the training records
         n_val = max(1, int(round(len(train.records) * d.val_fraction)))
@@ -71,7 +77,6 @@ def load_splits(config) -> tuple[Dataset, Dataset, Dataset | None]:
         train = dataclasses.replace(
             train, records=[r for i, r in enumerate(train.records) if i not in held]
         )
-    test = ds.split(d.test_split) if d.test_split in splits else None
     return train, val, test
 
 

@@ -1,0 +1,148 @@
+"""Cross-validation: k-fold and leave-one-group-out over the training records.
+
+Set in the config's `data` block:
+
+  cv_folds: k > 1 for k-fold (records dealt to folds by a seeded permutation).
+  cv_group_key / cv_group_pattern: leave-one-group-out, one fold per group (the
+    fluoroscopy paper holds out one specimen at a time). The group is the record's
+    `meta[cv_group_key]`, or the first capture group (else the whole match) of the
+    regular expression `cv_group_pattern` searched in the record's name.
+  cv_fold: which fold is held out (-1 with `lmjax train`: every fold in turn).
+
+Fold i's held-out records become the test split; validation is carved from the
+rest as without cross-validation. `lmjax train` writes `fold_<i>/` workdirs, an
+`eval.json` per fold on its held-out records, and `cv_summary.json`: mean and SD
+of the folds' MRE and SDR, and the pooled MRE over all held-out errors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lmjax.data.types import Record
+
+
+def cv_enabled(config) -> bool:
+    d = config.data
+    return bool(d.get("cv_folds", 0) or d.get("cv_group_key", "") or d.get("cv_group_pattern", ""))
+
+
+def _group(record: Record, key: str, pattern: str) -> str:
+    if key:
+        if key not in record.meta:
+            raise ValueError(f"{record.name}: no {key!r} in the record's metadata for cv_group_key")
+        return str(record.meta[key])
+    match = re.search(pattern, record.name)
+    if match is None:
+        raise ValueError(f"{record.name}: cv_group_pattern {pattern!r} does not match")
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def assign_folds(records: Sequence[Record], config) -> tuple[np.ndarray, list[str]]:
+    """Fold index `[N]` of every record and a name per fold.
+
+    Raises:
+      ValueError: both k-fold and groups set, fewer than 2 folds or groups, more
+        folds than records, or records without a group.
+    """
+    d = config.data
+    folds, key, pattern = (
+        d.get("cv_folds", 0),
+        d.get("cv_group_key", ""),
+        d.get("cv_group_pattern", ""),
+    )
+    n = len(records)
+    if folds and (key or pattern):
+        raise ValueError("set either data.cv_folds (k-fold) or a cv_group_* (leave-one-group-out)")
+    if key or pattern:
+        groups = [_group(r, key, pattern) for r in records]
+        names = sorted(set(groups))
+        if len(names) < 2:
+            raise ValueError(f"leave-one-group-out needs at least 2 groups, found {names}")
+        return np.array([names.index(g) for g in groups]), names
+    if not 2 <= folds <= n:
+        raise ValueError(f"data.cv_folds must be from 2 to the {n} training records, not {folds}")
+    order = np.random.default_rng(config.train.seed).permutation(n)
+    fold = np.empty(n, int)
+    fold[order] = np.arange(n) % folds
+    return fold, [f"fold {i}" for i in range(folds)]
+
+
+def held_out(records: Sequence[Record], config) -> tuple[list[Record], list[Record]]:
+    """`(training records, held-out records)` for `config.data.cv_fold`."""
+    fold, names = assign_folds(records, config)
+    i = config.data.get("cv_fold", -1)
+    if not 0 <= i < len(names):
+        raise ValueError(f"data.cv_fold must be in 0..{len(names) - 1} for one run, not {i}")
+    keep = [r for r, f in zip(records, fold, strict=True) if f != i]
+    out = [r for r, f in zip(records, fold, strict=True) if f == i]
+    return keep, out
+
+
+def summarize_folds(reports: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """Mean and SD over folds of MRE and SDR, and the pooled MRE of every held-out error."""
+    mre = np.array([r["mre"] for r in reports], np.float64)
+    pooled = np.concatenate(
+        [
+            np.array(r["per_image"]["errors"], np.float64).ravel()
+            for r in reports
+            if "per_image" in r
+        ]
+        or [np.array([np.nan])]
+    )
+    sdr_keys = list(reports[0]["sdr"])
+    return {
+        "n_folds": len(reports),
+        "unit": reports[0]["unit"],
+        "mre_mean": float(mre.mean()),
+        "mre_sd": float(mre.std()),
+        "pooled_mre": float(np.nanmean(pooled)),
+        "n_errors": int(np.isfinite(pooled).sum()),
+        "sdr_mean": {k: float(np.mean([r["sdr"][k] for r in reports])) for k in sdr_keys},
+        "folds": [
+            {"fold": name, "n_images": r["n_images"], "mre": r["mre"], "sdr": r["sdr"]}
+            for name, r in zip(names, reports, strict=True)
+        ],
+    }
+
+
+def run_folds(config, workdir, train_fn, evaluate_fn, *, log=print) -> dict[str, Any]:
+    """Trains and evaluates every fold into `workdir/fold_<i>`; writes `cv_summary.json`.
+
+    `train_fn(config, fold_workdir)` trains one fold (resuming if it has started);
+    `evaluate_fn(fold_workdir, output_path)` returns the held-out report. A fold
+    stopped by SIGTERM stops the whole run, to be resumed later.
+    """
+    import json
+    import pathlib
+
+    from lmjax.data.datasets import load_dataset
+
+    d = config.data
+    ds = load_dataset(
+        d.data_dir or None,
+        format=d.format or None,
+        ground_truth=d.ground_truth,
+        phantom_size=d.phantom_size,
+        seed=config.train.seed,
+    )
+    pool = ds.split(d.train_split) if d.train_split in {r.split for r in ds.records} else ds
+    _, names = assign_folds(pool.records, config)
+    workdir = pathlib.Path(workdir)
+    reports = []
+    for i, name in enumerate(names):
+        fold_config = config.copy_and_resolve_references()
+        with fold_config.unlocked():
+            fold_config.data.cv_fold = i
+        fold_dir = workdir / f"fold_{i}"
+        log(f"cross-validation: {name} ({i + 1} of {len(names)}) into {fold_dir}")
+        if train_fn(fold_config, fold_dir).get("stopped_by"):
+            return {"stopped_by": "SIGTERM", "fold": i}
+        reports.append(evaluate_fn(fold_dir, str(fold_dir / "eval.json")))
+    summary = summarize_folds(reports, names)
+    (workdir / "cv_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
