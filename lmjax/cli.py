@@ -47,6 +47,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True,
 )
 _STEPS = flags.DEFINE_integer("steps", 20, "benchmark: timed steps after warm-up.")
+_DATA = flags.DEFINE_enum(
+    "data", "fake", ["fake", "real"], "benchmark: also time the training input pipeline (real)."
+)
+_INFER_BATCH = flags.DEFINE_integer("infer_batch", 32, "benchmark: inference throughput batch.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "train/evaluate: the run's folder.")
 _SPLIT = flags.DEFINE_string("split", None, "evaluate: split to evaluate (default: test).")
 
@@ -60,8 +64,9 @@ commands:
                            [--ground_truth=senior|junior|mean] [--output=FILE.json]
   predict   landmarks (JSON, overlay PNG, LabelMe file) for DICOM or image files
             lmjax predict --workdir=DIR --output_dir=DIR INPUT [INPUT ...]
-  benchmark train-step throughput of a config on synthetic batches
-            lmjax benchmark [--config=PATH[:ARG]] [--steps=N] [--output=FILE.json]
+  benchmark train-step and inference throughput, MFU, memory, input-pipeline wait
+            lmjax benchmark [--config=PATH[:ARG]] [--steps=N] [--data=fake|real]
+                            [--infer_batch=N] [--output=FILE.json]
   inspect   read a dataset folder as training would and summarise it
             lmjax inspect --data_dir=DIR [--format=...] [--output=FILE.json]
   preview   run the input pipeline with augmentation and write an image grid
@@ -259,7 +264,9 @@ def cmd_predict(inputs: list[str]):
 def cmd_benchmark():
     from lmjax.benchmark import benchmark, format_benchmark
 
-    result = benchmark(_CONFIG.value, steps=_STEPS.value)
+    result = benchmark(
+        _CONFIG.value, steps=_STEPS.value, data=_DATA.value, infer_batch=_INFER_BATCH.value
+    )
     print(format_benchmark(result))
     _write_json(result, _OUTPUT.value)
     return 0

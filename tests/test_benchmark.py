@@ -1,11 +1,40 @@
-"""`lmjax benchmark` reports compile and step times, throughput and FLOPs."""
+"""`lmjax benchmark`: peak lookup, MFU arithmetic, and the report on the tiny config."""
 
 from __future__ import annotations
 
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
 import pytest
 
-from lmjax.benchmark import benchmark, fake_batch, format_benchmark
+from lmjax import hardware
+from lmjax.benchmark import benchmark, efficiency, fake_batch, format_benchmark
 from lmjax.configs.phantom import get_config
+
+TOP_KEYS = {
+    "device_kind",
+    "device_count",
+    "versions",
+    "compile_s",
+    "step_s_median",
+    "step_s_p10",
+    "step_s_p90",
+    "images_per_s",
+    "images_per_s_per_device",
+    "flops_per_image",
+    "achieved_tflops",
+    "peak_tflops",
+    "mfu",
+    "mfu_note",
+    "peak_memory_bytes",
+    "input",
+    "inference",
+}
+INPUT_KEYS = {"pipeline_images_per_s", "input_wait_fraction", "images_per_s", "step_s"}
+INFERENCE_KEYS = {"latency_batch", "latency_s", "batch", "batch_s", "images_per_s"}
 
 
 def test_fake_batch_keeps_landmarks_inside():
@@ -14,10 +43,108 @@ def test_fake_batch_keeps_landmarks_inside():
     assert (b["landmarks"][..., 0] < 30).all() and (b["landmarks"][..., 1] < 20).all()
 
 
-def test_benchmark_tiny_config():
-    r = benchmark(get_config("tiny"), steps=3, warmup=1, num_landmarks=4)
-    assert r["device_kind"] == "cpu" and r["global_batch"] == 4
+@pytest.mark.parametrize(
+    "kind, name",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("NVIDIA H100 PCIe", "H100 PCIe"),
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA A100-SXM4-40GB", "A100"),
+        ("NVIDIA A100-PCIE-40GB", "A100"),
+        ("NVIDIA GH200 480GB", None),
+        ("NVIDIA H100 NVL", None),
+        ("Tesla V100-SXM2-16GB", None),
+        ("cpu", None),
+    ],
+)
+def test_gpu_name_from_device_kind(kind, name):
+    assert hardware.gpu_name(kind) == name
+
+
+def test_peak_follows_compute_dtype():
+    sxm, pcie = "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe"
+    assert hardware.peak_tflops(sxm, "bfloat16") == 989.4
+    assert hardware.peak_tflops(sxm, "float32") == 494.7  # TF32 by default
+    assert hardware.peak_tflops(pcie, "bfloat16") == 756.0
+    assert hardware.peak_tflops("NVIDIA H200", "float32") == 494.7
+    assert hardware.peak_tflops("NVIDIA A100-SXM4-40GB", "bfloat16") == 312.0
+    with jax.default_matmul_precision("highest"):
+        assert hardware.peak_tflops(sxm, "float32") == 66.9
+        assert hardware.peak_tflops(sxm, "bfloat16") == 989.4
+    assert hardware.peak_tflops("cpu", "float32") is None
+
+
+def test_mfu_arithmetic_on_a_constructed_result():
+    r = {
+        "flops_per_image": 2e9,
+        "images_per_s": 8000.0,
+        "images_per_s_per_device": 1000.0,
+        "device_kind": "NVIDIA H100 80GB HBM3",
+        "backend": "gpu",
+        "compute_dtype": "bfloat16",
+    }
+    e = efficiency(r)
+    assert e["achieved_tflops"] == pytest.approx(16.0)
+    assert e["peak_tflops"] == 989.4
+    assert e["mfu"] == pytest.approx(2e9 * 1000.0 / 989.4e12)
+    assert "H100 SXM bf16" in e["mfu_note"]
+    e = efficiency(r | {"compute_dtype": "float32"})
+    assert e["mfu"] == pytest.approx(2e9 * 1000.0 / 494.7e12) and "TF32" in e["mfu_note"]
+    e = efficiency(r | {"device_kind": "TPU v5 lite", "backend": "tpu"})
+    assert e["mfu"] is None and e["mfu_note"] == "no peak known for TPU v5 lite"
+    e = efficiency(r | {"device_kind": "cpu", "backend": "cpu"})
+    assert e["mfu"] is None and e["mfu_note"] == "MFU not defined on CPU"
+    assert efficiency(r | {"flops_per_image": None})["mfu"] is None
+
+
+def check_report(r):
+    assert TOP_KEYS <= set(r) and INFERENCE_KEYS <= set(r["inference"])
+    assert set(r["versions"]) == {"jax", "jaxlib", "flax", "optax", "python"}
+    assert r["device_kind"] == "cpu" and r["device_count"] == jax.device_count()
     assert r["step_s_p10"] <= r["step_s_median"] <= r["step_s_p90"]
-    assert r["images_per_s"] == pytest.approx(4 / r["step_s_median"])
-    assert r["parameters"] > 10_000 and r["flops_per_image"] > 1e6
-    assert "MFU not defined on CPU" in format_benchmark(r)
+    assert r["images_per_s"] == pytest.approx(r["global_batch"] / r["step_s_median"])
+    assert r["flops_per_image"] > 1e6 and r["achieved_tflops"] > 0
+    assert r["mfu"] is None and r["peak_memory_bytes"] is None
+    assert r["inference"]["latency_s"] > 0 and r["inference"]["images_per_s"] > 0
+    json.dumps(r)  # JSON-ready
+
+
+def test_benchmark_tiny_real_data():
+    r = benchmark(get_config("tiny"), steps=2, warmup=1, data="real", infer_batch=2)
+    check_report(r)
+    assert INPUT_KEYS <= set(r["input"])
+    assert 0.0 <= r["input"]["input_wait_fraction"] <= 1.0
+    assert r["input"]["pipeline_images_per_s"] > 0 and r["input"]["images_per_s"] > 0
+    assert r["inference"]["latency_batch"] == 1 and r["inference"]["batch"] == 2
+    table = format_benchmark(r)
+    assert "MFU not defined on CPU" in table and "waiting for input" in table
+
+
+def test_benchmark_rejects_unknown_data():
+    with pytest.raises(ValueError, match="data must be one of"):
+        benchmark(get_config("tiny"), data="synthetic")
+
+
+def test_cli_fake_data_writes_json(tmp_path):
+    config = pathlib.Path(__file__).parents[1] / "lmjax" / "configs" / "phantom.py"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmjax.cli",
+            "benchmark",
+            f"--config={config}:tiny",
+            "--steps=2",
+            "--infer_batch=1",  # the latency batch: one eval compile, not two
+            f"--output={tmp_path / 'b.json'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    r = json.loads((tmp_path / "b.json").read_text())
+    check_report(r)
+    assert r["data"] == "fake" and r["input"] is None and r["global_batch"] == 4
+    assert "MFU not defined on CPU" in out.stdout
