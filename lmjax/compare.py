@@ -79,6 +79,11 @@ def compare_reports(paths: Sequence[str | pathlib.Path]) -> dict[str, Any]:
     if len(paths) < 2:
         raise CompareError("compare needs at least two reports")
     reports = [_load(p) for p in paths]
+    labels = [r["label"] for r in reports]
+    if len(set(labels)) < len(labels):  # same file names: tell them apart by folder
+        for r, path in zip(reports, paths, strict=True):
+            path = pathlib.Path(path)
+            r["label"] = f"{path.parent.name}/{path.stem}"
     ref = reports[0]
     units = {r["unit"] for r in reports}
     if len(units) > 1:

@@ -121,3 +121,14 @@ def test_cli_compare_writes_json_and_fails_in_one_line(tmp_path):
     out = lmjax("compare", str(a), str(tmp_path / "missing.json"))
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "not a readable JSON report" in out.stderr
+
+
+def test_same_file_names_are_told_apart_by_folder(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    a, _ = _report(tmp_path / "x", "test1", 2.0, seed=1)
+    b, _ = _report(tmp_path / "y", "test1", 6.0, seed=2)
+    result = compare_reports([a, b])
+    assert [m["label"] for m in result["models"]] == ["x/test1", "y/test1"]
+    assert result["reference"] == "x/test1" and result["tests"][0]["label"] == "y/test1"
+    assert "reference" in format_comparison(result).splitlines()[3]
