@@ -15,6 +15,7 @@ import warnings
 from absl import app, flags
 from ml_collections import config_flags
 
+from lmjax import parallel
 from lmjax.data.types import LandmarkDataError
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder or file; default: the phantom.")
@@ -308,6 +309,7 @@ def _main(command: str, argv: list[str]) -> int:
         with warnings.catch_warnings():
             # Data problems are listed by the command itself, once.
             warnings.simplefilter("ignore", UserWarning)
+            parallel.initialize()  # before any JAX backend use; no-op for one process
             if command in POSITIONAL:
                 return COMMANDS[command](argv[1:])
             return COMMANDS[command]()

@@ -52,12 +52,27 @@ def predict_dataset(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Landmarks in the original frame for every record, in record order.
 
+    With several processes (`jax.process_count() > 1`) every process must call this
+    with the same dataset: each predicts its share of the records
+    (`records[process_index::process_count]`, `batch_size` images per batch and
+    process, equal batch counts thanks to padding) and the rows are then exchanged,
+    so every process returns the whole table. `predict` maps this process's images
+    to their predictions (as `lmjax.train.loop.predictor` does).
+
     Returns:
       `(coords [N, K, 2], confidence [N, K])`; NaN where the model gave none.
     """
+    import jax
+
+    from lmjax import parallel
+
+    # Each process predicts only its share, rather than all of them the whole set:
+    # the work splits over the nodes, and each process only ever reads back the rows
+    # of its own images (the global output is not addressable from one process).
     n, k = len(dataset.records), dataset.landmark_set.num_landmarks
     coords = np.full((n, k, 2), np.nan, np.float32)
     conf = np.zeros((n, k), np.float32)
+    filled = np.zeros((n,), bool)
     batches = make_pipeline(
         dataset,
         input_size=input_size,
@@ -66,8 +81,8 @@ def predict_dataset(
         fit=fit,
         normalize=normalize,
         cache_dir=cache_dir,
-        process_index=0,
-        process_count=1,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
     for batch in batches:
         pred, score = predict(batch["image"])
@@ -76,6 +91,8 @@ def predict_dataset(
             idx = int(batch["index"][i])
             coords[idx] = affine.apply(pred[i], batch["to_original"][i])
             conf[idx] = score[i]
+            filled[idx] = True
+    coords, conf = parallel.merge_process_rows(filled, coords, conf)
     return coords, conf
 
 
