@@ -6,6 +6,7 @@ of the parameters (float32): mixed precision is these two arguments, nothing els
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import jax
@@ -182,3 +183,105 @@ class Upsample(nnx.Module):
         if self.resize_kernel == 1:
             return self._resize(self.conv(x))
         return self.conv(self._resize(x))
+
+
+# --------------------------------------------------- Keras-style blocks (cephalogram paper)
+
+KERAS_BN_EPSILON = 1e-3  # tf.keras BatchNormalization defaults: epsilon 1e-3, momentum 0.99
+KERAS_BN_MOMENTUM = 0.99
+
+
+def keras_batch_norm(
+    features: int,
+    *,
+    momentum: float = KERAS_BN_MOMENTUM,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.BatchNorm:
+    """Batch norm over B, H, W with tf.keras's defaults (epsilon 1e-3, momentum 0.99).
+
+    Each training step sets the running statistics to `momentum * running + (1 -
+    momentum) * batch`. Statistics are computed in float32 even for bf16 inputs (Flax
+    promotes them).
+    """
+    return nnx.BatchNorm(
+        features,
+        momentum=momentum,
+        epsilon=KERAS_BN_EPSILON,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+class ConvReluBNBlock(nnx.Module):
+    """`num_convs` 3x3 convs with bias and ReLU, batch norm between consecutive convs.
+
+    `[B, H, W, in_features] -> [B, H, W, out_features]`.
+
+    The cephalogram paper's block, written as tf.keras layers: `Conv2D(activation="relu",
+    kernel_initializer="he_normal", padding="same")`, then `BatchNormalization()`, then
+    the next conv; with `norm_last` a batch norm also follows the last conv (the FPN's
+    ConvBlock). The convs keep their bias: a ReLU, not a norm, comes right after them.
+    He normal is Keras's: truncated normal, variance 2 / fan_in.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        num_convs: int = 2,
+        norm_last: bool = False,
+        bn_momentum: float = KERAS_BN_MOMENTUM,
+        dtype: Dtype = jnp.float32,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
+        if num_convs < 1:
+            raise ValueError(f"num_convs must be >= 1, got {num_convs}")
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.convs = nnx.List(
+            [
+                nnx.Conv(
+                    in_features if i == 0 else out_features,
+                    out_features,
+                    kernel_size=(3, 3),
+                    padding=((1, 1), (1, 1)),
+                    kernel_init=nnx.initializers.he_normal(),
+                    **kw,
+                )
+                for i in range(num_convs)
+            ]
+        )
+        num_norms = num_convs if norm_last else num_convs - 1
+        self.norms = nnx.List(
+            [keras_batch_norm(out_features, momentum=bn_momentum, **kw) for _ in range(num_norms)]
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, conv in enumerate(self.convs):
+            x = nnx.relu(conv(x))
+            if i < len(self.norms):
+                x = self.norms[i](x)
+        return x
+
+
+def max_pool2x(x: jax.Array) -> jax.Array:
+    """`[B, H, W, C] -> [B, H // 2, W // 2, C]`, the maximum of each 2 x 2 block."""
+    return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+def size_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
+    """`(H, W)` from a model's `input_size`: an int (square) or a pair."""
+    if isinstance(input_size, int):
+        return input_size, input_size
+    h, w = input_size
+    return int(h), int(w)
+
+
+def check_divisible(h: int, w: int, factor: int, what: str) -> None:
+    """ValueError naming `what` unless both `h` and `w` are multiples of `factor`."""
+    if h % factor or w % factor:
+        raise ValueError(f"{what} needs H and W divisible by {factor}, got {h} x {w}")

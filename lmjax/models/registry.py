@@ -4,7 +4,9 @@ A builder is a function `fn(*, num_outputs, input_size, in_channels, rngs, **opt
 returning an `nnx.Module` that keeps the model call contract:
 
     model(images: [B, H, W, C]) -> dict
-        "heatmaps":          [B, H, W, K] float32 maps or logits at full resolution
+        "heatmaps":          [B, h, w, K] float32 maps or logits, at full resolution
+                             (h, w = H, W) or coarser (vit_pose: H/4, W/4); the train
+                             step renders targets at the maps' resolution
         "deep_supervision":  list of [B, h_i, w_i, K], finest first (only when enabled)
 
 Other families add keys (e.g. "coords" [B, K, 2], "segmentation"); it stays a dict.

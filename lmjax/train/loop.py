@@ -37,6 +37,7 @@ from lmjax.train.step import (
 )
 
 DEVICE_KEYS = ("image", "landmarks", "visible", "valid")
+REGION_KEYS = ("region_mask",)  # shipped only when the task's losses read them
 LANDMARKS_FILE = "landmarks.json"
 _PLATEAU_FIELDS = ("scale", "best", "num_bad", "cooldown_left")
 
@@ -80,8 +81,19 @@ def load_splits(config) -> tuple[Dataset, Dataset, Dataset | None]:
     return train, val, test
 
 
-def task_spec(config) -> TaskSpec:
+def device_keys(task: TaskSpec) -> tuple[str, ...]:
+    """The batch entries the train step reads: `DEVICE_KEYS`, plus `REGION_KEYS` if needed."""
+    return DEVICE_KEYS + (REGION_KEYS if task.needs_region_mask else ())
+
+
+def task_spec(config, landmark_regions: tuple[int, ...] | None = None) -> TaskSpec:
+    """The TaskSpec of `config.task`; `landmark_regions` (the landmark set's) unless the
+    config names them (`config.task.landmark_regions`)."""
     t = config.task
+    regions = t.get("landmark_regions", None) or landmark_regions
+    extractor_kwargs = dict(t.get("extractor_kwargs", None) or {})
+    if t.extractor in ("soft_argmax", "local_soft_argmax"):
+        extractor_kwargs.setdefault("temperature", t.extractor_temperature)
     return TaskSpec(
         mode=t.mode,
         target=t.target,
@@ -90,22 +102,41 @@ def task_spec(config) -> TaskSpec:
         side=t.side,
         losses=dict(t.losses),
         extractor=t.extractor,
-        extractor_kwargs=(
-            {"temperature": t.extractor_temperature}
-            if t.extractor in ("soft_argmax", "local_soft_argmax")
-            else {}
-        ),
+        extractor_kwargs=extractor_kwargs,
         deep_supervision=t.deep_supervision,
         compute_dtype=t.compute_dtype,
+        loss_kwargs={k: dict(v) for k, v in (t.get("loss_kwargs", None) or {}).items()},
+        landmark_regions=None if regions is None else tuple(regions),
+        consistency_regions=t.get("consistency_regions", "predicted"),
     )
 
 
-def build(config, num_landmarks: int):
-    """Model, optimizer, state and compiled steps on a mesh of all devices."""
+def build(config, num_landmarks: int, landmark_set: LandmarkSet | None = None):
+    """Model, optimizer, state and compiled steps on a mesh of all devices.
+
+    `landmark_set` gives region losses their `landmark_regions` and, when the task
+    needs a segmentation output and `config.model` does not set `num_regions`, the
+    model its `num_regions`.
+
+    `config.model.trainable` ("all" | "lora_and_head") and `config.optim.layer_decay`
+    shape the optimizer: frozen parameters get no updates, and a model that numbers
+    its layers (`layer_index`, `num_layers`, e.g. vit_pose) gets per-layer rates.
+    """
+    from lmjax.train.optim import layer_decay_scales
+
     mesh = parallel.make_mesh()
-    kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+    trainable = config.model.get("trainable", "all")
+    kwargs = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "trainable")}
     if config.task.compute_dtype == "bfloat16":
         kwargs.setdefault("dtype", jax.numpy.bfloat16)
+    task = task_spec(config, None if landmark_set is None else landmark_set.regions)
+    if task.needs_segmentation and "num_regions" not in kwargs:
+        if landmark_set is None or not landmark_set.num_regions:
+            raise ValueError(
+                f"losses {', '.join(task.losses)} need a segmentation output, but the "
+                "landmark set declares no regions; set config.model.num_regions"
+            )
+        kwargs["num_regions"] = landmark_set.num_regions
     model = models.build_model(
         config.model.name,
         num_outputs=num_landmarks,
@@ -115,9 +146,18 @@ def build(config, num_landmarks: int):
         **kwargs,
     )
     optim = OptimConfig.from_any({**config.optim.to_dict(), "total_steps": config.train.steps})
-    tx, schedule = make_optimizer(optim)
+    lr_scale = None
+    if optim.layer_decay is not None:
+        if not hasattr(model, "layer_index"):
+            raise ValueError(
+                f"optim.layer_decay: model {config.model.name!r} has no layer numbering"
+            )
+        lr_scale = layer_decay_scales(model.layer_index, model.num_layers, optim.layer_decay)
+    paths = models.lora.trainable_paths(model, trainable)
+    tx, schedule = make_optimizer(
+        optim, lr_scale=lr_scale, trainable=None if paths is None else paths.__contains__
+    )
     graphdef, state = create_train_state(model, tx, config.train.seed, mesh=mesh)
-    task = task_spec(config)
     train_step = make_train_step(graphdef, task, tx, mesh, schedule=schedule)
     eval_step = make_eval_step(graphdef, task, mesh)
     return mesh, state, train_step, eval_step, optim
@@ -126,22 +166,28 @@ def build(config, num_landmarks: int):
 def predictor(eval_step, mesh, state_ref: list, task: TaskSpec | None = None):
     """`images -> (coords, confidence)` at the model input, through the eval step.
 
+    `images` are this process's rows of the batch (see `parallel.shard_batch`); so
+    are the predictions. With several processes every process must call it at the
+    same time with the same number of images.
     `task` is needed when its extractor runs on the host (the step returns maps).
     """
 
     def predict(images: np.ndarray):
         batch = parallel.shard_batch({"image": images.astype(np.float32)}, mesh)
-        out = eval_step(state_ref[0], batch)
+        out = parallel.host_rows(eval_step(state_ref[0], batch), mesh)
         if "probs" in out:
             if task is None:
                 raise ValueError("a host extractor needs the TaskSpec in predictor()")
-            return host_coordinates(task, np.asarray(out["probs"]), images.shape[1:3])
-        return np.asarray(out["coords"]), np.asarray(out["confidence"])
+            return host_coordinates(task, out["probs"], images.shape[1:3])
+        return out["coords"], out["confidence"]
 
     return predict
 
 
 def evaluate_state(config, eval_step, mesh, state, dataset: Dataset, *, cache_dir=None):
+    """`(report, coords, confidence)` on `dataset`; with several processes every
+    process calls it and gets the same result (each predicts a share, see
+    `evaluation.predict_dataset`)."""
     predict = predictor(eval_step, mesh, [state], task_spec(config))
     if config.train.flip_tta and dataset.landmark_set.flip_pairs:
         predict = evaluation.with_flip_tta(predict, dataset.landmark_set.flip_permutation())
@@ -149,7 +195,8 @@ def evaluate_state(config, eval_step, mesh, state, dataset: Dataset, *, cache_di
         predict,
         dataset,
         input_size=tuple(config.data.input_size),
-        batch_size=config.train.batch_size,
+        # per process: the global evaluation batch is the training batch
+        batch_size=config.train.batch_size // jax.process_count(),
         fit=config.data.fit,
         normalize=config.data.normalize,
         cache_dir=cache_dir,
@@ -159,6 +206,8 @@ def evaluate_state(config, eval_step, mesh, state, dataset: Dataset, *, cache_di
 
 def save_landmark_set(workdir: pathlib.Path, landmark_set: LandmarkSet) -> None:
     """`landmarks.json`: what the outputs mean, so inference never reads training data."""
+    if jax.process_index() != 0:  # one writer in a multi-process run
+        return
     path = pathlib.Path(workdir) / LANDMARKS_FILE
     path.write_text(json.dumps(dataclasses.asdict(landmark_set), indent=1) + "\n")
 
@@ -195,7 +244,13 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
     train_ds, val_ds, _ = load_splits(config)
     k = train_ds.landmark_set.num_landmarks
     save_landmark_set(workdir, train_ds.landmark_set)
-    mesh, state, train_step, eval_step, optim = build(config, k)
+    mesh, state, train_step, eval_step, optim = build(config, k, train_ds.landmark_set)
+    shipped = device_keys(task_spec(config))
+    if set(REGION_KEYS) & set(shipped) and train_ds.records[0].region_mask is None:
+        raise ValueError(
+            f"losses {', '.join(config.task.losses)} need region masks; dataset "
+            f"{train_ds.name!r} has none"
+        )
     jax.set_mesh(mesh)
     batches = make_pipeline(
         train_ds,
@@ -230,12 +285,19 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
         t0, seen, skipped = time.perf_counter(), 0, None
         for step in range(start + 1, config.train.steps + 1):
             batch = next(batches)
-            device_batch = parallel.shard_batch({k: batch[k] for k in DEVICE_KEYS}, mesh)
+            device_batch = parallel.shard_batch({k: batch[k] for k in shipped}, mesh)
             state, metrics = train_step(state, device_batch)
             skipped = metrics["skipped"] if skipped is None else skipped + metrics["skipped"]
             seen += config.train.batch_size
             last = step == config.train.steps
-            if step % config.train.log_every == 0 or last or stop["signal"]:
+            stopping = stop["signal"] is not None
+            if jax.process_count() > 1:
+                # SIGTERM reaches the processes at different steps, but they have to stop
+                # at the same one (evaluation and checkpointing are collective); they
+                # agree at log steps, so that the other steps stay free of host syncs.
+                at_log = step % config.train.log_every == 0 or last
+                stopping = at_log and parallel.any_process(stopping)
+            if step % config.train.log_every == 0 or last or stopping:
                 values = {name: float(v) for name, v in jax.device_get(metrics).items()}
                 if float(skipped) > 0 or not np.isfinite(values["loss"]):
                     raise TrainingError(
@@ -251,7 +313,7 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
                 )
                 history.write(step, "train", {**values, "images_per_s": rate})
                 t0, seen = time.perf_counter(), 0
-            if step % config.train.eval_every == 0 or last or stop["signal"]:
+            if step % config.train.eval_every == 0 or last or stopping:
                 report, _, _ = evaluate_state(
                     config, eval_step, mesh, state, val_ds, cache_dir=cache_dir
                 )
@@ -273,9 +335,10 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
                         **{f"plateau_{key}": getattr(plateau, key) for key in _PLATEAU_FIELDS},
                     },
                 )
-            if stop["signal"]:
-                log(f"{stop['signal']}: saved step {step} in {workdir}; exiting")
-                report["stopped_by"] = stop["signal"]
+            if stopping:
+                why = stop["signal"] or "SIGTERM"  # or another process's signal
+                log(f"{why}: saved step {step} in {workdir}; exiting")
+                report["stopped_by"] = why
                 break
     finally:
         checkpoints.wait()
@@ -298,7 +361,7 @@ def restore_trained(workdir: str | pathlib.Path, *, which: str = "best"):
         raise FileNotFoundError(f"{workdir}: no checkpoint found; train with lmjax train first")
     config = ml_collections.ConfigDict(saved)
     landmark_set = load_landmark_set(workdir, config)
-    mesh, state, _, eval_step, _ = build(config, landmark_set.num_landmarks)
+    mesh, state, _, eval_step, _ = build(config, landmark_set.num_landmarks, landmark_set)
     checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
     try:
         step = "best" if which == "best" and checkpoints.best_step() is not None else None

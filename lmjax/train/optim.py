@@ -12,20 +12,30 @@ writes into `TrainState.lr_scale` (a replicated scalar) and the train step
 multiplies the optax updates by it. Nothing is read back per step.
 `optax.contrib.reduce_on_plateau` was not used: it needs the monitored value at
 every `update` call, i.e. in every train step, where no validation MRE exists.
+
+Per-parameter options of `make_optimizer` are functions of the parameter path (a
+tuple of names and list indices, as `nnx.to_flat_state` writes it, e.g.
+`("blocks", 3, "attn", "qkv", "kernel")`), so they apply to any pytree of params:
+`lr_scale(path) -> float` multiplies that parameter's updates (layer-wise decay,
+`layer_decay_scales`); `trainable(path) -> bool` leaves the others unchanged,
+with no optimizer state for them (their updates are exact zeros).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "polynomial")
+
+ParamPath = tuple[str | int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +50,9 @@ class OptimConfig:
       Every schedule starts with `warmup_steps` of linear warmup from 0.
     clip_norm: clip gradients to this global norm before anything else; None: off.
     plateau_*: `ReduceOnPlateau` defaults (patience 10 evaluations, factor 0.5).
+    layer_decay: layer-wise learning-rate decay rate (e.g. 0.85), or None for off.
+      The model numbers its layers; the caller turns that into `lr_scale` with
+      `layer_decay_scales` and passes it to `make_optimizer`.
     """
 
     name: str = "adam"
@@ -63,6 +76,7 @@ class OptimConfig:
     plateau_rtol: float = 1e-4
     plateau_cooldown: int = 0
     plateau_min_scale: float = 0.0
+    layer_decay: float | None = None
 
     @classmethod
     def from_any(cls, cfg: OptimConfig | Mapping[str, Any] | Any) -> OptimConfig:
@@ -113,17 +127,80 @@ def make_schedule(cfg: OptimConfig | Mapping[str, Any]) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), decay], [warm])
 
 
+def param_path(key_path: Sequence[Any]) -> ParamPath:
+    """A JAX key path as a tuple of names and indices, without a Variable's `.value`."""
+    out: list[str | int] = []
+    for k in key_path:
+        if isinstance(k, jax.tree_util.DictKey):
+            out.append(k.key)
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            out.append(k.idx)
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            out.append(k.name)
+        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+            out.append(k.key)
+        else:
+            out.append(str(k))
+    if out and out[-1] == "value":  # nnx.Variable leaves flatten to `.value`
+        out.pop()
+    return tuple(out)
+
+
+def layer_decay_scales(
+    layer_index: Callable[[ParamPath], int], num_layers: int, decay: float
+) -> Callable[[ParamPath], float]:
+    """`path -> decay ** (num_layers - layer_index(path))`, the ViT layer-wise decay.
+
+    With blocks numbered 0 .. num_layers - 1, embeddings -1 and the head (and final
+    norm) `num_layers`: the head gets 1, the last block `decay`, block i
+    `decay ** (num_layers - i)`, the embeddings `decay ** (num_layers + 1)` (the
+    scaling of BEiT/MAE and mmpose's `LayerDecayOptimWrapperConstructor`).
+    """
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {decay}")
+    return lambda path: float(decay ** (num_layers - layer_index(path)))
+
+
+def scale_by_path(scale: Callable[[ParamPath], float]) -> optax.GradientTransformation:
+    """Multiplies each update by `scale(path)` (a constant per parameter)."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda p, u: u * jnp.asarray(scale(param_path(p)), u.dtype), updates
+        )
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def make_optimizer(
     cfg: OptimConfig | Mapping[str, Any],
+    *,
+    lr_scale: Callable[[ParamPath], float] | None = None,
+    trainable: Callable[[ParamPath], bool] | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """`(tx, schedule)` for `cfg`; see `OptimConfig` for the names.
 
+    lr_scale: `path -> factor` on the learning rate of each parameter (weight decay
+      included, as a per-group learning rate does in PyTorch); required when
+      `cfg.layer_decay` is set, see `layer_decay_scales`.
+    trainable: `path -> bool`; parameters where it is False get zero updates and no
+      optimizer state, and gradient clipping sees only the trainable ones (as if the
+      frozen ones had no gradient). None: everything trains.
+
     Raises:
-      ValueError: for an unknown optimizer or schedule name, listing the known ones.
+      ValueError: for an unknown optimizer or schedule name, listing the known ones,
+        or `layer_decay` without `lr_scale`.
     """
     cfg = OptimConfig.from_any(cfg)
     if cfg.name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg.name!r}; known: {', '.join(OPTIMIZERS)}")
+    if cfg.layer_decay is not None and lr_scale is None:
+        raise ValueError(
+            "optim.layer_decay needs the model's layer numbering: pass "
+            "lr_scale=layer_decay_scales(model.layer_index, model.num_layers, decay)"
+        )
     schedule = make_schedule(cfg)
     parts: list[optax.GradientTransformation] = []
     if cfg.clip_norm is not None:
@@ -140,7 +217,18 @@ def make_optimizer(
             parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
         else:
             parts.append(optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
-    return optax.chain(*parts), schedule
+    if lr_scale is not None:
+        parts.append(scale_by_path(lr_scale))
+    tx = optax.chain(*parts)
+    if trainable is not None:
+
+        def labels(params):
+            return jax.tree_util.tree_map_with_path(
+                lambda p, _: "train" if trainable(param_path(p)) else "frozen", params
+            )
+
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx, schedule
 
 
 @dataclasses.dataclass

@@ -9,6 +9,15 @@ bf16 (`compute_dtype="bfloat16"`): params and images are cast to bf16 inside the
 forward and backward run in bf16; the state keeps fp32 params and moments, gradients return
 in fp32 through the cast, and losses reduce in fp32.
 
+Region losses (the fluoroscopy paper's segmentation-informed training) use two more
+inputs: the model's `outputs["segmentation"]` (`[B, h, w, R + 1]` logits, channel 0
+background) and the batch's `region_mask` (`[B, H, W]` int labels, 0 background,
+r + 1 region r; resized to the maps' size by nearest sampling in the step). A loss
+named `"segmentation/<name>"` applies map loss `<name>` (e.g. `dice_ce`, multiclass)
+to the segmentation logits against the one-hot region labels; `REGION_LOSSES` take
+the heatmap logits, regions (predicted or labelled, `TaskSpec.consistency_regions`),
+the visibility and `TaskSpec.landmark_regions`.
+
 A non-finite loss or gradient norm skips the update (`step` still counts the batch) and
 shows in the metrics (`loss`, `skipped`): the loop reads metrics only every few steps, and
 meanwhile one bad batch must not poison the state.
@@ -30,7 +39,7 @@ from jax.sharding import Mesh
 
 from lmjax.ops import centroids, extractors, targets
 from lmjax.ops.losses import deep_supervision, get_loss
-from lmjax.parallel import data_sharding, replicated
+from lmjax.parallel import data_sharding, replicate, replicated
 
 MODES = ("heatmap", "segmentation", "coordinate")
 TARGETS = ("gaussian", "circle", "square")
@@ -43,7 +52,17 @@ EXTRACTORS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
 # step returns probabilities and `host_coordinates` finishes the job.
 HOST_EXTRACTORS = tuple(centroids.METHODS)
 COORD_LOSSES = ("coord_l1", "coord_l2", "wing")  # (pred [B,K,2], target [B,K,2])
+# (heatmap logits, regions, visibility, landmark_regions=...): landmarks inside their bones.
 REGION_LOSSES = ("anatomical_consistency", "soft_anatomical_consistency")
+# "segmentation/<map loss>": that loss on outputs["segmentation"] vs the region labels.
+SEGMENTATION_PREFIX = "segmentation/"
+CONSISTENCY_REGIONS = ("predicted", "label")
+_MULTICLASS_LOSSES = ("dice", "dice_ce")  # take `multiclass`; region labels are exclusive
+
+
+def base_loss(name: str) -> str:
+    """The registered loss behind a configured name (`"segmentation/dice_ce"` -> `"dice_ce"`)."""
+    return name.removeprefix(SEGMENTATION_PREFIX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,13 +73,20 @@ class TaskSpec:
       "coordinate" (coordinate losses on `outputs["coords"]`, else on `extractor`).
     target: "gaussian" | "circle" | "square" (None: circle for segmentation, else
       gaussian), sized by `sigma`, `radius`, `side` in model-input pixels.
-    losses: name -> weight. `COORD_LOSSES` compare coordinates, the others compare
+    losses: name -> weight. `COORD_LOSSES` compare coordinates; `"segmentation/<loss>"`
+      compares `outputs["segmentation"]` with the one-hot `batch["region_mask"]`
+      (`dice`/`dice_ce` default to `multiclass=True`); `REGION_LOSSES` check that
+      each landmark's heatmap peak lies in its region; the others compare
       `outputs["heatmaps"]` (plus `outputs["deep_supervision"]`) with the target.
     loss_kwargs: name -> extra keyword arguments of that loss.
     extractor, extractor_kwargs: `EXTRACTORS` (on device) or `HOST_EXTRACTORS`
       (`lmjax.ops.centroids` methods, on the host) name and options.
     deep_supervision(_weights): also supervise those outputs (None: halving weights).
     compute_dtype: "float32" or "bfloat16" (params stay float32).
+    landmark_regions: region index of each landmark (`LandmarkSet.regions`, -1 for
+      none); needed by `REGION_LOSSES`.
+    consistency_regions: where `REGION_LOSSES` read the regions: "predicted" (the
+      model's `outputs["segmentation"]`, as the paper) or "label" (`region_mask`).
     """
 
     mode: str = "heatmap"
@@ -75,6 +101,8 @@ class TaskSpec:
     deep_supervision: bool = False
     deep_supervision_weights: tuple[float, ...] | None = None
     compute_dtype: str = "float32"
+    landmark_regions: tuple[int, ...] | None = None
+    consistency_regions: str = "predicted"
 
     def __post_init__(self) -> None:
         for what, value, known in (
@@ -82,15 +110,37 @@ class TaskSpec:
             ("target", self.target_kind, TARGETS),
             ("extractor", self.extractor, (*EXTRACTORS, *HOST_EXTRACTORS)),
             ("compute_dtype", self.compute_dtype, tuple(DTYPES)),
+            ("consistency_regions", self.consistency_regions, CONSISTENCY_REGIONS),
         ):
             if value not in known:
                 raise ValueError(f"unknown {what} {value!r}; known: {', '.join(known)}")
         if not self.losses:
             raise ValueError("TaskSpec needs at least one loss")
         for name in self.losses:
-            get_loss(name)  # unknown names raise, listing the registered ones
-            if name in REGION_LOSSES:
-                raise ValueError(f"loss {name!r} needs region outputs; the step does not feed them")
+            get_loss(base_loss(name))  # unknown names raise, listing the registered ones
+            if name != base_loss(name) and base_loss(name) in (*COORD_LOSSES, *REGION_LOSSES):
+                raise ValueError(
+                    f"loss {name!r}: only map losses (dice, dice_ce, bce, ...) compare the "
+                    "segmentation output with the region labels"
+                )
+        if self.landmark_regions is not None:
+            object.__setattr__(self, "landmark_regions", tuple(map(int, self.landmark_regions)))
+
+    @property
+    def uses_region_losses(self) -> bool:
+        return any(name in REGION_LOSSES for name in self.losses)
+
+    @property
+    def needs_segmentation(self) -> bool:
+        """Whether the model must return `"segmentation"` logits."""
+        seg = any(name.startswith(SEGMENTATION_PREFIX) for name in self.losses)
+        return seg or (self.uses_region_losses and self.consistency_regions == "predicted")
+
+    @property
+    def needs_region_mask(self) -> bool:
+        """Whether batches must carry `region_mask` (the loop ships it only then)."""
+        seg = any(name.startswith(SEGMENTATION_PREFIX) for name in self.losses)
+        return seg or (self.uses_region_losses and self.consistency_regions == "label")
 
     @property
     def target_kind(self) -> str:
@@ -123,13 +173,13 @@ def create_train_state(
     step, one = jnp.zeros((), jnp.int32), jnp.ones((), jnp.float32)
     state = TrainState(step, params, model_state, tx.init(params), key, one)
     if mesh is not None:
-        state = jax.device_put(state, replicated(mesh))
+        state = replicate(state, mesh)  # also across processes
     return graphdef, state
 
 
 def set_lr_scale(state: TrainState, scale: float, mesh: Mesh) -> TrainState:
     """A state with `lr_scale = scale` (called by the loop after an evaluation)."""
-    return state.replace(lr_scale=jax.device_put(np.float32(scale), replicated(mesh)))
+    return state.replace(lr_scale=replicate(np.float32(scale), mesh))
 
 
 def _cast(x: jax.Array, dtype: Any) -> jax.Array:
@@ -192,13 +242,77 @@ def _map_scales(task: TaskSpec, outputs: Mapping[str, Any]) -> list[jax.Array]:
     return extra if extra[0].shape == maps.shape else [maps, *extra]
 
 
+def resize_nearest(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
+    """`[B, H, W, ...]` -> `[B, h, w, ...]` by nearest sampling (labels stay labels).
+
+    Output pixel i reads input pixel `floor((i + 0.5) * H / h)`: pixel centres match,
+    as in `_rescale`, so halving picks one pixel of every 2 x 2 block.
+    """
+    h, w = hw
+    if x.shape[1:3] == (h, w):
+        return x
+    rows = jnp.floor((jnp.arange(h) + 0.5) * (x.shape[1] / h)).astype(jnp.int32)
+    cols = jnp.floor((jnp.arange(w) + 0.5) * (x.shape[2] / w)).astype(jnp.int32)
+    return jnp.take(jnp.take(x, rows, axis=1), cols, axis=2)
+
+
+def _segmentation(outputs: Mapping[str, Any], name: str) -> jax.Array:
+    if "segmentation" not in outputs:
+        raise ValueError(
+            f"loss {name!r} needs the model's segmentation logits (outputs['segmentation'], "
+            f"[B, H, W, R + 1]), but the model returns only {', '.join(sorted(outputs))}; "
+            "build a model with a segmentation head (e.g. hrnet with num_regions > 0)"
+        )
+    return outputs["segmentation"]
+
+
+def _region_mask(batch: Mapping[str, jax.Array], name: str) -> jax.Array:
+    if "region_mask" not in batch:
+        raise ValueError(
+            f"loss {name!r} needs batch['region_mask'] (int [B, H, W] region labels); "
+            "the dataset has no region masks or they were not shipped to the device"
+        )
+    return batch["region_mask"]
+
+
+def _region_terms(task: TaskSpec, name: str, fn, kw, outputs, batch) -> jax.Array:
+    """`[B]` for a `"segmentation/..."` loss or one of `REGION_LOSSES`."""
+    if name.startswith(SEGMENTATION_PREFIX):
+        logits = _segmentation(outputs, name)
+        labels = resize_nearest(_region_mask(batch, name), logits.shape[1:3])
+        # Labels outside [0, R] one-hot to zeros: they count as no region at all.
+        onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+        if base_loss(name) in _MULTICLASS_LOSSES:
+            kw.setdefault("multiclass", True)
+        return fn(logits, onehot, **kw)
+    maps = outputs["heatmaps"]
+    if task.landmark_regions is None:
+        raise ValueError(
+            f"loss {name!r} needs TaskSpec.landmark_regions (the region of each landmark, "
+            "LandmarkSet.regions); the landmark set declares none or it was not passed"
+        )
+    if len(task.landmark_regions) != maps.shape[-1]:
+        raise ValueError(
+            f"loss {name!r}: {len(task.landmark_regions)} landmark_regions for "
+            f"{maps.shape[-1]} heatmaps"
+        )
+    if task.consistency_regions == "predicted":
+        regions = _segmentation(outputs, name)
+    else:
+        regions = _region_mask(batch, name)
+    regions = resize_nearest(regions, maps.shape[1:3])
+    return fn(maps, regions, batch["visible"], landmark_regions=task.landmark_regions, **kw)
+
+
 def _loss_terms(task: TaskSpec, outputs: Mapping[str, Any], batch: Mapping[str, jax.Array]):
     """Per-example loss `[B]` for each configured loss name."""
     image, lm, vis = batch["image"], batch["landmarks"], batch["visible"]
     terms = {}
     for name in task.losses:
-        fn, kw = get_loss(name), dict(task.loss_kwargs.get(name, {}))
-        if name in COORD_LOSSES and "coords" in outputs:
+        fn, kw = get_loss(base_loss(name)), dict(task.loss_kwargs.get(name, {}))
+        if name.startswith(SEGMENTATION_PREFIX) or name in REGION_LOSSES:
+            terms[name] = _region_terms(task, name, fn, kw, outputs, batch)
+        elif name in COORD_LOSSES and "coords" in outputs:
             terms[name] = fn(outputs["coords"], lm, visible=vis, **kw)
         elif name in COORD_LOSSES and task.extractor in DIFFERENTIABLE:
             coords = _extract(task, outputs["heatmaps"], image)[0]
@@ -234,7 +348,8 @@ def make_train_step(
     """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
 
     `batch` comes from `shard_batch`: `image` `[B, H, W, C]`, `landmarks` `[B, K, 2]`,
-    `visible` `[B, K]`, optional `valid` `[B]` (others are ignored). Metrics are
+    `visible` `[B, K]`, optional `valid` `[B]`, and `region_mask` `[B, H, W]` int
+    when `task.needs_region_mask` (others are ignored). Metrics are
     float32 device scalars: `loss`, unweighted `loss_<name>` per term, `grad_norm`,
     `skipped`, and `learning_rate` (schedule(step) * lr_scale) when `schedule` is given.
     """
