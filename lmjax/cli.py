@@ -184,16 +184,7 @@ def _evaluate_workdir(workdir: str, split: str | None, output: str | None) -> di
     elif test is not None and name == config.data.test_split:
         dataset = test
     else:
-        from lmjax.data.datasets import load_dataset
-
-        full = load_dataset(
-            config.data.data_dir or None,
-            format=config.data.format or None,
-            ground_truth=config.data.ground_truth,
-            phantom_size=config.data.phantom_size,
-            seed=config.train.seed,
-        )
-        dataset = full.split(name)
+        dataset = loop.load_config_dataset(config).split(name)
     trained = loop.load_landmark_set(workdir, config)
     if dataset.landmark_set.num_landmarks != trained.num_landmarks:
         raise LandmarkDataError(

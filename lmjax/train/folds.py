@@ -120,16 +120,10 @@ def run_folds(config, workdir, train_fn, evaluate_fn, *, log=print) -> dict[str,
     import json
     import pathlib
 
-    from lmjax.data.datasets import load_dataset
+    from lmjax.train.loop import load_config_dataset  # loop imports this module
 
     d = config.data
-    ds = load_dataset(
-        d.data_dir or None,
-        format=d.format or None,
-        ground_truth=d.ground_truth,
-        phantom_size=d.phantom_size,
-        seed=config.train.seed,
-    )
+    ds = load_config_dataset(config)
     pool = ds.split(d.train_split) if d.train_split in {r.split for r in ds.records} else ds
     _, names = assign_folds(pool.records, config)
     workdir = pathlib.Path(workdir)

@@ -49,16 +49,22 @@ class TrainingError(RuntimeError):
 # ---------------------------------------------------------------- data
 
 
-def load_splits(config) -> tuple[Dataset, Dataset, Dataset | None]:
-    """Train, validation and (when present) test datasets from the config."""
+def load_config_dataset(config) -> Dataset:
+    """Every record of the dataset `config.data` names (the phantom when no folder)."""
     d = config.data
-    ds = load_dataset(
+    return load_dataset(
         d.data_dir or None,
         format=d.format or None,
         ground_truth=d.ground_truth,
         phantom_size=d.phantom_size,
         seed=config.train.seed,
     )
+
+
+def load_splits(config) -> tuple[Dataset, Dataset, Dataset | None]:
+    """Train, validation and (when present) test datasets from the config."""
+    d = config.data
+    ds = load_config_dataset(config)
     if not ds.records:
         raise ValueError(f"{d.data_dir or 'phantom'}: no usable records; {ds.errors[:3]}")
     splits = {r.split for r in ds.records}
