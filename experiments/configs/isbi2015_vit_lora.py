@@ -102,6 +102,7 @@ def get_config(arg: str = "l"):
     c.optim.b2 = 0.999
     c.optim.weight_decay = 0.1
     c.optim.layer_decay = 0.85
+    c.optim.weight_decay_mask = "matrices"  # no decay on biases, norms, position table
     c.optim.clip_norm = 1.0
     c.optim.schedule = "step"
     c.optim.warmup_steps = 500

@@ -34,6 +34,9 @@ import optax
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "polynomial")
+DECAY_MASKS = ("all", "matrices")
+# Parameters that are tables rather than weights: never decayed under "matrices".
+NO_DECAY_NAMES = ("pos_embed", "relative_position_bias_table", "cls_token")
 
 ParamPath = tuple[str | int, ...]
 
@@ -53,6 +56,10 @@ class OptimConfig:
     layer_decay: layer-wise learning-rate decay rate (e.g. 0.85), or None for off.
       The model numbers its layers; the caller turns that into `lr_scale` with
       `layer_decay_scales` and passes it to `make_optimizer`.
+    weight_decay_mask: "all" decays every parameter; "matrices" only those with two
+      or more dimensions (kernels, embeddings matrices) and not named in
+      `NO_DECAY_NAMES`, so biases, norm scales and position tables are not pulled
+      to zero (the BEiT/MAE/ViTPose practice).
     """
 
     name: str = "adam"
@@ -77,6 +84,7 @@ class OptimConfig:
     plateau_cooldown: int = 0
     plateau_min_scale: float = 0.0
     layer_decay: float | None = None
+    weight_decay_mask: str = "all"
 
     @classmethod
     def from_any(cls, cfg: OptimConfig | Mapping[str, Any] | Any) -> OptimConfig:
@@ -174,6 +182,18 @@ def scale_by_path(scale: Callable[[ParamPath], float]) -> optax.GradientTransfor
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
+def decay_mask(params: Any, mask: str) -> Any:
+    """A pytree of bools like `params`: which parameters `weight_decay` applies to."""
+    if mask not in DECAY_MASKS:
+        raise ValueError(f"unknown weight_decay_mask {mask!r}; known: {', '.join(DECAY_MASKS)}")
+
+    def decays(path, p) -> bool:
+        names = param_path(path)
+        return mask == "all" or (p.ndim >= 2 and not any(n in NO_DECAY_NAMES for n in names))
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def make_optimizer(
     cfg: OptimConfig | Mapping[str, Any],
     *,
@@ -202,17 +222,28 @@ def make_optimizer(
             "lr_scale=layer_decay_scales(model.layer_index, model.num_layers, decay)"
         )
     schedule = make_schedule(cfg)
+    decay_mask(jnp.zeros(()), cfg.weight_decay_mask)  # unknown names fail here, not at init
+    mask = None if cfg.weight_decay_mask == "all" else (
+        lambda params: decay_mask(params, cfg.weight_decay_mask)
+    )
     parts: list[optax.GradientTransformation] = []
     if cfg.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     if cfg.name == "adamw":
         parts.append(
-            optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+            optax.adamw(
+                schedule,
+                b1=cfg.b1,
+                b2=cfg.b2,
+                eps=cfg.eps,
+                weight_decay=cfg.weight_decay,
+                mask=mask,
+            )
         )
     else:
         if cfg.weight_decay:
             # Coupled L2: the decay joins the gradient before the moments/momentum.
-            parts.append(optax.add_decayed_weights(cfg.weight_decay))
+            parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=mask))
         if cfg.name == "adam":
             parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
         else:
