@@ -33,6 +33,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.fit = "resize"
     c.data.normalize = "zscore"
     c.data.augment = "pelvis"
+    # True: the host only decodes, fits and batches, and the jitted train step applies
+    # `augment` per example (lmjax.data.device_augment; no elastic deformation there).
+    c.data.augment_on_device = False
     c.data.cache_dir = ""  # empty: <workdir>/cache
     c.data.num_threads = 2
     c.data.phantom_size = 200

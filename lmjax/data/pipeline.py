@@ -15,6 +15,7 @@ Every batch is a dict of NumPy arrays (B = batch size, (H, W) = `input_size`):
     index              int32   [B]           record index in `dataset.records`; -1 = padding
     valid              bool    [B]           False only for evaluation padding
     region_mask        int32   [B, H, W]     only when the records have region masks
+    pixel_norm         float32 [B, 2]        only with `defer_normalize`: (offset, scale)
 
 `to_original` inverts the composed affine (cache resize, fit, augmentation); it
 does not undo an elastic warp, which only training uses. After a flip, label k
@@ -22,6 +23,10 @@ of the sample is the mirrored anatomical partner, and `original_landmarks` and
 `visible` are permuted with it, so `to_original @ landmarks[k]` is always
 `original_landmarks[k]`. Targets (heatmaps) are not rendered here: the device
 renders them from `landmarks`.
+
+With `defer_normalize` the images stay in [0, 1] and `pixel_norm` carries the
+normalisation, `model input = (image - offset) / scale`, for a device that
+augments first (`lmjax.data.device_augment`).
 """
 
 from __future__ import annotations
@@ -102,7 +107,8 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
     past the records give evaluation padding. Thread-safe and picklable."""
 
     def __init__(self, dataset: Dataset, augment: AugmentConfig | None, **options):
-        """`options`: input_hw, fit, normalize, long_side, cache_dir, with_masks."""
+        """`options`: input_hw, fit, normalize, long_side, cache_dir, with_masks,
+        defer_normalize."""
         self.records: Sequence[Record] = dataset.records
         flips = augment is not None and augment.flips
         self.perm = dataset.landmark_set.flip_permutation() if flips else None
@@ -115,6 +121,7 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
         self.long_side: int = options.pop("long_side")
         self.cache_dir: str | None = options.pop("cache_dir")
         self.with_masks: bool = options.pop("with_masks")
+        self.defer_normalize: bool = options.pop("defer_normalize", False)
         self._memo: dict[int, cache.CachedImage] = {}
 
     def __getstate__(self):
@@ -164,12 +171,14 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
         pixels = warp(img.pixels, to_input, self.input_hw, field=geo.field)
         if rng is not None and self.augment is not None:
             pixels = photometric(pixels, self.augment, rng)
+        norm = np.array([0.0, 1.0], np.float32)
         if self.normalize == "zscore":
             # Statistics of the whole source image, not of the augmented view, so that
             # brightness/contrast augmentation is not normalised away and padding
             # stays at the source's zero.
-            mean, std = float(img.pixels.mean()), float(img.pixels.std())
-            pixels = (pixels - np.float32(mean)) / np.float32(max(std, 1e-6))
+            norm[:] = float(img.pixels.mean()), max(float(img.pixels.std()), 1e-6)
+        if not self.defer_normalize:
+            pixels = (pixels - norm[0]) / norm[1]
         out = {
             "image": pixels.astype(np.float32)[..., None],
             "landmarks": pts.astype(np.float32),
@@ -180,6 +189,8 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
             "index": np.int32(index),
             "valid": np.bool_(True),
         }
+        if self.defer_normalize:
+            out["pixel_norm"] = norm
         if self.with_masks:
             mask = cache.load_mask(rec.region_mask, cache_dir=self.cache_dir)  # type: ignore[arg-type]
             if mask.shape != img.original_hw:
@@ -207,6 +218,8 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
             "index": np.int32(-1),
             "valid": np.bool_(False),
         }
+        if self.defer_normalize:
+            out["pixel_norm"] = np.array([0.0, 1.0], np.float32)
         if self.with_masks:
             out["region_mask"] = np.zeros((h, w), np.int32)
         return out
@@ -246,6 +259,7 @@ def make_dataset(
     cache_factor: float = 1.25,
     fit: str = "resize",
     normalize: str = "zscore",
+    defer_normalize: bool = False,
 ) -> grain.IterDataset:
     """The batched Grain dataset; `iter()` it (or use `make_pipeline`).
 
@@ -272,6 +286,8 @@ def make_dataset(
       fit: `resize` (stretch) or `letterbox` (keep aspect, pad with zeros).
       normalize: `zscore` (zero mean, unit std per image, statistics of the
         whole source image before augmentation) or `unit` ([0, 1] by bit depth).
+      defer_normalize: keep images in [0, 1] and return the normalisation as
+        `pixel_norm` for the device to apply (after device augmentation).
 
     Raises:
       ValueError: for bad options, an empty slice, records of which only some have
@@ -308,6 +324,7 @@ def make_dataset(
         long_side=long_side,
         cache_dir=cache_dir,
         with_masks=n_masks > 0,
+        defer_normalize=defer_normalize,
     )
     # Separate streams per process, so processes do not mirror each other's draws.
     shuffle_seed, augment_seed = (

@@ -233,6 +233,33 @@ def coord_l2(pred: Array, target: Array, *, visible: Array | None = None) -> Arr
     return _mean_visible(dist, vis)
 
 
+@register_loss("coord_mse")
+def coord_mse(
+    pred: Array,
+    target: Array,
+    *,
+    visible: Array | None = None,
+    scale: float | Sequence[float] = 1.0,
+) -> Array:
+    """Mean squared error of the coordinates, `(dx**2 + dy**2) / 2` per landmark.
+
+    The mean over visible landmarks of that is PyTorch's `MSELoss` on the `2K`
+    outputs of a regression network. `scale` divides the differences first, so with
+    the input size `(W, H)` (or one number for a square input) the error is in
+    units of the image size, as when a network regresses normalised coordinates.
+
+    Args:
+      pred, target: `[B, K, 2]` (x, y); target NaN where missing.
+      visible: bool `[B, K]`, or None for all finite targets.
+      scale: a number or `(sx, sy)`; differences are divided by it.
+    Returns:
+      `[B]` loss per example, in squared `scale` units.
+    """
+    d, vis = _coord_delta(pred, target, visible)
+    d = d / jnp.asarray(scale, d.dtype)
+    return _mean_visible(jnp.mean(d**2, axis=-1), vis)
+
+
 @register_loss("wing")
 def wing_loss(
     pred: Array,

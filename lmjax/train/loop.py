@@ -21,8 +21,10 @@ from flax import nnx
 from lmjax import evaluate as evaluation
 from lmjax import models, parallel
 from lmjax.data.datasets import load_dataset
-from lmjax.data.pipeline import make_pipeline
+from lmjax.data.device_augment import DeviceAugment
+from lmjax.data.pipeline import make_pipeline, region_flip_table, resolve_augment
 from lmjax.data.types import Dataset, LandmarkSet
+from lmjax.models import weights
 from lmjax.train import checkpoint as ckpt_lib
 from lmjax.train import folds
 from lmjax.train.logs import RunLog
@@ -38,6 +40,7 @@ from lmjax.train.step import (
 
 DEVICE_KEYS = ("image", "landmarks", "visible", "valid")
 REGION_KEYS = ("region_mask",)  # shipped only when the task's losses read them
+NORM_KEYS = ("pixel_norm",)  # shipped when the step augments (and then normalises)
 LANDMARKS_FILE = "landmarks.json"
 _PLATEAU_FIELDS = ("scale", "best", "num_bad", "cooldown_left")
 
@@ -87,9 +90,64 @@ def load_splits(config) -> tuple[Dataset, Dataset, Dataset | None]:
     return train, val, test
 
 
-def device_keys(task: TaskSpec) -> tuple[str, ...]:
-    """The batch entries the train step reads: `DEVICE_KEYS`, plus `REGION_KEYS` if needed."""
-    return DEVICE_KEYS + (REGION_KEYS if task.needs_region_mask else ())
+def device_keys(task: TaskSpec, *, augment_on_device: bool = False) -> tuple[str, ...]:
+    """The batch entries the train step reads: `DEVICE_KEYS`, plus `REGION_KEYS` if
+    needed, plus `NORM_KEYS` when the step augments."""
+    return (
+        DEVICE_KEYS
+        + (REGION_KEYS if task.needs_region_mask else ())
+        + (NORM_KEYS if augment_on_device else ())
+    )
+
+
+def augments_on_device(config) -> bool:
+    """Whether the train step, not the host pipeline, augments (`config.data.augment`
+    set and `config.data.augment_on_device`)."""
+    return bool(config.data.get("augment_on_device", False)) and bool(config.data.augment)
+
+
+def device_augment(config, landmark_set: LandmarkSet | None) -> DeviceAugment | None:
+    """The step's augmentation for `config.data.augment`, or None when the host augments.
+
+    A preset means what it means on the host (`resolve_augment`); flips swap the
+    landmark set's pairs and relabel its regions.
+
+    Raises:
+      ValueError: flips without a landmark set (or one without pairs), or an
+        elastic deformation, which only the host pipeline does.
+    """
+    if not augments_on_device(config):
+        return None
+    pairs = () if landmark_set is None else landmark_set.flip_pairs
+    cfg = resolve_augment(config.data.augment, pairs)
+    perm = table = None
+    if cfg.flips:
+        if landmark_set is None:
+            raise ValueError("device augmentation with flips needs the landmark set")
+        perm, table = landmark_set.flip_permutation(), region_flip_table(landmark_set)
+    return DeviceAugment(cfg, flip_permutation=perm, region_table=table)
+
+
+def make_train_pipeline(config, dataset: Dataset, *, cache_dir: str | None):
+    """The training batch iterator exactly as `train` reads it (`lmjax benchmark` too).
+
+    This process's share of `config.train.batch_size`. With device augmentation
+    (`augments_on_device`) the host only decodes, fits and batches, and leaves the
+    normalisation to the step (`pixel_norm`), which augments first.
+    """
+    on_device = augments_on_device(config)
+    return make_pipeline(
+        dataset,
+        input_size=tuple(config.data.input_size),
+        batch_size=config.train.batch_size // jax.process_count(),
+        augment=None if on_device else (config.data.augment or None),
+        seed=config.train.seed,
+        cache_dir=cache_dir,
+        fit=config.data.fit,
+        normalize=config.data.normalize,
+        num_threads=config.data.num_threads,
+        defer_normalize=on_device,
+    )
 
 
 def task_spec(config, landmark_regions: tuple[int, ...] | None = None) -> TaskSpec:
@@ -117,7 +175,14 @@ def task_spec(config, landmark_regions: tuple[int, ...] | None = None) -> TaskSp
     )
 
 
-def build(config, num_landmarks: int, landmark_set: LandmarkSet | None = None):
+def build(
+    config,
+    num_landmarks: int,
+    landmark_set: LandmarkSet | None = None,
+    *,
+    pretrained: bool = True,
+    log=print,
+):
     """Model, optimizer, state and compiled steps on a mesh of all devices.
 
     `landmark_set` gives region losses their `landmark_regions` and, when the task
@@ -127,12 +192,20 @@ def build(config, num_landmarks: int, landmark_set: LandmarkSet | None = None):
     `config.model.trainable` ("all" | "lora_and_head") and `config.optim.layer_decay`
     shape the optimizer: frozen parameters get no updates, and a model that numbers
     its layers (`layer_index`, `num_layers`, e.g. vit_pose) gets per-layer rates.
+
+    With `config.data.augment_on_device` the train step augments each batch first
+    (`device_augment`; flips need `landmark_set`); the eval step never augments.
+
+    `config.model.pretrained` (a checkpoint file; "" for none), `pretrained_table`,
+    `pretrained_strict` and `pretrained_ignore` load weights into the new model (see
+    `lmjax.models.weights`; the summary goes to `log`) unless `pretrained` is False.
     """
     from lmjax.train.optim import layer_decay_scales
 
     mesh = parallel.make_mesh()
     trainable = config.model.get("trainable", "all")
-    kwargs = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "trainable")}
+    skip = ("name", "trainable", *weights.CONFIG_KEYS)
+    kwargs = {k: v for k, v in config.model.to_dict().items() if k not in skip}
     if config.task.compute_dtype == "bfloat16":
         kwargs.setdefault("dtype", jax.numpy.bfloat16)
     task = task_spec(config, None if landmark_set is None else landmark_set.regions)
@@ -151,6 +224,8 @@ def build(config, num_landmarks: int, landmark_set: LandmarkSet | None = None):
         rngs=nnx.Rngs(config.train.seed),
         **kwargs,
     )
+    if pretrained:
+        weights.load_from_config(model, config.model, log=log)
     optim = OptimConfig.from_any({**config.optim.to_dict(), "total_steps": config.train.steps})
     lr_scale = None
     if optim.layer_decay is not None:
@@ -164,7 +239,8 @@ def build(config, num_landmarks: int, landmark_set: LandmarkSet | None = None):
         optim, lr_scale=lr_scale, trainable=None if paths is None else paths.__contains__
     )
     graphdef, state = create_train_state(model, tx, config.train.seed, mesh=mesh)
-    train_step = make_train_step(graphdef, task, tx, mesh, schedule=schedule)
+    augment = device_augment(config, landmark_set)
+    train_step = make_train_step(graphdef, task, tx, mesh, schedule=schedule, augment=augment)
     eval_step = make_eval_step(graphdef, task, mesh)
     return mesh, state, train_step, eval_step, optim
 
@@ -250,25 +326,15 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
     train_ds, val_ds, _ = load_splits(config)
     k = train_ds.landmark_set.num_landmarks
     save_landmark_set(workdir, train_ds.landmark_set)
-    mesh, state, train_step, eval_step, optim = build(config, k, train_ds.landmark_set)
-    shipped = device_keys(task_spec(config))
+    mesh, state, train_step, eval_step, optim = build(config, k, train_ds.landmark_set, log=log)
+    shipped = device_keys(task_spec(config), augment_on_device=augments_on_device(config))
     if set(REGION_KEYS) & set(shipped) and train_ds.records[0].region_mask is None:
         raise ValueError(
             f"losses {', '.join(config.task.losses)} need region masks; dataset "
             f"{train_ds.name!r} has none"
         )
     jax.set_mesh(mesh)
-    batches = make_pipeline(
-        train_ds,
-        input_size=tuple(config.data.input_size),
-        batch_size=config.train.batch_size // jax.process_count(),
-        augment=config.data.augment or None,
-        seed=config.train.seed,
-        cache_dir=cache_dir,
-        fit=config.data.fit,
-        normalize=config.data.normalize,
-        num_threads=config.data.num_threads,
-    )
+    batches = make_train_pipeline(config, train_ds, cache_dir=cache_dir)
     plateau = ReduceOnPlateau.from_config(optim)
     checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
     start = 0
@@ -367,7 +433,9 @@ def restore_trained(workdir: str | pathlib.Path, *, which: str = "best"):
         raise FileNotFoundError(f"{workdir}: no checkpoint found; train with lmjax train first")
     config = ml_collections.ConfigDict(saved)
     landmark_set = load_landmark_set(workdir, config)
-    mesh, state, _, eval_step, _ = build(config, landmark_set.num_landmarks, landmark_set)
+    mesh, state, _, eval_step, _ = build(
+        config, landmark_set.num_landmarks, landmark_set, pretrained=False
+    )
     checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
     try:
         step = "best" if which == "best" and checkpoints.best_step() is not None else None

@@ -51,7 +51,7 @@ EXTRACTORS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
 # The lower-limb paper's methods 1-5 label connected components on the host: the eval
 # step returns probabilities and `host_coordinates` finishes the job.
 HOST_EXTRACTORS = tuple(centroids.METHODS)
-COORD_LOSSES = ("coord_l1", "coord_l2", "wing")  # (pred [B,K,2], target [B,K,2])
+COORD_LOSSES = ("coord_l1", "coord_l2", "coord_mse", "wing")  # (pred [B,K,2], target [B,K,2])
 # (heatmap logits, regions, visibility, landmark_regions=...): landmarks inside their bones.
 REGION_LOSSES = ("anatomical_consistency", "soft_anatomical_consistency")
 # "segmentation/<map loss>": that loss on outputs["segmentation"] vs the region labels.
@@ -344,6 +344,7 @@ def make_train_step(
     mesh: Mesh,
     *,
     schedule: optax.Schedule | None = None,
+    augment: Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]] | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
 
@@ -352,10 +353,14 @@ def make_train_step(
     when `task.needs_region_mask` (others are ignored). Metrics are
     float32 device scalars: `loss`, unweighted `loss_<name>` per term, `grad_norm`,
     `skipped`, and `learning_rate` (schedule(step) * lr_scale) when `schedule` is given.
+    `augment(batch, key)` (e.g. `lmjax.data.device_augment.DeviceAugment`), if given,
+    first augments the batch with a key of `(state.rng, state.step)`.
     """
     dtype = DTYPES[task.compute_dtype]
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        if augment is not None:  # keyed by the state alone, so a resumed run repeats it
+            batch = augment(batch, jax.random.fold_in(state.rng, state.step))
         valid = batch.get("valid", jnp.ones(batch["image"].shape[:1], bool))
 
         def loss_fn(params):
