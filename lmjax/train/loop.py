@@ -240,7 +240,15 @@ def build(
     )
     graphdef, state = create_train_state(model, tx, config.train.seed, mesh=mesh)
     augment = device_augment(config, landmark_set)
-    train_step = make_train_step(graphdef, task, tx, mesh, schedule=schedule, augment=augment)
+    train_step = make_train_step(
+        graphdef,
+        task,
+        tx,
+        mesh,
+        schedule=schedule,
+        augment=augment,
+        trainable=None if paths is None else paths.__contains__,
+    )
     eval_step = make_eval_step(graphdef, task, mesh)
     return mesh, state, train_step, eval_step, optim
 

@@ -40,6 +40,7 @@ from jax.sharding import Mesh
 from lmjax.ops import centroids, extractors, targets
 from lmjax.ops.losses import deep_supervision, get_loss
 from lmjax.parallel import data_sharding, replicate, replicated
+from lmjax.train.optim import param_path
 
 MODES = ("heatmap", "segmentation", "coordinate")
 TARGETS = ("gaussian", "circle", "square")
@@ -345,6 +346,7 @@ def make_train_step(
     *,
     schedule: optax.Schedule | None = None,
     augment: Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]] | None = None,
+    trainable: Callable[[tuple[str | int, ...]], bool] | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
 
@@ -355,8 +357,18 @@ def make_train_step(
     `skipped`, and `learning_rate` (schedule(step) * lr_scale) when `schedule` is given.
     `augment(batch, key)` (e.g. `lmjax.data.device_augment.DeviceAugment`), if given,
     first augments the batch with a key of `(state.rng, state.step)`.
+    `trainable(path)` (the optimizer's, see `make_optimizer`), if given, marks the
+    parameters that train; the others enter the loss through `stop_gradient`, so
+    XLA drops their weight gradients (a LoRA model's frozen backbone costs only
+    the activation gradients it needs) and their gradient is exactly zero.
     """
     dtype = DTYPES[task.compute_dtype]
+
+    def freeze(params):
+        if trainable is None:
+            return params
+        keep = lambda path, p: p if trainable(param_path(path)) else jax.lax.stop_gradient(p)
+        return jax.tree_util.tree_map_with_path(keep, params)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         if augment is not None:  # keyed by the state alone, so a resumed run repeats it
@@ -364,7 +376,7 @@ def make_train_step(
         valid = batch.get("valid", jnp.ones(batch["image"].shape[:1], bool))
 
         def loss_fn(params):
-            model = _merge(graphdef, params, state, True, dtype)
+            model = _merge(graphdef, freeze(params), state, True, dtype)
             outputs = model(batch["image"].astype(dtype))
             terms = {k: _valid_mean(v, valid) for k, v in _loss_terms(task, outputs, batch).items()}
             loss = sum(task.losses[k] * v for k, v in terms.items())
