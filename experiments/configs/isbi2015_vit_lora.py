@@ -25,11 +25,14 @@ the authors' released config for this dataset
   augment   the paper names flips, photometric distortion and coarse dropout; the
             "medsapiens" preset of `lmjax.data.augment` is used.
 
-Pretrained weights: none are available on this machine. Sapiens 0.3B (and the
-MedSapiens generalist) weights need an importer that is separate work, so these
-configs start from random weights, and LoRA on a random backbone cannot reproduce
-the paper. Until then, `--config.model.trainable=all` trains the whole model from
-scratch (a baseline, not the paper's method).
+Pretrained weights: bring your own file; none are on this machine and nothing is
+downloaded. `--config.model.pretrained=sapiens_0.3b.safetensors` (or .npz, or .pth
+with PyTorch installed) loads a Sapiens/mmpretrain ViT through the "vit_sapiens"
+key table of `lmjax.models.weights` (set `pretrained_table` to "vit_timm" or
+"vitpose" for those layouts) and logs what was missing or unexpected. Without a
+file the backbone is random, and LoRA on a random backbone cannot reproduce the
+paper: then `--config.model.trainable=all` trains the whole model from scratch (a
+baseline, not the paper's method).
 
 Arguments:
 
@@ -82,6 +85,9 @@ def get_config(arg: str = "l"):
     c.model.lora_alpha = {"qkv": 4.0, "proj": 8.0}
     c.model.lora_dropout = 0.1
     c.model.trainable = "lora_and_head"
+    c.model.pretrained = ""  # a checkpoint file; see the docstring
+    c.model.pretrained_table = "vit_sapiens"
+    c.model.pretrained_strict = False
 
     c.task.mode = "heatmap"
     c.task.target = "gaussian"

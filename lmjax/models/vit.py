@@ -27,7 +27,9 @@ Input channels. The patch embedding takes `in_channels` channels as they come (1
 radiographs) instead of replicating a gray image to RGB: for a gray image
 replicated to three channels, a pretrained RGB kernel summed over its input
 channels gives exactly the same tokens, at a third of the patch-embedding cost and
-memory. A weight importer does that sum (and folds the RGB mean/std normalisation).
+memory. `lmjax.models.weights` does that sum on import; the RGB mean/std
+normalisation of the original training is not folded in, since lmjax normalises
+each image by its own statistics (`data.normalize`).
 
 Sizes: "tiny" (tests), "B" (768 wide, 12 layers, 12 heads), "L" (1024, 24, 16: the
 Sapiens 0.3B shape). LoRA adapters (`lmjax.models.lora`) are added by `lora_ranks`.
