@@ -26,31 +26,76 @@ import jax
 import numpy as np
 
 from lmjax import hardware, parallel
-from lmjax.data.pipeline import make_pipeline
+from lmjax.data.types import LandmarkSet
 from lmjax.train import loop
 
 DATA = ("fake", "real")
 
 
-def fake_batch(batch_size: int, input_hw: tuple[int, int], num_landmarks: int, seed: int = 0):
+def fake_batch(
+    batch_size: int,
+    input_hw: tuple[int, int],
+    num_landmarks: int,
+    seed: int = 0,
+    *,
+    num_regions: int | None = None,
+):
     """A host batch with the pipeline's device keys: random images and landmarks.
 
     Returns:
       image float32 `[B, H, W, 1]`, landmarks float32 `[B, K, 2]` inside the image,
-      visible bool `[B, K]`, valid bool `[B]`.
+      visible bool `[B, K]`, valid bool `[B]`; with `num_regions`, also region_mask
+      int32 `[B, H, W]` of random labels in `0 .. num_regions` (0 background).
     """
     rng = np.random.default_rng(seed)
     h, w = input_hw
     xy = rng.uniform([4, 4], [w - 5, h - 5], (batch_size, num_landmarks, 2))
-    return {
+    batch = {
         "image": rng.standard_normal((batch_size, h, w, 1)).astype(np.float32),
         "landmarks": xy.astype(np.float32),
         "visible": np.ones((batch_size, num_landmarks), bool),
         "valid": np.ones((batch_size,), bool),
     }
+    if num_regions is not None:
+        batch["region_mask"] = rng.integers(0, num_regions + 1, (batch_size, h, w), np.int32)
+    return batch
 
 
-def _flops(compiled) -> float | None:
+FAKE_REGIONS = 2  # regions of the made-up landmark set when the config names none
+
+
+def synthetic_landmark_set(num_landmarks: int, num_regions: int = 0) -> LandmarkSet:
+    """`K` landmarks `lm0 ..`; with `num_regions`, landmark k belongs to region k mod R."""
+    regions = None
+    if num_regions:
+        regions = tuple(i % num_regions for i in range(num_landmarks))
+    return LandmarkSet(
+        name="synthetic",
+        names=tuple(f"lm{i}" for i in range(num_landmarks)),
+        regions=regions,
+        region_names=tuple(f"region{r}" for r in range(num_regions)),
+    )
+
+
+def landmark_set_for(config, num_landmarks: int | None = None, dataset=None) -> LandmarkSet:
+    """The landmark set to build `config`'s model with, for fake batches.
+
+    Without `num_landmarks`: the training split's (`dataset`, or read from the
+    config). With it: `synthetic_landmark_set`, declaring `config.model.num_regions`
+    (else `FAKE_REGIONS`) regions when the task has region or segmentation losses,
+    so that those losses get their `landmark_regions` and the model its head.
+    """
+    if num_landmarks is None:
+        return (dataset if dataset is not None else loop.load_splits(config)[0]).landmark_set
+    task = loop.task_spec(config)
+    if not (task.needs_segmentation or task.uses_region_losses or task.needs_region_mask):
+        return synthetic_landmark_set(num_landmarks)
+    return synthetic_landmark_set(num_landmarks, config.model.get("num_regions") or FAKE_REGIONS)
+
+
+def compiled_flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled program (one device's share), from XLA's cost
+    analysis; None where the backend gives none."""
     cost = compiled.cost_analysis()
     if isinstance(cost, list | tuple):
         cost = cost[0] if cost else None
@@ -79,7 +124,8 @@ def _time_calls(fn: Callable[[], Any], calls: int, warmup: int) -> list[float]:
     return times
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """Versions of Python and the JAX libraries the figures depend on."""
     names = ("jax", "jaxlib", "flax", "optax")
     return {n: importlib.metadata.version(n) for n in names} | {"python": platform.python_version()}
 
@@ -142,18 +188,9 @@ def _real_input(config, dataset, step, state, mesh, *, steps: int, warmup: int):
         cache_dir = config.data.cache_dir or stack.enter_context(
             tempfile.TemporaryDirectory(prefix="lmjax_bench_")
         )
-        # As lmjax.train.loop.train builds it, so the figures are the training run's.
-        batches = make_pipeline(
-            dataset,
-            input_size=tuple(config.data.input_size),
-            batch_size=local_batch,
-            augment=config.data.augment or None,
-            seed=config.train.seed,
-            cache_dir=cache_dir,
-            fit=config.data.fit,
-            normalize=config.data.normalize,
-            num_threads=config.data.num_threads,
-        )
+        # lmjax.train.loop.train's own pipeline (with device augmentation, the step
+        # augments), so the figures are the training run's.
+        batches = loop.make_train_pipeline(config, dataset, cache_dir=cache_dir)
         stack.callback(batches.close)
         drained = _time_calls(lambda: next(batches), steps, warmup)
         for _ in range(warmup):
@@ -177,8 +214,8 @@ def _real_input(config, dataset, step, state, mesh, *, steps: int, warmup: int):
     }
 
 
-def _to_device(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-    return parallel.shard_batch({k: batch[k] for k in loop.DEVICE_KEYS}, mesh)
+def _to_device(batch: dict[str, np.ndarray], mesh, keys=loop.DEVICE_KEYS) -> dict[str, jax.Array]:
+    return parallel.shard_batch({k: batch[k] for k in keys}, mesh)
 
 
 def _inference(eval_step, state, mesh, input_hw, *, batch: int, calls: int, warmup: int):
@@ -228,7 +265,11 @@ def benchmark(
       data: "fake" (device-resident random batch only) or "real" (also the
         config's training split through the training pipeline).
       infer_batch: batch of the inference throughput figure.
-      num_landmarks: K for fake data without reading the dataset (tests).
+      num_landmarks: K for fake data without reading the dataset (tests); the
+        landmark set is then `landmark_set_for`'s, with regions when needed.
+
+    Fake batches carry a random `region_mask` when the task's losses read one
+    (`TaskSpec.needs_region_mask`); with `data="real"` such tasks are refused.
 
     Returns:
       A JSON-ready dict: times in seconds, throughput in images/s, FLOPs per image
@@ -242,12 +283,22 @@ def benchmark(
     dataset = None
     if data == "real" or num_landmarks is None:
         dataset = loop.load_splits(config)[0]
-    k = num_landmarks or dataset.landmark_set.num_landmarks
-    mesh, state, train_step, eval_step, _ = loop.build(config, k)
+    landmark_set = landmark_set_for(config, None if dataset is not None else num_landmarks, dataset)
+    k = landmark_set.num_landmarks
+    task = loop.task_spec(config, landmark_set.regions)
+    shipped = loop.device_keys(task)
+    if data == "real" and task.needs_region_mask:
+        raise ValueError(
+            f"--data=real: losses {', '.join(task.losses)} need region masks, which the "
+            "input benchmark does not ship yet; use --data=fake"
+        )
+    mesh, state, train_step, eval_step, _ = loop.build(config, k, landmark_set)
     params = int(sum(x.size for x in jax.tree.leaves(state.params)))
     images = config.train.batch_size
     input_hw = tuple(config.data.input_size)
-    batch = _to_device(fake_batch(images // jax.process_count(), input_hw, k), mesh)
+    regions = landmark_set.num_regions if task.needs_region_mask else None
+    host = fake_batch(images // jax.process_count(), input_hw, k, num_regions=regions)
+    batch = _to_device(host, mesh, shipped)
 
     t0 = time.perf_counter()
     step = train_step.lower(state, batch).compile()
@@ -265,7 +316,7 @@ def benchmark(
         state, fed = _real_input(config, dataset, step, state, mesh, steps=steps, warmup=warmup)
     memory = _peak_memory_bytes()  # before inference, so it is the train step's
 
-    flops = _flops(step)
+    flops = compiled_flops(step)
     devices = jax.devices()
     r = {
         "model": config.model.name,
@@ -278,7 +329,7 @@ def benchmark(
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
         "platform": platform.platform(),
-        "versions": _versions(),
+        "versions": versions(),
         "steps": steps,
         "warmup": warmup,
         "compile_s": compile_s,

@@ -8,10 +8,12 @@ traceback.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 import warnings
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -54,6 +56,25 @@ _DATA = flags.DEFINE_enum(
 _INFER_BATCH = flags.DEFINE_integer("infer_batch", 32, "benchmark: inference throughput batch.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "train/evaluate: the run's folder.")
 _SPLIT = flags.DEFINE_string("split", None, "evaluate: split to evaluate (default: test).")
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir",
+    os.environ.get("LMJAX_COMPILATION_CACHE", ""),
+    "train/evaluate/predict/benchmark/compile-check: JAX's persistent compilation cache "
+    "folder, so a later run loads compiled steps instead of compiling; default "
+    "$LMJAX_COMPILATION_CACHE, empty: off.",
+)
+_DEVICES = flags.DEFINE_integer(
+    "devices",
+    None,
+    "compile-check: devices of the mesh; on the CPU backend that many (fake) CPU "
+    "devices, elsewhere it must equal the device count. Default: all devices.",
+)
+_DEVICE_MEMORY_GB = flags.DEFINE_float(
+    "device_memory_gb",
+    None,
+    "compile-check: memory of one device in GiB for the fits verdict; default: what "
+    "the runtime reports (nothing on CPU).",
+)
 
 USAGE = """usage: lmjax COMMAND [--flag=value ...]
 
@@ -68,6 +89,10 @@ commands:
   benchmark train-step and inference throughput, MFU, memory, input-pipeline wait
             lmjax benchmark [--config=PATH[:ARG]] [--steps=N] [--data=fake|real]
                             [--infer_batch=N] [--output=FILE.json]
+  compile-check  compile the train step for the mesh and global batch without running
+            it: compile time, XLA's per-device memory, FLOPs, whether it fits (exit 1: no)
+            lmjax compile-check [--config=PATH[:ARG]] [--config.FIELD=VALUE ...]
+                                [--devices=N] [--device_memory_gb=G] [--output=FILE.json]
   inspect   read a dataset folder as training would and summarise it
             lmjax inspect --data_dir=DIR [--format=...] [--output=FILE.json]
   preview   run the input pipeline with augmentation and write an image grid
@@ -76,6 +101,10 @@ commands:
             lmjax measure --data_dir=DIR [--format=...] [--output=FILE.json|FILE.csv]
   compare   evaluation reports side by side, Wilcoxon signed-rank tests on paired errors
             lmjax compare A.json B.json [...] [--output=FILE.json]
+
+train, evaluate, predict, benchmark and compile-check take
+--compilation_cache_dir=DIR (default $LMJAX_COMPILATION_CACHE): compiled programs are
+kept there and reused by later runs.
 
 `lmjax COMMAND --helpfull` lists every flag."""
 
@@ -264,6 +293,28 @@ def cmd_benchmark():
     return 0
 
 
+def cmd_compile_check():
+    from lmjax.compilation import compile_check, format_compile_check
+
+    devices = _DEVICES.value
+    if devices is not None:
+        if devices < 1:
+            raise ValueError(f"--devices must be at least 1, got {devices}")
+        # Only the CPU backend makes devices, and only before it starts, which
+        # jax.device_count() below does.
+        jax.config.update("jax_num_cpu_devices", devices)
+        if jax.device_count() != devices:
+            raise ValueError(
+                f"--devices={devices}, but the {jax.default_backend()} backend has "
+                f"{jax.device_count()} devices; JAX_PLATFORMS=cpu checks {devices} "
+                "fake CPU devices"
+            )
+    result = compile_check(_CONFIG.value, device_memory_gb=_DEVICE_MEMORY_GB.value)
+    print(format_compile_check(result))
+    _write_json(result, _OUTPUT.value)
+    return 0 if result["fits"] is not False else 1
+
+
 def cmd_compare(reports: list[str]):
     from lmjax.compare import compare_reports, format_comparison
 
@@ -285,12 +336,14 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "benchmark": cmd_benchmark,
+    "compile-check": cmd_compile_check,
     "inspect": cmd_inspect,
     "preview": cmd_preview,
     "measure": cmd_measure,
     "compare": cmd_compare,
 }
 POSITIONAL = ("predict", "compare")  # commands that take file arguments
+COMPILING = ("train", "evaluate", "predict", "benchmark", "compile-check")
 
 
 def _main(command: str, argv: list[str]) -> int:
@@ -301,6 +354,11 @@ def _main(command: str, argv: list[str]) -> int:
             # Data problems are listed by the command itself, once.
             warnings.simplefilter("ignore", UserWarning)
             parallel.initialize()  # before any JAX backend use; no-op for one process
+            if command in COMPILING and _COMPILATION_CACHE_DIR.value:
+                from lmjax.compilation import enable_persistent_cache
+
+                # Before the first compile: JAX opens the cache once per process.
+                enable_persistent_cache(_COMPILATION_CACHE_DIR.value)
             if command in POSITIONAL:
                 return COMMANDS[command](argv[1:])
             return COMMANDS[command]()

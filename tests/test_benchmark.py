@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from lmjax import hardware
-from lmjax.benchmark import benchmark, efficiency, fake_batch, format_benchmark
+from lmjax.benchmark import (
+    benchmark,
+    efficiency,
+    fake_batch,
+    format_benchmark,
+    landmark_set_for,
+    synthetic_landmark_set,
+)
 from lmjax.configs.phantom import get_config
+
+REPO = pathlib.Path(__file__).parents[1]
+HRNET = REPO / "experiments" / "configs" / "phantom_hrnet.py"
+
+
+def load_config(path: pathlib.Path, arg: str):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
 
 TOP_KEYS = {
     "device_kind",
@@ -41,6 +61,62 @@ def test_fake_batch_keeps_landmarks_inside():
     b = fake_batch(3, (20, 30), 5)
     assert b["image"].shape == (3, 20, 30, 1) and b["landmarks"].shape == (3, 5, 2)
     assert (b["landmarks"][..., 0] < 30).all() and (b["landmarks"][..., 1] < 20).all()
+
+
+def test_fake_batch_region_mask_only_when_asked():
+    assert "region_mask" not in fake_batch(2, (16, 12), 3)
+    mask = fake_batch(2, (16, 12), 3, num_regions=4)["region_mask"]
+    assert mask.shape == (2, 16, 12) and mask.dtype == np.int32
+    assert mask.min() >= 0 and mask.max() <= 4 and len(np.unique(mask)) == 5
+
+
+def test_landmark_set_for_region_losses_declares_regions():
+    hrnet = load_config(HRNET, "proposed_cpu")
+    s = landmark_set_for(hrnet, 5)
+    assert s.regions == (0, 1, 0, 1, 0) and s.num_regions == 2
+    with hrnet.unlocked():
+        hrnet.model.num_regions = 3
+    assert landmark_set_for(hrnet, 5).regions == (0, 1, 2, 0, 1)
+    plain = landmark_set_for(get_config("tiny"), 5)
+    assert plain.regions is None and plain.num_landmarks == 5
+    assert synthetic_landmark_set(2).names == ("lm0", "lm1")
+
+
+def test_real_data_with_region_masks_is_refused_clearly():
+    hrnet = load_config(HRNET, "proposed_cpu")
+    hrnet.data.phantom_size = 12
+    with pytest.raises(ValueError, match="need region masks.*use --data=fake"):
+        benchmark(hrnet, steps=1, data="real")
+
+
+def test_cli_benchmarks_a_config_whose_losses_need_region_masks(tmp_path):
+    # The fluoroscopy paper's proposed loss: segmentation Dice-CE against region masks,
+    # anatomical consistency with the phantom's landmark regions.
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmjax.cli",
+            "benchmark",
+            f"--config={HRNET}:proposed_cpu",
+            "--config.data.input_size=(32, 32)",
+            "--config.data.phantom_size=12",
+            "--config.model.stem_features=8",
+            "--config.model.width=4",
+            "--config.train.batch_size=2",
+            "--steps=1",
+            "--infer_batch=1",
+            f"--output={tmp_path / 'b.json'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads((tmp_path / "b.json").read_text())
+    check_report(r)
+    assert r["model"] == "hrnet" and r["input_size"] == [32, 32] and r["global_batch"] == 2
+    assert "M parameters" in out.stdout
 
 
 @pytest.mark.parametrize(
@@ -127,7 +203,7 @@ def test_benchmark_rejects_unknown_data():
 
 
 def test_cli_fake_data_writes_json(tmp_path):
-    config = pathlib.Path(__file__).parents[1] / "lmjax" / "configs" / "phantom.py"
+    config = REPO / "lmjax" / "configs" / "phantom.py"
     out = subprocess.run(
         [
             sys.executable,

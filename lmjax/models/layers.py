@@ -23,15 +23,25 @@ def he_normal(negative_slope: float = LEAKY_SLOPE) -> nnx.Initializer:
     return nnx.initializers.variance_scaling(2.0 / (1.0 + negative_slope**2), "fan_in", "normal")
 
 
+NORMS = ("instance", "batch", "none")
+BATCH_NORM_MOMENTUM = 0.9  # PyTorch's BatchNorm momentum 0.1 in Flax's convention
+
+
 class ConvNormAct(nnx.Module):
-    """Conv (k x k, 'same'-style symmetric padding) -> instance norm (affine) -> leaky ReLU.
+    """Conv (k x k, 'same'-style symmetric padding) -> norm -> leaky ReLU.
 
     `[B, H, W, in_features] -> [B, ceil(H / strides), ceil(W / strides), out_features]`.
 
-    The conv has no bias: instance norm subtracts the per-channel mean right after,
-    so a bias would be cancelled exactly (a parameter with zero gradient). Padding is
-    `k // 2` on both sides, as PyTorch pads, so a stride-2 conv samples input pixels
-    0, 2, 4, ... (Flax's 'SAME' would pad only at the end and sample 1, 3, 5, ...).
+    `norm`: "instance" (nnU-Net's: per sample and channel over H, W, affine),
+    "batch" (over B, H, W; running statistics for evaluation, PyTorch's momentum
+    and epsilon, as nnU-Net's batch-norm variant) or "none" (conv with bias, then
+    the activation; `self.norm` is None).
+
+    With a norm the conv has no bias: the norm subtracts the per-channel mean right
+    after, so a bias would be cancelled exactly (a parameter with zero gradient).
+    Padding is `k // 2` on both sides, as PyTorch pads, so a stride-2 conv samples
+    input pixels 0, 2, 4, ... (Flax's 'SAME' would pad only at the end and sample
+    1, 3, 5, ...).
     """
 
     def __init__(
@@ -41,12 +51,15 @@ class ConvNormAct(nnx.Module):
         *,
         kernel_size: int = 3,
         strides: int = 1,
+        norm: Literal["instance", "batch", "none"] = "instance",
         negative_slope: float = LEAKY_SLOPE,
         epsilon: float = 1e-5,
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ) -> None:
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         pad = kernel_size // 2
         self.conv = nnx.Conv(
             in_features,
@@ -54,21 +67,28 @@ class ConvNormAct(nnx.Module):
             kernel_size=(kernel_size, kernel_size),
             strides=(strides, strides),
             padding=((pad, pad), (pad, pad)),
-            use_bias=False,
+            use_bias=norm == "none",
             kernel_init=he_normal(negative_slope),
             dtype=dtype,
             param_dtype=param_dtype,
             rngs=rngs,
         )
-        # Statistics over H, W per sample and channel (computed in float32 by Flax even
-        # for bf16 inputs); scale and bias per channel. epsilon 1e-5 as PyTorch/nnU-Net.
-        self.norm = nnx.InstanceNorm(
-            out_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-        )
+        kw = dict(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        # Statistics in float32 (Flax promotes bf16 inputs); scale and bias per
+        # channel; epsilon 1e-5 as PyTorch/nnU-Net.
+        if norm == "instance":
+            self.norm = nnx.InstanceNorm(out_features, **kw)
+        elif norm == "batch":
+            self.norm = nnx.BatchNorm(out_features, momentum=BATCH_NORM_MOMENTUM, **kw)
+        else:
+            self.norm = None
         self.negative_slope = negative_slope
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nnx.leaky_relu(self.norm(self.conv(x)), self.negative_slope)
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return nnx.leaky_relu(x, self.negative_slope)
 
 
 class ConvBlock(nnx.Module):
@@ -83,11 +103,12 @@ class ConvBlock(nnx.Module):
         out_features: int,
         *,
         strides: int = 1,
+        norm: Literal["instance", "batch", "none"] = "instance",
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ) -> None:
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = dict(norm=norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.first = ConvNormAct(in_features, out_features, strides=strides, **kw)
         self.second = ConvNormAct(out_features, out_features, **kw)
 

@@ -15,6 +15,9 @@ even, up to `max_levels` (8). So 64 -> 5 levels (bottleneck 4), 256 -> 7 (4),
 512 -> 8 (4, i.e. 7 downsamplings), 64 x 48 -> 4 (8 x 6). Both axes are always
 halved together (nnU-Net can pool one axis only; not needed for radiographs).
 
+Normalisation. `norm="instance"` (the papers'); `"batch"` and `"none"` (conv with
+bias, no norm) exist to measure what the instance norm costs and brings.
+
 Deep supervision. Heads exist at decoder levels 0 .. n-1 (0 = full resolution) with
 `n = num_deep_supervision`, by default `L - 2`: every decoder level except the
 coarsest, the one nnU-Net gives loss weight 0. The heads are built whatever
@@ -85,6 +88,7 @@ class UNet(nnx.Module):
         resize_kernel: int = 1,
         deep_supervision: bool = True,
         num_deep_supervision: int | None = None,
+        norm: Literal["instance", "batch", "none"] = "instance",
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -101,6 +105,7 @@ class UNet(nnx.Module):
             )
         ch = unet_features(num_levels, features, max_features)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        block_kw = dict(norm=norm, **kw)
         self.num_levels = num_levels
         self.channels = tuple(ch)
         self.deep_supervision = deep_supervision
@@ -110,7 +115,10 @@ class UNet(nnx.Module):
         self.encoder = nnx.List(
             [
                 ConvBlock(
-                    in_channels if i == 0 else ch[i - 1], ch[i], strides=1 if i == 0 else 2, **kw
+                    in_channels if i == 0 else ch[i - 1],
+                    ch[i],
+                    strides=1 if i == 0 else 2,
+                    **block_kw,
                 )
                 for i in range(num_levels)
             ]
@@ -118,7 +126,7 @@ class UNet(nnx.Module):
         # up[i] and decoder[i] produce level i (finest first) from level i + 1.
         up_kw = dict(mode=upsample, resize_method=resize_method, resize_kernel=resize_kernel)
         self.up = nnx.List([Upsample(ch[i + 1], ch[i], **up_kw, **kw) for i in range(n_decoder)])
-        self.decoder = nnx.List([ConvBlock(2 * ch[i], ch[i], **kw) for i in range(n_decoder)])
+        self.decoder = nnx.List([ConvBlock(2 * ch[i], ch[i], **block_kw) for i in range(n_decoder)])
         head_kw = dict(param_dtype=param_dtype, rngs=rngs, dtype=jnp.float32)
         self.heads = nnx.List(
             [nnx.Conv(ch[i], num_outputs, (1, 1), **head_kw) for i in range(num_deep_supervision)]
@@ -169,6 +177,7 @@ def build_unet(
     resize_kernel: int = 1,
     deep_supervision: bool = True,
     num_deep_supervision: int | None = None,
+    norm: Literal["instance", "batch", "none"] = "instance",
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
 ) -> UNet:
@@ -192,6 +201,7 @@ def build_unet(
         resize_kernel=resize_kernel,
         deep_supervision=deep_supervision,
         num_deep_supervision=num_deep_supervision,
+        norm=norm,
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,

@@ -158,6 +158,68 @@ def test_instance_norm_is_per_sample_and_channel():
     assert not np.allclose(a[1], b[1])
 
 
+def _conv_ref(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """3x3 'same' convolution (stride 1, zero padding 1) in NumPy, NHWC / HWIO."""
+    b, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((b, h, w, kernel.shape[-1]))
+    for dy in range(3):
+        for dx in range(3):
+            out += padded[:, dy : dy + h, dx : dx + w] @ kernel[dy, dx]
+    return out
+
+
+def _leaky(x: np.ndarray) -> np.ndarray:
+    return np.where(x >= 0, x, 0.01 * x)
+
+
+def test_batch_norm_option_pools_the_batch_and_keeps_running_statistics():
+    layer = ConvNormAct(2, 4, norm="batch", rngs=nnx.Rngs(0))
+    x = _images((3, 6, 5, 2)) * 2.0 + 0.5
+    conv = _conv_ref(np.asarray(x, np.float64), np.asarray(layer.conv.kernel[...]))
+    assert layer.conv.bias is None  # cancelled by the norm
+    mean, var = conv.mean(axis=(0, 1, 2)), conv.var(axis=(0, 1, 2))
+    layer.train()
+    ref = _leaky((conv - mean) / np.sqrt(var + 1e-5))
+    np.testing.assert_allclose(layer(x), ref, rtol=1e-4, atol=1e-4)
+    # PyTorch's momentum 0.1: running = 0.9 running + 0.1 batch (from 0 and 1).
+    np.testing.assert_allclose(layer.norm.mean[...], 0.1 * mean, rtol=1e-4, atol=1e-5)
+    layer.eval()  # now the running statistics, whatever the batch
+    running = 0.1 * mean, 0.9 + 0.1 * var
+    ref = _leaky((conv - running[0]) / np.sqrt(running[1] + 1e-5))
+    np.testing.assert_allclose(layer(x), ref, rtol=1e-3, atol=1e-3)
+
+
+def test_no_norm_option_is_conv_with_bias_and_leaky_relu():
+    layer = ConvNormAct(2, 3, norm="none", rngs=nnx.Rngs(0))
+    assert layer.norm is None
+    layer.conv.bias[...] = jnp.asarray([0.5, -0.25, 1.0])
+    x = _images((2, 5, 4, 2))
+    ref = _conv_ref(np.asarray(x, np.float64), np.asarray(layer.conv.kernel[...]))
+    np.testing.assert_allclose(layer(x), _leaky(ref + [0.5, -0.25, 1.0]), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="norm must be one of instance, batch, none"):
+        ConvNormAct(2, 3, norm="group", rngs=nnx.Rngs(0))
+
+
+def test_unet_norm_option_parameters_and_forward():
+    def build(norm):
+        return nnx.eval_shape(lambda: build_model("unet", **_tiny_kwargs(norm=norm)))
+
+    instance, batch, none = build("instance"), build("batch"), build("none")
+    # Batch norm has the same affine parameters; its running statistics are no Param.
+    assert count_params(batch) == count_params(instance)
+    stats = jax.tree.leaves(nnx.state(batch, nnx.BatchStat))
+    convs = 2 * 4 + 2 * 3  # two per encoder level (4) and per decoder level (3)
+    assert len(stats) == 2 * convs
+    # No norm: each conv gains a bias of its width and loses the norm's scale and bias.
+    widths = [8, 16, 32, 64]
+    norm_params = 2 * sum(2 * c for c in widths) + 2 * sum(2 * c for c in widths[:3])
+    assert count_params(none) == count_params(instance) - norm_params // 2
+    model = build_model("unet", **_tiny_kwargs(norm="none"))
+    out = _apply(model, _images((2, 32, 32, 1)))
+    assert out["heatmaps"].shape == (2, 32, 32, 3) and np.all(np.isfinite(out["heatmaps"]))
+
+
 def test_upsample_helpers_match_jax_image_resize():
     x = _images((2, 5, 7, 3))
     for method, fn in (("bilinear", upsample2x_bilinear), ("nearest", upsample2x_nearest)):

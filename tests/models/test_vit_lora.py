@@ -15,7 +15,7 @@ from flax import nnx
 
 from lmjax import parallel
 from lmjax.configs.phantom import get_config as phantom_config
-from lmjax.models import build_model, count_params, load_lora, merge_lora, save_lora
+from lmjax.models import build_model, count_params, load_lora, merge_lora, save_lora, weights
 from lmjax.models.lora import LoRALinear, LoRAParam, trainable_paths
 from lmjax.train import TaskSpec, create_train_state, loop, make_optimizer, make_train_step
 from lmjax.train.optim import OptimConfig, layer_decay_scales
@@ -268,7 +268,8 @@ def test_experiment_config_builds(arg):
     c = _experiment(arg)
     optim = OptimConfig.from_any({**c.optim.to_dict(), "total_steps": c.train.steps})
     assert (optim.name, optim.learning_rate, optim.layer_decay) == ("adamw", 5e-4, 0.85)
-    kwargs = {k: v for k, v in c.model.to_dict().items() if k not in ("name", "trainable")}
+    skip = ("name", "trainable", *weights.CONFIG_KEYS)
+    kwargs = {k: v for k, v in c.model.to_dict().items() if k not in skip}
     model = nnx.eval_shape(
         lambda: build_model(
             c.model.name,
@@ -324,3 +325,38 @@ def test_phantom_training_with_lora_and_layer_decay(tmp_path):
         if p not in paths:
             np.testing.assert_array_equal(end[p], start[p], err_msg=str(p))
     assert any(not np.array_equal(end[p], start[p]) for p in paths)
+
+
+def test_remat_keeps_outputs_and_gradients():
+    # Same parameters, blocks recomputed in the backward pass or kept: same numbers.
+    plain = _tiny(lora=False, remat=False)
+    remat = _tiny(lora=False, remat=True)
+    graphdef_plain, params, rest = nnx.split(plain, nnx.Param, ...)
+    graphdef_remat, _, _ = nnx.split(remat, nnx.Param, ...)
+    images = _images()
+
+    def loss_and_maps(graphdef):
+        @jax.jit
+        def f(p):
+            model = nnx.merge(graphdef, p, rest, copy=True)
+            maps = model(images)["heatmaps"]
+            return jnp.mean(maps**2), maps
+
+        return jax.value_and_grad(f, has_aux=True)(params)
+
+    (loss_a, maps_a), grads_a = loss_and_maps(graphdef_plain)
+    (loss_b, maps_b), grads_b = loss_and_maps(graphdef_remat)
+    np.testing.assert_allclose(maps_b, maps_a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
+    flat_a, flat_b = _flat(grads_a), _flat(grads_b)
+    assert flat_a.keys() == flat_b.keys()
+    for path, g in flat_a.items():
+        np.testing.assert_allclose(flat_b[path], g, rtol=1e-4, atol=1e-7, err_msg=str(path))
+    assert any(np.abs(g).max() > 0 for g in flat_a.values())
+
+    # The recomputation is really in the program: a remat per block.
+    def total(graphdef):
+        return lambda p: nnx.merge(graphdef, p, rest, copy=True)(images)["heatmaps"].sum()
+
+    assert str(jax.make_jaxpr(jax.grad(total(graphdef_remat)))(params)).count("remat2[") == 3
+    assert "remat2[" not in str(jax.make_jaxpr(jax.grad(total(graphdef_plain)))(params))
