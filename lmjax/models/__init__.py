@@ -5,7 +5,14 @@ Every model maps `images [B, H, W, C]` to a dict with at least `"heatmaps"`
 (see `lmjax.models.registry` for the contract).
 """
 
-from lmjax.models import ceph_unet, fpn, hrnet, unet, vit  # noqa: F401  (register their models)
+from lmjax.models import (  # noqa: F401  (register their models)
+    ceph_unet,
+    fpn,
+    hrnet,
+    swin_unetr,
+    unet,
+    vit,
+)
 from lmjax.models.ceph_unet import CephUNet
 from lmjax.models.fpn import CephFPN
 from lmjax.models.hrnet import HRNet, ResidualBlock
