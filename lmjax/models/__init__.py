@@ -11,6 +11,7 @@ from lmjax.models import (  # noqa: F401  (register their models)
     hrnet,
     swin_unetr,
     unet,
+    vgg,
     vit,
 )
 from lmjax.models.ceph_unet import CephUNet

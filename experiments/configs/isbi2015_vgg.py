@@ -1,0 +1,157 @@
+"""The lower-limb paper's VGG16 models on ISBI 2015: segmentation U-Net, coordinate
+regression and segmentation-guided coordinate regression (SGR).
+
+The lower-limb paper (Amador Sanchez, Zarghami, van Overschelde, Vandemeulebroucke,
+"Optimization and Benchmarking of Image Segmentation for Improved Landmark
+Detection in Lower Limb X-Rays ...", IEEE Access 2025; sections II-B and II-E/F,
+hyperparameters in Tables 1-2, the comparison in Table 4):
+
+  unet            TernausNet-16 ("vgg_unet") segmenting circles of radius 15 px at
+                  512 x 512, one sigmoid channel per landmark, Dice-CE; coordinates
+                  by the paper's Method 3 (host extractor "midpoint": threshold at
+                  the channel's min-max midpoint, largest component, centroid).
+  regression      VGG16 encoder and one fully connected layer to 2K coordinates
+                  ("vgg_regression"), MSE.
+  seg_regression  SGR ("vgg_seg_regression"): the U-Net and the regression head on one
+                  encoder, Dice-CE on the circles plus MSE on the coordinates; the
+                  coordinates come from the head (a device extractor, whose only use
+                  is the confidence: a host extractor would replace the head's
+                  coordinates by centroids of the masks).
+
+All three: 3 x 512 x 512 input, Adam with layer-wise learning-rate decay, learning
+rate 1e-5, batch 4, 25 epochs (Table 2, U-Net), the paper's augmentation (p = 0.5:
+rotation +-10 deg, scale +-0.1, translation +-0.1; the "pelvis" preset), intensities
+in [0, 1]. The MSE is on coordinates divided by the input size (`coord_mse` with
+`scale = (W, H)`), i.e. on normalised coordinates.
+
+Where this differs from the paper:
+  - data: ISBI 2015 cephalograms (19 landmarks, 150 training images less a tenth
+    for validation, test1) from the heatmap config, not the paper's lower-limb ROIs
+    (8 landmarks, one network per joint). Radius 15 is kept in input pixels.
+  - input: one grey channel. The torchvision VGG16 table sums the first conv's RGB
+    kernel over its inputs, which gives the paper's outputs for a grey image copied
+    into three channels. ImageNet weights are the user's file (nothing is
+    downloaded): `--config.model.pretrained=vgg16.safetensors` (torchvision's
+    `vgg16().state_dict()`; table "vgg16_torchvision"). Without it the encoder
+    starts from random weights, for which 1e-5 is slow.
+  - intensities: "unit" divides by the bit depth; the paper divides by the image's
+    maximum.
+  - not stated in the paper, chosen here: the decay rate (0.9 per conv layer, 13
+    encoder convs; decoder and heads at the full rate), the SGR loss weight (1:1),
+    where the SGR head joins (the encoder's last pooled map), flattening before
+    the fully connected layer.
+
+Arguments: "unet", "regression" or "seg_regression", optionally with a suffix:
+
+  (none)  the paper's setting (512 x 512, full width, float32).
+  _cpu    a shrink for 2 CPU cores: 256 x 192 input (radius 7.5 px), a quarter of
+          the channels, learning rate 1e-3 with a cosine schedule, batch 8, 1200
+          steps; not timed.
+  _smoke  2 steps of batch 2 at a sixteenth of the channels (checks the wiring).
+
+    lmjax train --workdir=runs/isbi_vgg_unet --config=experiments/configs/isbi2015_vgg.py:unet
+    lmjax evaluate --workdir=runs/isbi_vgg_unet --split=test1 --ground_truth=senior
+"""
+
+import importlib.util
+import math
+import pathlib
+
+import ml_collections
+
+_HEATMAP = pathlib.Path(__file__).with_name("isbi2015_unet_heatmap.py")
+MODELS = {
+    "unet": "vgg_unet",
+    "regression": "vgg_regression",
+    "seg_regression": "vgg_seg_regression",
+}
+VARIANTS = ("", "cpu", "smoke")
+TRAIN_IMAGES = 135  # ISBI 2015 training images less the tenth held out for validation
+EPOCHS = 25
+PAPER_SIZE = 512
+
+
+def _heatmap_config(arg: str):
+    spec = importlib.util.spec_from_file_location("isbi2015_unet_heatmap", _HEATMAP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def _split(arg: str) -> tuple[str, str]:
+    for variant in VARIANTS[1:]:
+        if arg.endswith("_" + variant):
+            return arg[: -len(variant) - 1], variant
+    return arg, ""
+
+
+def get_config(arg: str = "unet"):
+    model, variant = _split(arg)
+    if model not in MODELS:
+        raise ValueError(
+            "argument must be unet, regression or seg_regression, optionally with _cpu "
+            f"or _smoke; got {arg!r}"
+        )
+    c = _heatmap_config({"": "gpu", "cpu": "cpu", "smoke": "smoke"}[variant])
+    c.paper = (
+        f"lower-limb paper: VGG16 {model.replace('_', ' ')} (TernausNet-16 U-Net, FC "
+        "coordinate head), Dice-CE / MSE, Adam with layer-wise decay (sections II-B, "
+        "II-E/F, Tables 1-2 and 4), on ISBI 2015"
+    )
+    c.data.input_size = (PAPER_SIZE, PAPER_SIZE)
+    c.data.augment = "pelvis"  # the paper's affine group at p = 0.5
+    c.data.normalize = "unit"
+
+    c.model = ml_collections.ConfigDict({"name": MODELS[model], "width": 1.0, "pretrained": ""})
+
+    c.task.deep_supervision = False
+    c.task.compute_dtype = "float32"
+    c.task.radius = 15.0
+    if model == "regression":
+        c.task.mode = "coordinate"
+        c.task.losses = {"coord_mse": 1.0}
+        c.task.extractor = "hard_argmax"  # unused: the model has no maps
+    else:
+        c.task.mode = "segmentation"
+        c.task.target = "circle"
+        c.task.losses = {"dice_ce": 1.0}
+        c.task.extractor = "midpoint"  # Method 3
+    if model == "seg_regression":
+        c.task.losses = {"dice_ce": 1.0, "coord_mse": 1.0}
+        c.task.extractor = "sigmoid_argmax"  # confidence only; coordinates from the head
+
+    c.optim.name = "adam"
+    c.optim.learning_rate = 1e-5
+    c.optim.layer_decay = 0.9
+    c.optim.schedule = "constant"
+    c.optim.warmup_steps = 0
+    c.optim.clip_norm = None
+
+    c.train.batch_size = 4
+    c.train.steps = math.ceil(EPOCHS * TRAIN_IMAGES / c.train.batch_size)  # 844
+    c.train.eval_every = 34  # one epoch
+    c.train.log_every = 34
+
+    if variant == "cpu":
+        c.data.input_size = (256, 192)
+        c.model.width = 0.25
+        c.optim.learning_rate = 1e-3
+        c.optim.schedule = "cosine"
+        c.optim.warmup_steps = 50
+        c.train.batch_size = 8
+        c.train.steps = 1200
+        c.train.eval_every = 200
+        c.train.log_every = 20
+    if variant == "smoke":
+        c.data.input_size = (256, 192)
+        c.model.width = 1 / 16
+        c.train.batch_size = 2
+        c.train.steps = 2
+        c.train.eval_every = 2
+        c.train.log_every = 1
+
+    h, w = c.data.input_size
+    c.task.radius = 15.0 * h / PAPER_SIZE
+    if "coord_mse" in c.task.losses:
+        c.task.loss_kwargs = {"coord_mse": {"scale": (float(w), float(h))}}
+    return c
