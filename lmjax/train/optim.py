@@ -223,8 +223,10 @@ def make_optimizer(
         )
     schedule = make_schedule(cfg)
     decay_mask(jnp.zeros(()), cfg.weight_decay_mask)  # unknown names fail here, not at init
-    mask = None if cfg.weight_decay_mask == "all" else (
-        lambda params: decay_mask(params, cfg.weight_decay_mask)
+    mask = (
+        None
+        if cfg.weight_decay_mask == "all"
+        else (lambda params: decay_mask(params, cfg.weight_decay_mask))
     )
     parts: list[optax.GradientTransformation] = []
     if cfg.clip_norm is not None:
