@@ -39,13 +39,16 @@ def fake_batch(
     seed: int = 0,
     *,
     num_regions: int | None = None,
+    pixel_norm: bool = False,
 ):
     """A host batch with the pipeline's device keys: random images and landmarks.
 
     Returns:
       image float32 `[B, H, W, 1]`, landmarks float32 `[B, K, 2]` inside the image,
       visible bool `[B, K]`, valid bool `[B]`; with `num_regions`, also region_mask
-      int32 `[B, H, W]` of random labels in `0 .. num_regions` (0 background).
+      int32 `[B, H, W]` of random labels in `0 .. num_regions` (0 background); with
+      `pixel_norm`, the identity normalisation float32 `[B, 2]` that batches carry
+      when the step augments (`config.data.augment_on_device`).
     """
     rng = np.random.default_rng(seed)
     h, w = input_hw
@@ -58,6 +61,8 @@ def fake_batch(
     }
     if num_regions is not None:
         batch["region_mask"] = rng.integers(0, num_regions + 1, (batch_size, h, w), np.int32)
+    if pixel_norm:
+        batch["pixel_norm"] = np.tile(np.array([0.0, 1.0], np.float32), (batch_size, 1))
     return batch
 
 
@@ -171,7 +176,7 @@ def efficiency(r: dict[str, Any]) -> dict[str, Any]:
     return {"achieved_tflops": achieved, "peak_tflops": peak, "mfu": mfu, "mfu_note": note}
 
 
-def _real_input(config, dataset, step, state, mesh, *, steps: int, warmup: int):
+def _real_input(config, dataset, step, state, mesh, *, steps: int, warmup: int, keys):
     """The training pipeline alone, then feeding the step; returns `(state, report)`.
 
     Without `config.data.cache_dir` the decode cache is a fresh temporary folder,
@@ -194,12 +199,12 @@ def _real_input(config, dataset, step, state, mesh, *, steps: int, warmup: int):
         stack.callback(batches.close)
         drained = _time_calls(lambda: next(batches), steps, warmup)
         for _ in range(warmup):
-            state, _ = step(state, _to_device(next(batches), mesh))
+            state, _ = step(state, _to_device(next(batches), mesh, keys))
         jax.block_until_ready(state)
         batch, waited = next(batches), 0.0
         t0 = time.perf_counter()
         for _ in range(steps):
-            state, metrics = step(state, _to_device(batch, mesh))
+            state, metrics = step(state, _to_device(batch, mesh, keys))
             t = time.perf_counter()
             batch = next(batches)  # overlaps the step just dispatched
             waited += time.perf_counter() - t
@@ -269,7 +274,8 @@ def benchmark(
         landmark set is then `landmark_set_for`'s, with regions when needed.
 
     Fake batches carry a random `region_mask` when the task's losses read one
-    (`TaskSpec.needs_region_mask`); with `data="real"` such tasks are refused.
+    (`TaskSpec.needs_region_mask`); with `data="real"` they need a dataset with
+    region masks (the phantom has them).
 
     Returns:
       A JSON-ready dict: times in seconds, throughput in images/s, FLOPs per image
@@ -286,18 +292,24 @@ def benchmark(
     landmark_set = landmark_set_for(config, None if dataset is not None else num_landmarks, dataset)
     k = landmark_set.num_landmarks
     task = loop.task_spec(config, landmark_set.regions)
-    shipped = loop.device_keys(task)
-    if data == "real" and task.needs_region_mask:
+    shipped = loop.device_keys(task, augment_on_device=loop.augments_on_device(config))
+    if data == "real" and task.needs_region_mask and dataset.records[0].region_mask is None:
         raise ValueError(
-            f"--data=real: losses {', '.join(task.losses)} need region masks, which the "
-            "input benchmark does not ship yet; use --data=fake"
+            f"--data=real: losses {', '.join(task.losses)} need region masks; dataset "
+            f"{dataset.name!r} has none (use --data=fake)"
         )
     mesh, state, train_step, eval_step, _ = loop.build(config, k, landmark_set)
     params = int(sum(x.size for x in jax.tree.leaves(state.params)))
     images = config.train.batch_size
     input_hw = tuple(config.data.input_size)
     regions = landmark_set.num_regions if task.needs_region_mask else None
-    host = fake_batch(images // jax.process_count(), input_hw, k, num_regions=regions)
+    host = fake_batch(
+        images // jax.process_count(),
+        input_hw,
+        k,
+        num_regions=regions,
+        pixel_norm="pixel_norm" in shipped,
+    )
     batch = _to_device(host, mesh, shipped)
 
     t0 = time.perf_counter()
@@ -313,7 +325,9 @@ def benchmark(
 
     fed = None
     if data == "real":
-        state, fed = _real_input(config, dataset, step, state, mesh, steps=steps, warmup=warmup)
+        state, fed = _real_input(
+            config, dataset, step, state, mesh, steps=steps, warmup=warmup, keys=shipped
+        )
     memory = _peak_memory_bytes()  # before inference, so it is the train step's
 
     flops = compiled_flops(step)

@@ -144,7 +144,7 @@ def abstract_batch(
     from lmjax.benchmark import fake_batch
 
     parallel.check_batch_size(global_batch, mesh)
-    one = fake_batch(1, input_hw, k, num_regions=num_regions)
+    one = fake_batch(1, input_hw, k, num_regions=num_regions, pixel_norm="pixel_norm" in keys)
     data = parallel.data_sharding(mesh)
     return {
         key: jax.ShapeDtypeStruct(
@@ -207,7 +207,7 @@ def abstract_train_step(config, *, num_landmarks: int | None = None):
         tuple(config.data.input_size),
         k,
         mesh,
-        keys=loop.device_keys(task),
+        keys=loop.device_keys(task, augment_on_device=loop.augments_on_device(config)),
         num_regions=landmark_set.num_regions,
     )
     return train_step, state, batch, mesh

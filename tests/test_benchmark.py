@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from lmjax import hardware
+from lmjax.train import loop
 from lmjax.benchmark import (
     benchmark,
     efficiency,
@@ -82,16 +84,25 @@ def test_landmark_set_for_region_losses_declares_regions():
     assert synthetic_landmark_set(2).names == ("lm0", "lm1")
 
 
-def test_real_data_with_region_masks_is_refused_clearly():
+def test_real_data_without_region_masks_is_refused_clearly(monkeypatch):
     hrnet = load_config(HRNET, "proposed_cpu")
     hrnet.data.phantom_size = 12
-    with pytest.raises(ValueError, match="need region masks.*use --data=fake"):
+    load_splits = loop.load_splits
+
+    def without_masks(config):
+        train, *rest = load_splits(config)
+        records = [dataclasses.replace(r, region_mask=None) for r in train.records]
+        return (dataclasses.replace(train, records=records), *rest)
+
+    monkeypatch.setattr(loop, "load_splits", without_masks)
+    with pytest.raises(ValueError, match="need region masks; dataset 'phantom' has none"):
         benchmark(hrnet, steps=1, data="real")
 
 
 def test_cli_benchmarks_a_config_whose_losses_need_region_masks(tmp_path):
     # The fluoroscopy paper's proposed loss: segmentation Dice-CE against region masks,
-    # anatomical consistency with the phantom's landmark regions.
+    # anatomical consistency with the phantom's landmark regions; the real pipeline
+    # ships the phantom's masks to the step.
     out = subprocess.run(
         [
             sys.executable,
@@ -106,6 +117,7 @@ def test_cli_benchmarks_a_config_whose_losses_need_region_masks(tmp_path):
             "--config.train.batch_size=2",
             "--steps=1",
             "--infer_batch=1",
+            "--data=real",
             f"--output={tmp_path / 'b.json'}",
         ],
         capture_output=True,
@@ -116,6 +128,7 @@ def test_cli_benchmarks_a_config_whose_losses_need_region_masks(tmp_path):
     r = json.loads((tmp_path / "b.json").read_text())
     check_report(r)
     assert r["model"] == "hrnet" and r["input_size"] == [32, 32] and r["global_batch"] == 2
+    assert 0 <= r["input"]["input_wait_fraction"] <= 1 and r["input"]["images_per_s"] > 0
     assert "M parameters" in out.stdout
 
 

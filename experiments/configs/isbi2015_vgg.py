@@ -14,9 +14,8 @@ hyperparameters in Tables 1-2, the comparison in Table 4):
                   ("vgg_regression"), MSE.
   seg_regression  SGR ("vgg_seg_regression"): the U-Net and the regression head on one
                   encoder, Dice-CE on the circles plus MSE on the coordinates; the
-                  coordinates come from the head (a device extractor, whose only use
-                  is the confidence: a host extractor would replace the head's
-                  coordinates by centroids of the masks).
+                  coordinates come from the head; the device extractor on the masks
+                  gives each landmark's confidence (a host extractor gives 1).
 
 All three: 3 x 512 x 512 input, Adam with layer-wise learning-rate decay, learning
 rate 1e-5, batch 4, 25 epochs (Table 2, U-Net), the paper's augmentation (p = 0.5:

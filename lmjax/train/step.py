@@ -37,6 +37,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from lmjax import xla_cpu
 from lmjax.ops import centroids, extractors, targets
 from lmjax.ops.losses import deep_supervision, get_loss
 from lmjax.parallel import data_sharding, replicate, replicated
@@ -406,7 +407,13 @@ def make_train_step(
         return new_state, metrics
 
     rep, data = replicated(mesh), data_sharding(mesh)
-    return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+    return jax.jit(
+        train_step,
+        in_shardings=(rep, data),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+        compiler_options=xla_cpu.compiler_options(mesh),
+    )
 
 
 def make_eval_step(
@@ -417,20 +424,22 @@ def make_eval_step(
     coords `[B, K, 2]` (x, y) in model-input pixels (the host maps them to the
     original image with `batch["to_original"]`): `outputs["coords"]` if the model
     has them, else the extractor's; confidence `[B, K]` from the extractor on the
-    heatmaps (1 without heatmaps). Both are sharded along `data`. With a host
-    extractor it returns `{"probs"}` instead: maps `[B, h, w, K]` in [0, 1] (sigmoid
-    of segmentation logits, clipped heatmaps) for `host_coordinates`.
+    heatmaps (1 without heatmaps or with a host extractor). Both are sharded along
+    `data`. With a host extractor and no `outputs["coords"]` it returns `{"probs"}`
+    instead: maps `[B, h, w, K]` in [0, 1] (sigmoid of segmentation logits, clipped
+    heatmaps) for `host_coordinates`.
     """
     dtype = DTYPES[task.compute_dtype]
 
     def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         model = _merge(graphdef, state.params, state, False, dtype)
         outputs = model(batch["image"].astype(dtype))
-        if task.extractor in HOST_EXTRACTORS and "heatmaps" in outputs:
+        on_host = task.extractor in HOST_EXTRACTORS
+        if on_host and "heatmaps" in outputs and "coords" not in outputs:
             maps = outputs["heatmaps"].astype(jnp.float32)
             probs = jax.nn.sigmoid(maps) if task.mode == "segmentation" else jnp.clip(maps, 0, 1)
             return {"probs": probs}
-        if "heatmaps" in outputs:
+        if "heatmaps" in outputs and not on_host:
             coords, conf = _extract(task, outputs["heatmaps"], batch["image"])
         else:
             conf = jnp.ones(outputs["coords"].shape[:-1], jnp.float32)
@@ -438,7 +447,12 @@ def make_eval_step(
         return {"coords": coords, "confidence": conf}
 
     data = data_sharding(mesh)
-    return jax.jit(eval_step, in_shardings=(replicated(mesh), data), out_shardings=data)
+    return jax.jit(
+        eval_step,
+        in_shardings=(replicated(mesh), data),
+        out_shardings=data,
+        compiler_options=xla_cpu.compiler_options(mesh),
+    )
 
 
 def host_coordinates(

@@ -75,6 +75,31 @@ def test_coarse_maps_come_back_in_input_pixels():
     np.testing.assert_allclose(coords, centres, atol=0.3)
 
 
+class MaskAndCoordNet(MaskNet):
+    """MaskNet plus a coordinate head that answers fixed points far from the discs."""
+
+    def __call__(self, images):
+        out = super().__call__(images)
+        return {**out, "coords": jnp.broadcast_to(FIXED, (images.shape[0], K, 2))}
+
+
+FIXED = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], jnp.float32)
+
+
+def test_model_coordinates_win_over_a_host_extractor():
+    # Segmentation-guided regression: the head's coordinates are the prediction; a
+    # host method must not replace them with centroids of the masks.
+    centres = np.array([[[10.0, 8.0], [25.0, 20.0], [30.0, 6.0]]], np.float32)
+    task = TaskSpec(mode="segmentation", losses={"dice": 1.0}, extractor="midpoint")
+    eval_step, mesh, state = _predict(task, MaskAndCoordNet())
+    images = _images(centres, radius=3.0)
+    out = eval_step(state, parallel.shard_batch({"image": images}, mesh))
+    assert set(out) == {"coords", "confidence"}
+    coords, conf = predictor(eval_step, mesh, [state], task)(images)
+    np.testing.assert_allclose(coords[0], np.asarray(FIXED))
+    np.testing.assert_array_equal(conf, 1.0)
+
+
 def test_empty_map_is_a_missed_landmark():
     centres = np.array([[[10.0, 8.0], [25.0, 20.0], [30.0, 6.0]]], np.float32)
     images = _images(centres, radius=3.0)
