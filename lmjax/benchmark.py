@@ -107,7 +107,7 @@ def compiled_flops(compiled) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def _spread(seconds: list[float], prefix: str) -> dict[str, float]:
+def spread(seconds: list[float], prefix: str) -> dict[str, float]:
     """Median, 10th and 90th percentile of per-call times, in seconds."""
     t = np.asarray(seconds)
     return {
@@ -199,12 +199,12 @@ def _real_input(config, dataset, step, state, mesh, *, steps: int, warmup: int, 
         stack.callback(batches.close)
         drained = _time_calls(lambda: next(batches), steps, warmup)
         for _ in range(warmup):
-            state, _ = step(state, _to_device(next(batches), mesh, keys))
+            state, _ = step(state, to_device(next(batches), mesh, keys))
         jax.block_until_ready(state)
         batch, waited = next(batches), 0.0
         t0 = time.perf_counter()
         for _ in range(steps):
-            state, metrics = step(state, _to_device(batch, mesh, keys))
+            state, metrics = step(state, to_device(batch, mesh, keys))
             t = time.perf_counter()
             batch = next(batches)  # overlaps the step just dispatched
             waited += time.perf_counter() - t
@@ -219,7 +219,8 @@ def _real_input(config, dataset, step, state, mesh, *, steps: int, warmup: int, 
     }
 
 
-def _to_device(batch: dict[str, np.ndarray], mesh, keys=loop.DEVICE_KEYS) -> dict[str, jax.Array]:
+def to_device(batch: dict[str, np.ndarray], mesh, keys=loop.DEVICE_KEYS) -> dict[str, jax.Array]:
+    """The entries `keys` of a host batch, split along `data` on `mesh`."""
     return parallel.shard_batch({k: batch[k] for k in keys}, mesh)
 
 
@@ -310,7 +311,7 @@ def benchmark(
         num_regions=regions,
         pixel_norm="pixel_norm" in shipped,
     )
-    batch = _to_device(host, mesh, shipped)
+    batch = to_device(host, mesh, shipped)
 
     t0 = time.perf_counter()
     step = train_step.lower(state, batch).compile()
@@ -347,7 +348,7 @@ def benchmark(
         "steps": steps,
         "warmup": warmup,
         "compile_s": compile_s,
-        **_spread(times[warmup:], "step_s"),
+        **spread(times[warmup:], "step_s"),
         "images_per_s": images / step_s,
         "images_per_s_per_device": images / step_s / len(devices),
         # The cost analysis is of one device's partitioned program, which sees

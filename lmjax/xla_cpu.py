@@ -50,7 +50,5 @@ def compiler_options(devices) -> dict[str, Any] | None:
     if os.environ.get(ENV, "1").strip() == "0":
         return None
     flags = os.environ.get("XLA_FLAGS", "")
-    chosen = {
-        k: v for k, v in CPU_OPTIONS.items() if f"--{k}" not in flags and _accepted(k, v)
-    }
+    chosen = {k: v for k, v in CPU_OPTIONS.items() if f"--{k}" not in flags and _accepted(k, v)}
     return chosen or None

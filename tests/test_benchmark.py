@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from lmjax import hardware
-from lmjax.train import loop
 from lmjax.benchmark import (
     benchmark,
     efficiency,
@@ -24,6 +23,7 @@ from lmjax.benchmark import (
     synthetic_landmark_set,
 )
 from lmjax.configs.phantom import get_config
+from lmjax.train import loop
 
 REPO = pathlib.Path(__file__).parents[1]
 HRNET = REPO / "experiments" / "configs" / "phantom_hrnet.py"

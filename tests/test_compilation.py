@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from lmjax import compilation
-from lmjax.benchmark import _to_device, fake_batch
+from lmjax.benchmark import fake_batch, to_device
 from lmjax.configs.phantom import get_config
 from lmjax.train import loop
 
@@ -144,7 +144,7 @@ def test_abstract_step_lowers_to_the_program_of_the_built_one():
     abstract = step.lower(state, batch).as_text()
 
     _, real_state, real_step, _, _ = loop.build(config, 3)
-    real_batch = _to_device(fake_batch(8, (32, 32), 3), mesh)
+    real_batch = to_device(fake_batch(8, (32, 32), 3), mesh)
     assert jax.tree.map(lambda x: (x.shape, x.dtype), real_state) == jax.tree.map(
         lambda x: (x.shape, x.dtype), state
     )

@@ -1,4 +1,4 @@
-"""lmjax's XLA:CPU compile options: when they apply, what they change, that they keep the numbers."""
+"""lmjax's XLA:CPU compile options: when they apply, what they change, that they keep numbers."""
 
 import re
 from types import SimpleNamespace
@@ -101,5 +101,5 @@ def test_convolutions_leave_ynnpack_and_the_step_is_unchanged(clean_env):
     new_a, metrics_a = ours(jax.tree.map(lambda x: x.copy(), state), batch)
     new_b, metrics_b = default(jax.tree.map(lambda x: x.copy(), state), batch)
     np.testing.assert_allclose(float(metrics_a["loss"]), float(metrics_b["loss"]), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(new_a.params), jax.tree.leaves(new_b.params)):
+    for a, b in zip(jax.tree.leaves(new_a.params), jax.tree.leaves(new_b.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

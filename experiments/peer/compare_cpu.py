@@ -116,11 +116,11 @@ def alternate(sides: dict, blocks: int, calls: int) -> dict[str, list[list[tuple
 
 
 def summary(blocks: list[list[tuple[float, float]]], images: int) -> dict:
-    from lmjax.benchmark import _spread
+    from lmjax.benchmark import spread
 
     flat = [t for b in blocks for t, _ in b]
     cpu = [c for b in blocks for _, c in b]
-    r = _spread(flat, "step_s")
+    r = spread(flat, "step_s")
     return r | {
         "images_per_s": images / r["step_s_median"],
         "cpu_s_median": median(cpu),
@@ -174,7 +174,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     mesh, state, train_step, eval_step, _ = loop.build(config, k)
     host = lb.fake_batch(images // jax.process_count(), hw, k)
-    batch = lb._to_device(host, mesh)
+    batch = lb.to_device(host, mesh)
     step = train_step.lower(state, batch).compile()
     jax_compile_s = time.perf_counter() - t0
     log(f"lmjax step built and compiled in {jax_compile_s:.0f} s")

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmjax.models.conv_transpose import ConvTranspose
 from lmjax.models.layers import (
     KERAS_BN_MOMENTUM,
     ConvReluBNBlock,
@@ -97,7 +98,7 @@ class CephUNet(nnx.Module):
         glorot = nnx.initializers.glorot_uniform()
         self.up = nnx.List(
             [
-                nnx.ConvTranspose(
+                ConvTranspose(
                     ch[j + 1],
                     ch[j],
                     kernel_size=(3, 3),

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmjax.models.conv_transpose import ConvTranspose
 from lmjax.models.layers import (
     KERAS_BN_MOMENTUM,
     ConvReluBNBlock,
@@ -69,7 +70,7 @@ class FPNBlock(nnx.Module):
     ) -> None:
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         glorot = nnx.initializers.glorot_uniform()
-        self.up = nnx.ConvTranspose(
+        self.up = ConvTranspose(
             in_features,
             out_features,
             kernel_size=(2, 2),

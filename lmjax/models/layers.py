@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmjax.models.conv_transpose import ConvTranspose
+
 Dtype = Any
 
 LEAKY_SLOPE = 0.01  # nnU-Net's leaky ReLU negative slope
@@ -184,7 +186,7 @@ class Upsample(nnx.Module):
         self.resize_method = resize_method
         self.resize_kernel = resize_kernel
         if mode == "transpose":
-            self.conv = nnx.ConvTranspose(
+            self.conv = ConvTranspose(
                 in_features, out_features, kernel_size=(2, 2), strides=(2, 2), padding="VALID", **kw
             )
         else:

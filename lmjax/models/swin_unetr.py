@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lmjax.models.conv_transpose import ConvTranspose
 from lmjax.models.layers import LEAKY_SLOPE, Dtype, check_divisible, he_normal, size_hw
 from lmjax.models.registry import register_model
 from lmjax.models.weights import Rule, register_weight_table
@@ -426,7 +427,7 @@ class ConvOnly(nnx.Module):
         k = kernel_size
         kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if transpose:
-            self.conv = nnx.ConvTranspose(
+            self.conv = ConvTranspose(
                 in_features, out_features, (k, k), strides=(k, k), padding="VALID",
                 kernel_init=he_normal(), **kw,
             )  # fmt: skip

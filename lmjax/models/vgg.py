@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmjax.models.conv_transpose import ConvTranspose
 from lmjax.models.layers import Dtype, check_divisible, max_pool2x, size_hw
 from lmjax.models.registry import register_model
 from lmjax.models.weights import MODEL_TABLES, Rule, register_weight_table
@@ -175,7 +176,7 @@ class DecoderBlock(nnx.Module):
         self.upsample = upsample
         self.conv = ConvRelu(cin, middle, **kw)
         if upsample == "transpose":
-            self.up = nnx.ConvTranspose(
+            self.up = ConvTranspose(
                 middle,
                 cout,
                 kernel_size=(4, 4),

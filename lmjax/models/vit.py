@@ -50,6 +50,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lmjax.models import lora as lora_lib
+from lmjax.models.conv_transpose import ConvTranspose
 from lmjax.models.layers import Dtype
 from lmjax.models.registry import register_model
 
@@ -199,7 +200,7 @@ class HeatmapHead(nnx.Module):
         ch = [in_features, *deconv_features]
         self.deconvs = nnx.List(
             [
-                nnx.ConvTranspose(
+                ConvTranspose(
                     ch[i], ch[i + 1], (4, 4), (2, 2), padding=((2, 2), (2, 2)), use_bias=False, **kw
                 )
                 for i in range(len(deconv_features))
