@@ -25,7 +25,8 @@ The full settings (HRNet-W32, 192 x 192, batch 32, 4400 steps = 1000 epochs of t
     lmjax train --config=experiments/configs/phantom_hrnet.py:mse_cpu --workdir=DIR2
     lmjax evaluate --workdir=DIR --split=test
 
-Short CPU runs of both: experiments/results/phantom_hrnet/README.md.
+CPU runs of both (4000 steps: MSE 152.7 mm, proposed 3.32 mm on the test split):
+experiments/results/phantom_hrnet/README.md.
 
 Guesses where the paper is silent: Gaussian sigma 2 px, AdamW weight decay 1e-2
 (PyTorch's default), decoder widths (W, W) with one residual block per 2x
