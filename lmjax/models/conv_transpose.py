@@ -1,10 +1,10 @@
 """Transposed convolution computed as stride-1 convolutions, one per output phase.
 
 `lax.conv_transpose` is a convolution of the input dilated by the stride
-(`lhs_dilation`). XLA:CPU has no fast kernel for dilated convolutions: their
-backward pass goes to a generic loop emitter, which made a 4x4 stride-2 transposed
-conv of the ViT heatmap head (768 -> 256 channels, 16x12 -> 32x24, batch 4) take
-about 40 s for forward and backward against 0.4 s for the forward alone.
+(`lhs_dilation`). XLA:CPU computes the gradients of such dilated convolutions very
+slowly: forward and backward of the ViT heatmap head's 4x4 stride-2 deconv
+(768 -> 256 channels, 16x12 -> 32x24, batch 4) took 2.2 s against 40 ms for the
+forward alone (experiments/results/conv_transpose_cpu/).
 
 Every output pixel `s*q + r` (stride `s`, phase `r` per axis) reads only the kernel
 taps `t = t0(r) + s*m` and input pixels `q + c(r) + m`, so each phase is a plain
