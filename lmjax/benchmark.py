@@ -294,11 +294,8 @@ def benchmark(
     k = landmark_set.num_landmarks
     task = loop.task_spec(config, landmark_set.regions)
     shipped = loop.device_keys(task, augment_on_device=loop.augments_on_device(config))
-    if data == "real" and task.needs_region_mask and dataset.records[0].region_mask is None:
-        raise ValueError(
-            f"--data=real: losses {', '.join(task.losses)} need region masks; dataset "
-            f"{dataset.name!r} has none (use --data=fake)"
-        )
+    if data == "real":
+        loop.check_region_masks(dataset, shipped, task.losses)
     mesh, state, train_step, eval_step, _ = loop.build(config, k, landmark_set)
     params = int(sum(x.size for x in jax.tree.leaves(state.params)))
     images = config.train.batch_size

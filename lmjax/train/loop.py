@@ -322,6 +322,14 @@ def load_landmark_set(workdir: str | pathlib.Path, config=None) -> LandmarkSet:
 # ---------------------------------------------------------------- the loop
 
 
+def check_region_masks(dataset, shipped: tuple[str, ...], losses) -> None:
+    """Raises ValueError if the step reads region masks and `dataset` has none."""
+    if set(REGION_KEYS) & set(shipped) and dataset.records[0].region_mask is None:
+        raise ValueError(
+            f"losses {', '.join(losses)} need region masks; dataset {dataset.name!r} has none"
+        )
+
+
 def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
     """Trains (or resumes) into `workdir`; returns the final validation report.
 
@@ -336,11 +344,7 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
     save_landmark_set(workdir, train_ds.landmark_set)
     mesh, state, train_step, eval_step, optim = build(config, k, train_ds.landmark_set, log=log)
     shipped = device_keys(task_spec(config), augment_on_device=augments_on_device(config))
-    if set(REGION_KEYS) & set(shipped) and train_ds.records[0].region_mask is None:
-        raise ValueError(
-            f"losses {', '.join(config.task.losses)} need region masks; dataset "
-            f"{train_ds.name!r} has none"
-        )
+    check_region_masks(train_ds, shipped, config.task.losses)
     jax.set_mesh(mesh)
     batches = make_train_pipeline(config, train_ds, cache_dir=cache_dir)
     plateau = ReduceOnPlateau.from_config(optim)
