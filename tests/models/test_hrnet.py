@@ -19,7 +19,8 @@ from lmjax.models.hrnet import ResidualBlock, upsample_nearest
 # Four stages (branches down to 1/32) with one module and one block each.
 TINY = dict(width=4, stem_features=8, num_modules=(1, 1, 1), num_blocks=(1, 1, 1, 1))
 K, R = 5, 6
-CONFIG = pathlib.Path(__file__).resolve().parents[2] / "experiments/configs/phantom_hrnet.py"
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "experiments/configs"
+CONFIG = CONFIGS / "phantom_hrnet.py"
 
 _apply = nnx.jit(lambda model, images: model(images))
 
@@ -141,8 +142,8 @@ def test_upsample_nearest_repeats_pixels():
     np.testing.assert_array_equal(upsample_nearest(jnp.asarray(x), 4), expected)
 
 
-def _phantom_hrnet(arg: str):
-    spec = importlib.util.spec_from_file_location("phantom_hrnet", CONFIG)
+def _phantom_hrnet(arg: str, path: pathlib.Path = CONFIG):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
@@ -188,3 +189,27 @@ def test_config_arguments():
     assert "soft_anatomical_consistency" in soft.task.losses and soft.data.input_size == (128, 128)
     with pytest.raises(ValueError, match="mse|proposed"):
         _phantom_hrnet("mse_soft")
+
+
+@pytest.mark.parametrize("arg", ["kl", "mse", "kl_cpu", "mse_smoke"])
+def test_isbi_config_has_only_the_landmark_decoder(arg):
+    from lmjax.train import loop
+
+    config = _phantom_hrnet(arg, CONFIGS / "isbi2015_hrnet.py")
+    task = loop.task_spec(config)
+    want = {"kl_heatmap": 1.0} if arg.startswith("kl") else {"heatmap_mse": 1.0}
+    assert dict(task.losses) == want
+    assert config.model.num_regions == 0 and config.data.format == "isbi2015"
+    assert (config.optim.name, config.train.batch_size) == (
+        ("adamw", 32) if arg in ("kl", "mse") else ("adamw", 8 if "cpu" in arg else 2)
+    )
+    kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+    h, w = config.data.input_size
+    model = nnx.eval_shape(
+        lambda: build_model("hrnet", num_outputs=19, input_size=(h, w), rngs=nnx.Rngs(0), **kwargs)
+    )
+    out = jax.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((1, h, w, 1), jnp.float32))
+    heatmaps = out["heatmaps"] if isinstance(out, dict) else out
+    assert heatmaps.shape == (1, h, w, 19)
+    with pytest.raises(ValueError, match="kl|mse"):
+        _phantom_hrnet("proposed", CONFIGS / "isbi2015_hrnet.py")
