@@ -175,6 +175,34 @@ def test_region_losses_train_through_the_loop(tmp_path):
     assert all(f"loss_{name}" in train[0] for name in proposed.task.losses)
 
 
+def test_landmark_decoder_learns_the_phantom(tmp_path):
+    from lmjax.configs.phantom import get_config
+    from lmjax.train import loop
+
+    config = get_config("tiny")
+    with config.unlocked():
+        config.model = _phantom_hrnet("mse_cpu").model
+        config.model.update(TINY)
+        config.task.losses = {"kl_heatmap": 1.0}
+        config.task.extractor = "sigmoid_argmax"
+        config.task.deep_supervision = False
+        config.data.augment = ""
+        config.optim.name = "adamw"
+        config.optim.learning_rate = 1e-2
+        config.train.steps = 60
+        config.train.eval_every = 60
+        config.train.log_every = 20
+    _, val, _ = loop.load_splits(config)
+    mesh, state, _, eval_step, _ = loop.build(config, val.landmark_set.num_landmarks)
+    before, _, _ = loop.evaluate_state(config, eval_step, mesh, state, val)
+    after = loop.train(config, tmp_path, log=lambda *_: None)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    losses = [r["loss"] for r in map(json.loads, lines) if "loss" in r]
+    assert len(losses) == 3 and losses[-1] < 0.8 * losses[0], losses
+    # 60 steps take the validation MRE from about 165 to 81 px (measured).
+    assert after["mre"] < 0.7 * before["mre"], (before["mre"], after["mre"])
+
+
 def test_config_arguments():
     mse, proposed = _phantom_hrnet("mse"), _phantom_hrnet("proposed")
     assert dict(mse.task.losses) == {"heatmap_mse": 1.0} and mse.model.num_regions == 0

@@ -477,7 +477,12 @@ def test_trains_on_the_phantom(tmp_path):
         config.train.steps = 60
         config.train.eval_every = 60
         config.train.log_every = 20
-    loop.train(config, tmp_path, log=lambda *_: None)
+    _, val, _ = loop.load_splits(config)
+    mesh, state, _, eval_step, _ = loop.build(config, val.landmark_set.num_landmarks)
+    before, _, _ = loop.evaluate_state(config, eval_step, mesh, state, val)
+    after = loop.train(config, tmp_path, log=lambda *_: None)
     losses = [v for _, v in read_scalars(tmp_path / TENSORBOARD_DIR)["train/loss"]]
     assert len(losses) == 3 and all(np.isfinite(losses))
     assert losses[-1] < 0.8 * losses[0], losses
+    # 60 steps take the validation MRE from about 119 to 87 px (measured).
+    assert after["mre"] < 0.85 * before["mre"], (before["mre"], after["mre"])

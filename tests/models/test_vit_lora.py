@@ -311,9 +311,12 @@ def test_phantom_training_with_lora_and_layer_decay(tmp_path):
         config.train.eval_every = 30
         config.train.log_every = 5
     _, val, _ = loop.load_splits(config)
-    _, state0, _, _, _ = loop.build(config, val.landmark_set.num_landmarks)
+    mesh, state0, _, eval_step, _ = loop.build(config, val.landmark_set.num_landmarks)
     start = _flat(jax.device_get(state0.params))
-    loop.train(config, tmp_path, log=lambda *_: None)
+    before, _, _ = loop.evaluate_state(config, eval_step, mesh, state0, val)
+    after = loop.train(config, tmp_path, log=lambda *_: None)
+    # 30 steps take the validation MRE from about 118 to 82 px (measured).
+    assert after["mre"] < 0.85 * before["mre"], (before["mre"], after["mre"])
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     losses = [r["loss"] for r in map(json.loads, lines) if "loss" in r]
     assert len(losses) == 6 and all(np.isfinite(losses))
