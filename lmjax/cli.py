@@ -224,6 +224,9 @@ def _evaluate_workdir(workdir: str, split: str | None, output: str | None) -> di
     measurements = measurement_report(coords, dataset)
     if measurements is not None:
         report["measurements"] = measurements
+    segmentation = loop.segmentation_report(config, eval_step, mesh, state, dataset)
+    if segmentation is not None:
+        report["segmentation"] = segmentation
     report = {
         "split": name,
         "ground_truth": config.data.ground_truth,

@@ -62,8 +62,6 @@ def predict_dataset(
     Returns:
       `(coords [N, K, 2], confidence [N, K])`; NaN where the model gave none.
     """
-    import jax
-
     from lmjax import parallel
 
     # Each process predicts only its share, rather than all of them the whole set:
@@ -73,16 +71,8 @@ def predict_dataset(
     coords = np.full((n, k, 2), np.nan, np.float32)
     conf = np.zeros((n, k), np.float32)
     filled = np.zeros((n,), bool)
-    batches = make_pipeline(
-        dataset,
-        input_size=input_size,
-        batch_size=batch_size,
-        train=False,
-        fit=fit,
-        normalize=normalize,
-        cache_dir=cache_dir,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+    batches = _eval_batches(
+        dataset, input_size, batch_size, fit=fit, normalize=normalize, cache_dir=cache_dir
     )
     for batch in batches:
         pred, score = predict(batch["image"])
@@ -94,6 +84,79 @@ def predict_dataset(
             filled[idx] = True
     coords, conf = parallel.merge_process_rows(filled, coords, conf)
     return coords, conf
+
+
+def _eval_batches(dataset: Dataset, input_size, batch_size: int, **kw):
+    """This process's share of `dataset` in evaluation batches (see `predict_dataset`)."""
+    import jax
+
+    return make_pipeline(
+        dataset,
+        input_size=input_size,
+        batch_size=batch_size,
+        train=False,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        **kw,
+    )
+
+
+def segmentation_overlap(
+    overlap: Callable[[dict[str, np.ndarray]], np.ndarray],
+    dataset: Dataset,
+    *,
+    input_size: tuple[int, int],
+    batch_size: int,
+    fit: str = "resize",
+    normalize: str = "zscore",
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """IoU and Dice of the predicted landmark masks against the target masks.
+
+    `overlap(batch)` gives intersection and union pixel counts `[B, K, 2]` for a
+    host batch (the eval step's `overlap`), or None when the model has no masks.
+    Landmarks not visible in the input are left out. Collective with several
+    processes, like `predict_dataset`.
+
+    Returns:
+      None if `overlap` gave None, else a JSON-ready dict: `iou` and `dice` (means
+      over the masks), `iou_pooled` (summed intersections over summed unions), `n`
+      masks, and `per_landmark` (`iou` of each landmark; null where it has none).
+    """
+    from lmjax import parallel
+
+    n, k = len(dataset.records), dataset.landmark_set.num_landmarks
+    counts = np.full((n, k, 2), np.nan, np.float32)
+    filled = np.zeros((n,), bool)
+    batches = _eval_batches(
+        dataset, input_size, batch_size, fit=fit, normalize=normalize, cache_dir=cache_dir
+    )
+    for batch in batches:
+        got = overlap(batch)
+        if got is None:
+            return None
+        got = np.asarray(got, np.float32)
+        for i in np.flatnonzero(batch["valid"]):
+            idx = int(batch["index"][i])
+            counts[idx] = np.where(batch["visible"][i][:, None], got[i], np.nan)
+            filled[idx] = True
+    (counts,) = parallel.merge_process_rows(filled, counts)
+    inter, union = counts[..., 0], counts[..., 1]
+    iou = inter / np.maximum(union, 1)
+    dice = 2 * inter / np.maximum(union + inter, 1)
+    with np.errstate(invalid="ignore"):
+        per_landmark = np.nanmean(iou, axis=0) if n else np.full((k,), np.nan)
+    return {
+        "threshold": 0.5,
+        "iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan"),
+        "iou_pooled": float(np.nansum(inter) / max(np.nansum(union), 1)),
+        "n": int(np.isfinite(iou).sum()),
+        "per_landmark": {
+            name: (round(float(v), 4) if np.isfinite(v) else None)
+            for name, v in zip(dataset.landmark_set.names, per_landmark, strict=True)
+        },
+    }
 
 
 def error_report(
@@ -143,6 +206,12 @@ def format_report(report: dict[str, Any]) -> str:
     )
     if report["missed"]:
         head += f"  missed {report['missed']}"
+    seg = report.get("segmentation")
+    if seg:
+        head += (
+            f"\nlandmark masks (sigmoid > {seg['threshold']:g}): IoU {seg['iou']:.3f}  "
+            f"Dice {seg['dice']:.3f}  pooled IoU {seg['iou_pooled']:.3f}  over {seg['n']} masks"
+        )
     rows = report["per_landmark"]
     sdr_cols = [metrics.sdr_key(float(t)) for t in report["sdr"]]
     cols = ["landmark", "n", "mre", "sd", "median", "p95", *sdr_cols]

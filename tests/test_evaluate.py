@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lmjax import metrics
 from lmjax.data.types import Dataset, LandmarkSet, Record
-from lmjax.evaluate import error_report, format_report, predict_dataset, with_flip_tta
+from lmjax.evaluate import (
+    error_report,
+    format_report,
+    predict_dataset,
+    segmentation_overlap,
+    with_flip_tta,
+)
 
 
 def _dot_dataset(n=5, hw=(60, 80), seed=0):
@@ -91,3 +98,36 @@ def test_flip_tta_is_exact_for_a_symmetric_predictor():
         with_flip_tta(_centroid_predict, perm), ds, input_size=(48, 64), batch_size=5
     )
     np.testing.assert_allclose(tta, plain, atol=1e-3)
+
+
+def _discs(centres: np.ndarray, hw: tuple[int, int], radius: float) -> np.ndarray:
+    """`[B, H, W, K]` discs of pixel centres within `radius`, empty for NaN centres."""
+    yy, xx = np.mgrid[: hw[0], : hw[1]]
+    d2 = (xx[None, :, :, None] - centres[:, None, None, :, 0]) ** 2
+    d2 = d2 + (yy[None, :, :, None] - centres[:, None, None, :, 1]) ** 2
+    return np.nan_to_num(d2, nan=np.inf) <= radius**2
+
+
+def test_segmentation_overlap_against_numpy_masks():
+    ds = _dot_dataset(n=5)
+    # Landmark 1 of record 3 is not annotated: it has no mask and must not count.
+    ds.records[3].landmarks[1] = np.nan
+    shift = np.array([2.0, 0.0], np.float32)
+    seen = []
+
+    def overlap(batch):
+        lm, hw = batch["landmarks"], batch["image"].shape[1:3]
+        target, pred = _discs(lm, hw, 4.0), _discs(lm + shift, hw, 4.0)
+        seen.append(metrics.mask_iou(pred, target)[batch["valid"]])
+        inter = (pred & target).sum((1, 2))
+        return np.stack([inter, (pred | target).sum((1, 2))], -1)
+
+    report = segmentation_overlap(overlap, ds, input_size=(48, 64), batch_size=2)
+    iou = np.concatenate(seen)  # NaN where both masks are empty
+    assert report["n"] == 9 == np.isfinite(iou).sum()
+    assert report["iou"] == pytest.approx(np.nanmean(iou), rel=1e-6)
+    assert 0.5 < report["iou"] < report["dice"] < 1
+    assert report["per_landmark"]["left"] == pytest.approx(np.nanmean(iou[:, 0]), abs=1e-4)
+    assert report["per_landmark"]["right"] == pytest.approx(np.nanmean(iou[:, 1]), abs=1e-4)
+    assert "IoU" in format_report({**error_report(ds.landmarks(), ds), "segmentation": report})
+    assert segmentation_overlap(lambda b: None, ds, input_size=(48, 64), batch_size=2) is None

@@ -294,6 +294,29 @@ def evaluate_state(config, eval_step, mesh, state, dataset: Dataset, *, cache_di
     return evaluation.error_report(coords, dataset), coords, conf
 
 
+def segmentation_report(config, eval_step, mesh, state, dataset: Dataset, *, cache_dir=None):
+    """IoU and Dice of a segmentation model's landmark masks on `dataset`
+    (`evaluation.segmentation_overlap`), or None when the task does not segment
+    landmarks or the model has no masks."""
+    if config.task.mode != "segmentation":
+        return None
+    keys = ("image", "landmarks", "visible")
+
+    def overlap(batch):
+        device_batch = parallel.shard_batch({k: batch[k] for k in keys}, mesh)
+        return parallel.host_rows(eval_step(state, device_batch), mesh).get("overlap")
+
+    return evaluation.segmentation_overlap(
+        overlap,
+        dataset,
+        input_size=tuple(config.data.input_size),
+        batch_size=config.train.batch_size // jax.process_count(),
+        fit=config.data.fit,
+        normalize=config.data.normalize,
+        cache_dir=cache_dir,
+    )
+
+
 def save_landmark_set(workdir: pathlib.Path, landmark_set: LandmarkSet) -> None:
     """`landmarks.json`: what the outputs mean, so inference never reads training data."""
     if jax.process_index() != 0:  # one writer in a multi-process run

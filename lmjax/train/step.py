@@ -233,6 +233,15 @@ def _extract(task: TaskSpec, maps: jax.Array, image: jax.Array) -> tuple[jax.Arr
     return _rescale(coords, maps, image, back=True), conf
 
 
+def _mask_overlap(task: TaskSpec, logits: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """Intersection and union pixel counts `[B, K, 2]` of thresholded masks and targets."""
+    target = _render(task, batch["landmarks"], batch["visible"], logits, batch["image"]) > 0.5
+    pred = logits > 0  # sigmoid > 0.5
+    inter = jnp.sum(pred & target, axis=(1, 2), dtype=jnp.float32)
+    union = jnp.sum(pred | target, axis=(1, 2), dtype=jnp.float32)
+    return jnp.stack([inter, union], axis=-1)
+
+
 def _map_scales(task: TaskSpec, outputs: Mapping[str, Any]) -> list[jax.Array]:
     """The maps to supervise, finest first: `[heatmaps]`, or with deep supervision."""
     maps, extra = outputs["heatmaps"], list(outputs.get("deep_supervision") or [])
@@ -428,23 +437,32 @@ def make_eval_step(
     `data`. With a host extractor and no `outputs["coords"]` it returns `{"probs"}`
     instead: maps `[B, h, w, K]` in [0, 1] (sigmoid of segmentation logits, clipped
     heatmaps) for `host_coordinates`.
+
+    When the batch also carries `landmarks` and `visible` and the task segments
+    (mode "segmentation", `outputs["heatmaps"]`), the result adds `overlap`
+    `[B, K, 2]`: pixel counts of intersection and union of each predicted mask
+    (sigmoid above 0.5) with the target mask rendered as in training, at the
+    maps' resolution.
     """
     dtype = DTYPES[task.compute_dtype]
 
     def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         model = _merge(graphdef, state.params, state, False, dtype)
         outputs = model(batch["image"].astype(dtype))
+        extra = {}
+        if "landmarks" in batch and task.mode == "segmentation" and "heatmaps" in outputs:
+            extra["overlap"] = _mask_overlap(task, outputs["heatmaps"], batch)
         on_host = task.extractor in HOST_EXTRACTORS
         if on_host and "heatmaps" in outputs and "coords" not in outputs:
             maps = outputs["heatmaps"].astype(jnp.float32)
             probs = jax.nn.sigmoid(maps) if task.mode == "segmentation" else jnp.clip(maps, 0, 1)
-            return {"probs": probs}
+            return {"probs": probs, **extra}
         if "heatmaps" in outputs and not on_host:
             coords, conf = _extract(task, outputs["heatmaps"], batch["image"])
         else:
             conf = jnp.ones(outputs["coords"].shape[:-1], jnp.float32)
         coords = outputs["coords"].astype(jnp.float32) if "coords" in outputs else coords
-        return {"coords": coords, "confidence": conf}
+        return {"coords": coords, "confidence": conf, **extra}
 
     data = data_sharding(mesh)
     return jax.jit(

@@ -58,10 +58,20 @@ def test_segmentation_with_method_3_learns(tmp_path):
     _, val, _ = loop.load_splits(config)
     mesh, state, _, eval_step, _ = loop.build(config, val.landmark_set.num_landmarks)
     before, _, _ = loop.evaluate_state(config, eval_step, mesh, state, val)
+    masks_before = loop.segmentation_report(config, eval_step, mesh, state, val)
     after = loop.train(config, tmp_path, log=lambda *_: None)
     losses = [v for _, v in read_scalars(tmp_path / TENSORBOARD_DIR)["train/loss"]]
     assert losses[-1] < 0.5 * losses[0], losses
     assert after["mre"] <= 0.5 * before["mre"], (before["mre"], after["mre"])
+    # The masks themselves: IoU of the thresholded sigmoid with the training discs.
+    _, _, trained, _ = loop.restore_trained(tmp_path, which="latest")
+    masks = loop.segmentation_report(config, eval_step, mesh, trained, val)
+    k = val.landmark_set.num_landmarks
+    assert masks["n"] == len(val.records) * k and len(masks["per_landmark"]) == k
+    assert masks_before["iou"] < 0.1 < 0.3 < masks["iou"] <= 1, (masks_before, masks)
+    assert masks["iou"] < masks["dice"] <= 1
+    heatmap = _config(steps=1, eval_every=1, log_every=1)
+    assert loop.segmentation_report(heatmap, eval_step, mesh, trained, val) is None
 
 
 def test_resume_reaches_the_same_parameters(tmp_path):

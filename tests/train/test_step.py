@@ -308,3 +308,28 @@ def test_reduce_on_plateau_halves_after_patience():
 def test_unknown_names_list_the_known_ones(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_mask_overlap_counts_match_numpy_discs():
+    from lmjax import metrics
+
+    task = TaskSpec(mode="segmentation", target="circle", radius=3.0, losses={"dice_ce": 1.0})
+    h, w = 24, 32
+    lm = np.array([[[8.0, 9.0], [20.0, 12.0], [np.nan, np.nan]]], np.float32)
+    vis = np.isfinite(lm).all(-1)
+    yy, xx = np.mgrid[:h, :w]
+
+    def discs(centres, radius):
+        d2 = (xx[..., None] - centres[:, 0]) ** 2 + (yy[..., None] - centres[:, 1]) ** 2
+        return np.nan_to_num(d2, nan=np.inf)[None] <= radius**2
+
+    pred = discs(lm[0] + [1.5, -1.0], 4.0)  # shifted and larger than the target
+    logits = np.where(pred, 5.0, -5.0).astype(np.float32)
+    batch = {"image": np.zeros((1, h, w, 1), np.float32), "landmarks": lm, "visible": vis}
+    counts = np.asarray(step_lib._mask_overlap(task, jnp.asarray(logits), batch))
+    target = discs(lm[0], 3.0)
+    np.testing.assert_array_equal(counts[..., 0], (pred & target).sum((1, 2)))
+    np.testing.assert_array_equal(counts[..., 1], (pred | target).sum((1, 2)))
+    iou = counts[0, :2, 0] / counts[0, :2, 1]
+    np.testing.assert_allclose(iou, metrics.mask_iou(pred, target)[0, :2], rtol=1e-6)
+    assert counts[0, 2].tolist() == [0.0, 0.0]  # no landmark, no mask
