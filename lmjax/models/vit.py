@@ -34,9 +34,11 @@ each image by its own statistics (`data.normalize`).
 Sizes: "tiny" (tests), "B" (768 wide, 12 layers, 12 heads), "L" (1024, 24, 16: the
 Sapiens 0.3B shape). LoRA adapters (`lmjax.models.lora`) are added by `lora_ranks`.
 `remat=True` recomputes each block's activations in the backward pass.
-`attention` is `jax.nn.dot_product_attention`'s `implementation`: None lets JAX
-choose (XLA, which materialises the N x N logits), "cudnn" asks for the fused
-kernel on NVIDIA GPUs (bf16/fp16 only).
+`attention` is `jax.nn.dot_product_attention`'s `implementation`: "auto" (the
+default) takes cuDNN's fused kernel where it applies (NVIDIA GPU, bf16/fp16, head
+width a multiple of 8 up to 128) and XLA otherwise; "xla" or None always XLA, which
+materialises the N x N logits (at 1024 x 768 that is 3072^2 per head and image);
+"cudnn" insists on the fused kernel.
 """
 
 from __future__ import annotations
@@ -112,6 +114,20 @@ def sincos_2d(grid: tuple[int, int], width: int, *, temperature: float = 10000.0
     return emb[None]
 
 
+def auto_attention(dtype: Any, head_dim: int, backend: str | None = None) -> str:
+    """The `dot_product_attention` implementation "auto" picks on `backend`.
+
+    cuDNN's fused kernel never holds the N x N logits in memory, which the ViT-B/L
+    configs at 1024 x 768 (3072 tokens) need on a GPU; it takes bf16/fp16 and head
+    widths that are multiples of 8 up to 128. Everything else runs XLA's version.
+    """
+    backend = backend or jax.default_backend()
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if backend in ("gpu", "cuda") and half and head_dim % 8 == 0 and head_dim <= 128:
+        return "cudnn"
+    return "xla"
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention, `[B, N, D] -> [B, N, D]`; `qkv` and `proj` are Linears.
 
@@ -140,7 +156,15 @@ class Attention(nnx.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+        auto = self.implementation == "auto"
+        impl = auto_attention(q.dtype, q.shape[-1]) if auto else self.implementation
+        try:
+            out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+        except (RuntimeError, NotImplementedError, ValueError):
+            if not (auto and impl == "cudnn"):
+                raise
+            # "auto" on a GPU whose cuDNN lacks the fused kernel: XLA's version.
+            out = jax.nn.dot_product_attention(q, k, v, implementation="xla")
         return self.proj(out.reshape(b, n, d))
 
 
@@ -153,7 +177,7 @@ class Block(nnx.Module):
         num_heads: int,
         mlp_ratio: float,
         *,
-        attention: str | None = None,
+        attention: str | None = "auto",
         dtype,
         param_dtype,
         rngs,
@@ -253,7 +277,7 @@ class ViTPose(nnx.Module):
         deconv_features: Sequence[int] = (768, 768),
         conv_features: Sequence[int] = (768, 768),
         remat: bool = False,
-        attention: str | None = None,
+        attention: str | None = "auto",
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -347,7 +371,7 @@ def build_vit_pose(
     deconv_features: Sequence[int] | None = None,
     conv_features: Sequence[int] | None = None,
     remat: bool = False,
-    attention: str | None = None,
+    attention: str | None = "auto",
     lora_ranks: Mapping[str, int] | None = None,
     lora_alpha: Mapping[str, float] | None = None,
     lora_dropout: float = 0.1,

@@ -119,6 +119,21 @@ def test_unknown_size_and_lora_target_are_errors():
         _tiny(lora_ranks={"qkvv": 4})
 
 
+def test_auto_attention_takes_the_fused_kernel_only_where_it_applies():
+    from lmjax.models.vit import auto_attention
+
+    assert auto_attention(jnp.bfloat16, 64, "gpu") == "cudnn"  # ViT-B/L in bf16
+    assert auto_attention(jnp.float16, 128, "cuda") == "cudnn"
+    assert auto_attention(jnp.float32, 64, "gpu") == "xla"  # cuDNN's kernel is half only
+    assert auto_attention(jnp.bfloat16, 100, "gpu") == "xla"  # not a multiple of 8
+    assert auto_attention(jnp.bfloat16, 256, "gpu") == "xla"
+    assert auto_attention(jnp.bfloat16, 64, "cpu") == "xla"
+    x = _images()
+    auto = _tiny(lora=False)(x)["heatmaps"]
+    xla = _tiny(lora=False, attention="xla")(x)["heatmaps"]
+    np.testing.assert_array_equal(np.asarray(auto), np.asarray(xla))
+
+
 # ---------------------------------------------------------------- LoRA
 
 
