@@ -1,10 +1,12 @@
 """Reading and streaming radiographs with their landmarks.
 
-The Grain pipeline (`lmjax.data.pipeline`) and the phantom (`lmjax.data.phantom`)
-are imported from their modules so that reading a folder stays light.
+Dataset formats are registered in `lmjax.data.formats`. The Grain pipeline
+(`lmjax.data.pipeline`) is imported from its module, and the phantom loads scipy
+only when it draws, so that reading a folder stays light.
 """
 
-from lmjax.data.datasets import FORMATS, detect_format, load_dataset
+from lmjax.data.datasets import detect_format, load_dataset
+from lmjax.data.formats import ReadOptions, get_format, list_formats, register_format
 from lmjax.data.image_io import read_radiograph, read_spacing
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Radiograph, Record
 
@@ -14,9 +16,20 @@ __all__ = [
     "LandmarkDataError",
     "LandmarkSet",
     "Radiograph",
+    "ReadOptions",
     "Record",
     "detect_format",
+    "get_format",
+    "list_formats",
     "load_dataset",
     "read_radiograph",
     "read_spacing",
+    "register_format",
 ]
+
+
+def __getattr__(name: str):
+    # Computed on access, as in `lmjax.data.datasets`, to include later registrations.
+    if name == "FORMATS":
+        return tuple(list_formats())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,6 +13,7 @@ import pathlib
 
 import numpy as np
 
+from lmjax.data.formats import ReadOptions, register_format
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
 
 
@@ -104,3 +105,37 @@ def load_coco(
             )
         )
     return Dataset(lset, records, name=path.stem, warnings=warnings, errors=errors)
+
+
+def is_coco_file(path: pathlib.Path) -> bool:
+    """A readable JSON object with `annotations` and `categories`."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict) and "annotations" in doc and "categories" in doc
+
+
+def _detect(path: pathlib.Path) -> bool:
+    # Any .json file given by name is taken as COCO, so that a bad one is
+    # reported by the COCO reader rather than as an unknown format.
+    if path.is_file():
+        return path.suffix.lower() == ".json"
+    if not path.is_dir():
+        return False
+    jsons = list(path.glob("*.json"))
+    return len(jsons) == 1 and is_coco_file(jsons[0])
+
+
+def _read(path: pathlib.Path, options: ReadOptions) -> Dataset:
+    return load_coco(path, image_dir=options.image_dir)
+
+
+register_format(
+    "coco",
+    read=_read,
+    detect=_detect,
+    description="a COCO keypoints JSON file",
+    layout="COCO keypoints JSON; visibility 0 is missing",
+    priority=30,
+)

@@ -7,74 +7,23 @@ image file's own tags (DICOM), else unknown.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
-import numpy as np
+from lmjax.data import builtin_formats, image_io  # noqa: F401  (registers the formats)
+from lmjax.data.formats import ReadOptions, detect_format, get_format, list_formats
+from lmjax.data.image_folder import load_images_folder
+from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, as_spacing
 
-from lmjax.data import image_io
-from lmjax.data.coco import load_coco
-from lmjax.data.isbi2015 import is_isbi2015, load_isbi2015
-from lmjax.data.labelme import load_labelme, natural_key
-from lmjax.data.tabular import load_csv
-from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record, as_spacing
+__all__ = ["detect_format", "load_dataset", "load_images_folder", "resolve_file_spacing"]
 
-FORMATS = ("phantom", "isbi2015", "labelme", "csv", "coco", "dicom", "images")
+PHANTOM = "phantom"
 
 
-def detect_format(data_dir: str | pathlib.Path) -> str:
-    """Guesses the annotation format of a folder or file; raises when none fits."""
-    path = pathlib.Path(data_dir)
-    if not path.exists():
-        raise LandmarkDataError(f"{path}: no such file or folder")
-    if path.is_file():
-        if path.suffix.lower() == ".csv":
-            return "csv"
-        if path.suffix.lower() == ".json":
-            return "coco"
-        raise LandmarkDataError(f"{path}: a file must be .csv or COCO .json")
-    if is_isbi2015(path):
-        return "isbi2015"
-    if len(list(path.glob("*.csv"))) == 1:
-        return "csv"
-    jsons = sorted(path.glob("*.json"))
-    if len(jsons) == 1 and _is_coco(jsons[0]):
-        return "coco"
-    if jsons:
-        return "labelme"
-    if any(image_io.is_image_file(p) for p in path.iterdir() if p.is_file()):
-        return "images"
-    nested = sorted(d.name for d in path.iterdir() if d.is_dir() and any(d.glob("*.json")))
-    hint = f"; annotation folders inside: {', '.join(nested)}" if nested else ""
-    raise LandmarkDataError(
-        f"{path}: no images or annotations found (formats: {', '.join(FORMATS[1:])}){hint}"
-    )
-
-
-def _is_coco(path: pathlib.Path) -> bool:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(doc, dict) and "annotations" in doc and "categories" in doc
-
-
-def load_images_folder(data_dir: str | pathlib.Path, landmark_set: LandmarkSet | None = None):
-    """Images (DICOM or others) without annotations, for prediction or inspection."""
-    root = pathlib.Path(data_dir)
-    files = sorted(
-        (p for p in root.iterdir() if p.is_file() and image_io.is_image_file(p)),
-        key=lambda p: natural_key(p.name),
-    )
-    if not files:
-        raise LandmarkDataError(f"{root}: no image files")
-    lset = landmark_set or LandmarkSet(name=root.name, names=())
-    k = lset.num_landmarks
-    records = [
-        Record(image=str(p), landmarks=np.full((k, 2), np.nan, np.float32), visible=None)
-        for p in files
-    ]
-    return Dataset(lset, records, name=root.name)
+def __getattr__(name: str):
+    # FORMATS is computed on access so that it includes formats registered later.
+    if name == "FORMATS":
+        return tuple(list_formats())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_file_spacing(dataset: Dataset) -> Dataset:
@@ -112,36 +61,30 @@ def load_dataset(
 
     Args:
       data_dir: a folder or annotation file; None gives the built-in phantom.
-      format: one of FORMATS; detected from the folder when None.
-      ground_truth: ISBI 2015 ground truth: "senior", "junior" or "mean".
-      image_dir: where images are, for LabelMe, CSV and COCO.
-      landmark_set: expected landmarks (LabelMe, CSV, images).
+      format: a registered format (`list_formats()`); detected from the folder
+        when None.
+      ground_truth, image_dir, landmark_set, strict, phantom_size, seed: passed
+        to the format's reader as `ReadOptions` (see there); `landmark_set` is
+        also checked against what the reader returns.
       spacing: `(row_mm, col_mm)` for every image, overriding files and formats.
-      strict: duplicated LabelMe labels are errors.
-      phantom_size, seed: size and seed of the phantom.
 
     Raises:
       LandmarkDataError: the folder has no data of the format, or its landmark
         count does not match `landmark_set`.
     """
-    if data_dir is None or format == "phantom":
-        from lmjax.data.phantom import phantom_dataset
-
-        return phantom_dataset(phantom_size, seed=seed)
-    if format is None:
-        format = detect_format(data_dir)  # noqa: A001
-    if format not in FORMATS:
-        raise LandmarkDataError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
-    if format == "isbi2015":
-        ds = load_isbi2015(data_dir, ground_truth=ground_truth)
-    elif format == "labelme":
-        ds = load_labelme(data_dir, image_dir=image_dir, landmark_set=landmark_set, strict=strict)
-    elif format == "csv":
-        ds = load_csv(data_dir, image_dir=image_dir, landmark_set=landmark_set)
-    elif format == "coco":
-        ds = load_coco(data_dir, image_dir=image_dir)
-    else:
-        ds = load_images_folder(data_dir, landmark_set)
+    options = ReadOptions(
+        ground_truth=ground_truth,
+        image_dir=image_dir,
+        landmark_set=landmark_set,
+        strict=strict,
+        phantom_size=phantom_size,
+        seed=seed,
+    )
+    if data_dir is None or format == PHANTOM:
+        # Made, not read: there are no files to check or take spacing from.
+        return get_format(PHANTOM).read(None, options)
+    spec = get_format(format if format is not None else detect_format(data_dir))
+    ds = spec.read(pathlib.Path(data_dir), options)
     if landmark_set is not None and ds.landmark_set.names != landmark_set.names:
         raise LandmarkDataError(
             f"{data_dir}: {ds.landmark_set.num_landmarks} landmarks "

@@ -16,6 +16,7 @@ import pathlib
 
 import numpy as np
 
+from lmjax.data.formats import ReadOptions, register_format
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
 
 ISBI2015_LANDMARKS = LandmarkSet(
@@ -144,3 +145,18 @@ def load_isbi2015(
         warnings=warnings,
         errors=errors,
     )
+
+
+def _read(path: pathlib.Path, options: ReadOptions) -> Dataset:
+    return load_isbi2015(path, ground_truth=options.ground_truth)
+
+
+register_format(
+    "isbi2015",
+    read=_read,
+    detect=is_isbi2015,
+    description="ISBI 2015 cephalometric challenge folder (RawImage/, AnnotationsByMD/)",
+    layout="`RawImage/{TrainingData,Test1Data,Test2Data}/*.bmp|jpg|png`, "
+    "`AnnotationsByMD/400_{senior,junior}/NNN.txt`; `--ground_truth=senior|junior|mean`",
+    priority=10,
+)

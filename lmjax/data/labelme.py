@@ -14,6 +14,7 @@ import warnings as pywarnings
 
 import numpy as np
 
+from lmjax.data.formats import ReadOptions, register_format
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
 
 LABELME_VERSION = "5.0.1"
@@ -217,3 +218,29 @@ def write_labelme(
         "imageWidth": int(image_hw[1]),
     }
     pathlib.Path(path).write_text(json.dumps(doc, indent=2))
+
+
+def _detect(path: pathlib.Path) -> bool:
+    # Tried after COCO, so a folder whose only JSON is a COCO file is not LabelMe.
+    return path.is_dir() and any(path.glob("*.json"))
+
+
+def _read(path: pathlib.Path, options: ReadOptions) -> Dataset:
+    return load_labelme(
+        path,
+        image_dir=options.image_dir,
+        landmark_set=options.landmark_set,
+        strict=options.strict,
+    )
+
+
+register_format(
+    "labelme",
+    read=_read,
+    detect=_detect,
+    description="a folder of LabelMe JSON files, point shapes as landmarks",
+    layout="a folder of LabelMe JSON files; point shapes are landmarks, polygons outlines, "
+    "rectangles boxes; images paired by file name in the same folder, `--image_dir`, "
+    "or a sibling `images/`",
+    priority=40,
+)

@@ -24,9 +24,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from lmjax.data import affine
+from lmjax.data.formats import register_format
 from lmjax.data.types import Dataset, LandmarkSet, Record, Spacing
 
 SPACING_SOURCE = "phantom"
@@ -232,6 +232,9 @@ def _attenuation(rng: np.random.Generator, bones: dict, m: np.ndarray, shape: tu
         gas = ("e", *rng.uniform((-90, -160, 6, 6, 0), (90, -30, 22, 22, 3.2)), 2)
         d, win = _union_depth([_transform(gas, m)], shape)
         atten[win] -= np.float32(rng.uniform(0.05, 0.25)) * np.sqrt(np.maximum(d, 0))
+    # scipy loads here, not at import: importing this module registers the format.
+    from scipy import ndimage
+
     # Trabecular texture: band-limited noise that modulates marrow density.
     tex = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 1.0)
     tex = 1 + np.float32(rng.uniform(0.4, 0.9)) * tex
@@ -250,6 +253,8 @@ def _attenuation(rng: np.random.Generator, bones: dict, m: np.ndarray, shape: tu
 
 def _expose(rng: np.random.Generator, atten: np.ndarray) -> np.ndarray:
     """Detector image in [0, 4095]: heel effect, blur, quantum noise, log, window, gamma."""
+    from scipy import ndimage
+
     h, w = atten.shape
     ang = rng.uniform(0, 2 * math.pi)
     ys, xs = np.ogrid[:h, :w]
@@ -335,3 +340,17 @@ def phantom_dataset(
         # visible=None: Record derives it from the NaNs, the one source of truth here.
         records.append(Record(image, lms, None, sp, SPACING_SOURCE, mask, split=split, meta=meta))
     return Dataset(landmark_set=PHANTOM_LANDMARKS, records=records, name="phantom")
+
+
+def _read(path, options) -> Dataset:
+    del path  # made, not read
+    return phantom_dataset(options.phantom_size, seed=options.seed)
+
+
+register_format(
+    "phantom",
+    read=_read,
+    detect=None,
+    description="procedural pelvis radiographs held in memory (no files)",
+    layout=None,
+)

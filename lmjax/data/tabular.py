@@ -12,6 +12,7 @@ import pathlib
 
 import numpy as np
 
+from lmjax.data.formats import ReadOptions, register_format
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record, as_spacing
 
 SPACING_COLUMNS = ("row_mm", "col_mm")
@@ -134,3 +135,24 @@ def write_csv(
             if spacing is not None:
                 cells += ["" if not np.isfinite(v) else f"{float(v):g}" for v in spacing[i]]
             out.writerow([image, *cells])
+
+
+def _detect(path: pathlib.Path) -> bool:
+    if path.is_file():
+        return path.suffix.lower() == ".csv"
+    return path.is_dir() and len(list(path.glob("*.csv"))) == 1
+
+
+def _read(path: pathlib.Path, options: ReadOptions) -> Dataset:
+    return load_csv(path, image_dir=options.image_dir, landmark_set=options.landmark_set)
+
+
+register_format(
+    "csv",
+    read=_read,
+    detect=_detect,
+    description="a CSV file, one row per image: image, <name>_x, <name>_y, ...",
+    layout="`image, <name>_x, <name>_y, ...` with optional `row_mm, col_mm`; "
+    "empty cells are missing landmarks",
+    priority=20,
+)
