@@ -1,0 +1,3 @@
+from lmjax.cli.main import run
+
+run()

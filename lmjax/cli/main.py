@@ -1,0 +1,145 @@
+"""The command table, the one source of each command's synopsis, help and flags, and
+the entry point."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+
+from lmjax.cli import data_commands as data
+from lmjax.cli import model_commands as model
+from lmjax.cli.framework import EXIT_OK, EXIT_USAGE, Command, execute, format_usage
+
+_TABLE = [
+    Command(
+        "train",
+        "lmjax train [--config=PATH[:ARG]] [--config.FIELD=VALUE ...] [--workdir=DIR] "
+        "[--data_dir=PATH] [--format=NAME] [--image_dir=DIR] [--spacing=ROW_MM,COL_MM]",
+        "train (or resume) a model on a dataset folder or the phantom, then evaluate it",
+        model.define_train,
+        model.cmd_train,
+        config=True,
+        device=True,
+    ),
+    Command(
+        "evaluate",
+        "lmjax evaluate --workdir=DIR [--data_dir=PATH] [--split=NAME] "
+        "[--ground_truth=senior|junior|mean] [--output=FILE.json]",
+        "errors in mm of a trained model on a split, in the original image frame",
+        model.define_evaluate,
+        model.cmd_evaluate,
+        device=True,
+    ),
+    Command(
+        "predict",
+        "lmjax predict --workdir=DIR --output_dir=DIR [--flip_tta] INPUT [INPUT ...]",
+        "landmarks (JSON, overlay PNG, LabelMe file) for DICOM or image files and folders",
+        model.define_predict,
+        model.cmd_predict,
+        positional=True,
+        device=True,
+    ),
+    Command(
+        "benchmark",
+        "lmjax benchmark [--config=PATH[:ARG]] [--config.FIELD=VALUE ...] [--steps=N] "
+        "[--data=fake|real] [--infer_batch=N] [--output=FILE.json]",
+        "train-step and inference throughput, MFU, memory, input-pipeline wait",
+        model.define_benchmark,
+        model.cmd_benchmark,
+        config=True,
+        device=True,
+    ),
+    Command(
+        "compile-check",
+        "lmjax compile-check [--config=PATH[:ARG]] [--config.FIELD=VALUE ...] [--devices=N] "
+        "[--device_memory_gb=GB] [--output=FILE.json]",
+        "compile the train step without running it: memory per device, FLOPs, whether it fits",
+        model.define_compile_check,
+        model.cmd_compile_check,
+        config=True,
+        device=True,
+    ),
+    Command(
+        "inspect",
+        "lmjax inspect --data_dir=PATH [--format=NAME] [--output=FILE.json]",
+        "read a dataset as training would and summarise it (exit 1: a file is unusable)",
+        data.define_inspect,
+        data.cmd_inspect,
+    ),
+    Command(
+        "preview",
+        "lmjax preview [--data_dir=PATH] [--augment=PRESET] [--output_dir=DIR]",
+        "run the input pipeline with augmentation and write an image grid",
+        data.define_preview,
+        data.cmd_preview,
+    ),
+    Command(
+        "measure",
+        "lmjax measure --data_dir=PATH [--format=...] [--output=FILE.json|FILE.csv]",
+        "clinical measurements and classes from annotation files",
+        data.define_measure,
+        data.cmd_measure,
+    ),
+    Command(
+        "compare",
+        "lmjax compare A.json B.json [...] [--output=FILE.json]",
+        "evaluation reports side by side, Wilcoxon signed-rank tests on paired errors",
+        data.define_compare,
+        data.cmd_compare,
+        positional=True,
+    ),
+]
+COMMANDS: dict[str, Command] = {c.name: c for c in _TABLE}
+
+
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("lmjax")
+    except metadata.PackageNotFoundError:
+        import lmjax
+
+        return lmjax.__version__
+
+
+def _unknown(what: str, name: str, known) -> int:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    print(
+        f"lmjax: error: unknown {what} {name!r}{hint}\n\n{format_usage(COMMANDS)}", file=sys.stderr
+    )
+    return EXIT_USAGE
+
+
+def main(args: list[str]) -> int:
+    """Runs `lmjax ARGS...` (without the program name); returns the exit status."""
+    if not args:
+        print(format_usage(COMMANDS), file=sys.stderr)
+        return EXIT_USAGE
+    first = args[0]
+    if first in ("-h", "--help", "help"):
+        if first == "help" and len(args) > 1:
+            if args[1] not in COMMANDS:
+                return _unknown("command", args[1], COMMANDS)
+            return execute(COMMANDS[args[1]], ["--help"])
+        print(format_usage(COMMANDS))
+        return EXIT_OK
+    if first in ("--version", "-V"):
+        print(f"lmjax {version()}")
+        return EXIT_OK
+    if first.startswith("-"):
+        print(
+            f"lmjax: error: {first}: flags go after the command\n\n{format_usage(COMMANDS)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if first not in COMMANDS:
+        return _unknown("command", first, COMMANDS)
+    return execute(COMMANDS[first], args[1:])
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The `lmjax` program: `argv` as `sys.argv` (program name first); exits."""
+    argv = list(sys.argv if argv is None else argv)
+    sys.exit(main(argv[1:]))

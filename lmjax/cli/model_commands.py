@@ -1,0 +1,250 @@
+"""The commands that build, train or run a model: train, evaluate, predict,
+benchmark, compile-check."""
+
+from __future__ import annotations
+
+import pathlib
+
+from absl import flags
+
+from lmjax.cli.data_commands import DATA_FLAGS, define_data_flags, spacing, write_json
+from lmjax.cli.framework import Invocation, UsageError
+
+# Fields of a config's own dataset that do not carry over to a --data_dir folder.
+_DATASET_SPECIFIC = {"format": "", "image_dir": "", "spacing": ()}
+
+
+def _evaluate_workdir(
+    workdir: str,
+    split: str | None,
+    output: str | None,
+    *,
+    data_dir: str | None = None,
+    ground_truth: str | None = None,
+) -> dict:
+    from lmjax.train.evaluation import evaluate_workdir
+
+    report = evaluate_workdir(workdir, split=split, data_dir=data_dir, ground_truth=ground_truth)
+    write_json(report, output)
+    return report
+
+
+def _define_output(fv: flags.FlagValues, what: str) -> None:
+    flags.DEFINE_string("output", None, f"also write {what} as JSON to this file", flag_values=fv)
+
+
+# ---------------------------------------------------------------- train
+
+
+def define_train(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "the run's folder (checkpoints, logs, eval.json); an existing run resumes; "
+        "default: a new temporary folder",
+        flag_values=fv,
+    )
+    define_data_flags(
+        fv,
+        "train on this dataset folder or annotation file (config.data.data_dir); its "
+        "landmarks and spacing come from the data, and the config's format, image_dir "
+        "and spacing are not used unless given too; default: the config's dataset",
+    )
+
+
+def with_data_flags(config, inv: Invocation):
+    """`config` with the data flags given on the command line in `config.data`."""
+    from lmjax import configs
+
+    given = {name: inv.value(name) for name in DATA_FLAGS if inv.present(name)}
+    if not given:
+        return config
+    if "spacing" in given:
+        given["spacing"] = spacing(inv)
+    raw = config.to_dict()
+    if "data_dir" in given:
+        overridden = {o.partition("=")[0].removeprefix("config.") for o in inv.overrides}
+        for name, empty in _DATASET_SPECIFIC.items():
+            if f"data.{name}" not in overridden:
+                raw["data"][name] = empty
+    raw["data"].update(given)
+    return configs.resolve(raw, source="--data_dir")
+
+
+def cmd_train(inv: Invocation) -> int:
+    import tempfile
+
+    from lmjax.train import folds, loop, setup
+
+    config = with_data_flags(inv.config, inv)
+    workdir = inv.value("workdir") or tempfile.mkdtemp(prefix="lmjax_")
+    data = config.data.data_dir or "the phantom"
+    print(f"training {config.model.name} on {data} into {workdir}")
+    if folds.cv_enabled(config) and config.data.cv_fold < 0:
+        summary = folds.run_folds(
+            config,
+            workdir,
+            setup.load_config_dataset(config),
+            loop.train,
+            lambda fold_dir, out: _evaluate_workdir(str(fold_dir), None, out),
+        )
+        if "stopped_by" not in summary:
+            print(
+                f"cross-validation over {summary['n_folds']} folds: MRE "
+                f"{summary['mre_mean']:.3f} +- {summary['mre_sd']:.3f} {summary['unit']} "
+                f"(pooled {summary['pooled_mre']:.3f}); {workdir}/cv_summary.json"
+            )
+        return 0
+    if loop.train(config, workdir).get("stopped_by"):
+        return 0
+    # The workdir's config.json names the data trained on; evaluation reads it there.
+    report = _evaluate_workdir(workdir, None, str(pathlib.Path(workdir) / "eval.json"))
+    print(f"MRE {report['mre']:.3f} {report['unit']} on {report['split']}; outputs in {workdir}")
+    return 0
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def define_evaluate(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "the trained run's folder (required)", flag_values=fv)
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "evaluate on this dataset folder instead of the one trained on",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "split",
+        None,
+        "split to evaluate; default: test if the data has it, else val",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "ground_truth",
+        None,
+        ["senior", "junior", "mean"],
+        "ISBI 2015 annotations to compare with; default: those trained on",
+        flag_values=fv,
+    )
+    _define_output(fv, "the report (every error per image and landmark)")
+
+
+def cmd_evaluate(inv: Invocation) -> int:
+    if not inv.value("workdir"):
+        raise UsageError("--workdir is required")
+    _evaluate_workdir(
+        inv.value("workdir"),
+        inv.value("split"),
+        inv.value("output"),
+        data_dir=inv.value("data_dir"),
+        ground_truth=inv.value("ground_truth"),
+    )
+    return 0
+
+
+# ---------------------------------------------------------------- predict
+
+
+def define_predict(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "the trained run's folder (required)", flag_values=fv)
+    flags.DEFINE_string(
+        "output_dir",
+        None,
+        "where <stem>.json, <stem>.png, <stem>.labelme.json and predictions.csv go (required)",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "flip_tta", False, "average with the prediction on the mirrored image", flag_values=fv
+    )
+
+
+def cmd_predict(inv: Invocation) -> int:
+    from lmjax.predict import run_predict
+
+    if not inv.value("workdir") or not inv.value("output_dir"):
+        raise UsageError("--workdir and --output_dir are required")
+    if not inv.args:
+        raise UsageError("name at least one image file or folder to predict")
+    output_dir = inv.value("output_dir")
+    results = run_predict(
+        inv.value("workdir"), inv.args, output_dir, flip_tta=inv.value("flip_tta")
+    )
+    written = sum("error" not in r for r in results)
+    print(f"wrote {written} of {len(results)} predictions to {output_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------- benchmark
+
+
+def define_benchmark(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("steps", 20, "timed train steps after warm-up", flag_values=fv)
+    flags.DEFINE_enum(
+        "data",
+        "fake",
+        ["fake", "real"],
+        "fake: one batch kept on the devices; real: also time the training input pipeline",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer("infer_batch", 32, "batch of the inference throughput", flag_values=fv)
+    _define_output(fv, "the results")
+
+
+def cmd_benchmark(inv: Invocation) -> int:
+    from lmjax.benchmark import benchmark, format_benchmark
+
+    result = benchmark(
+        inv.config,
+        steps=inv.value("steps"),
+        data=inv.value("data"),
+        infer_batch=inv.value("infer_batch"),
+    )
+    print(format_benchmark(result))
+    write_json(result, inv.value("output"))
+    return 0
+
+
+# ---------------------------------------------------------------- compile-check
+
+
+def define_compile_check(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer(
+        "devices",
+        None,
+        "devices of the mesh; on the CPU backend that many (fake) CPU devices, elsewhere "
+        "it must equal the device count; default: all devices",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "device_memory_gb",
+        None,
+        "memory of one device in GiB for the fits verdict; default: what the runtime "
+        "reports (nothing on CPU)",
+        flag_values=fv,
+    )
+    _define_output(fv, "the results")
+
+
+def cmd_compile_check(inv: Invocation) -> int:
+    import jax
+
+    from lmjax.compilation import compile_check, format_compile_check
+
+    devices = inv.value("devices")
+    if devices is not None:
+        if devices < 1:
+            raise UsageError(f"--devices must be at least 1, got {devices}")
+        # Only the CPU backend makes devices, and only before it starts, which
+        # jax.device_count() below does.
+        jax.config.update("jax_num_cpu_devices", devices)
+        if jax.device_count() != devices:
+            raise UsageError(
+                f"--devices={devices}, but the {jax.default_backend()} backend has "
+                f"{jax.device_count()} devices; JAX_PLATFORMS=cpu checks {devices} "
+                "fake CPU devices"
+            )
+    result = compile_check(inv.config, device_memory_gb=inv.value("device_memory_gb"))
+    print(format_compile_check(result))
+    write_json(result, inv.value("output"))
+    return 0 if result["fits"] is not False else 1
