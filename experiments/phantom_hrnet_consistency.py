@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from lmjax.train import loop
+from lmjax.train import evaluation, restore, setup
 
 
 def violations(coords: np.ndarray, records, regions: np.ndarray) -> dict[str, float]:
@@ -45,9 +45,9 @@ def violations(coords: np.ndarray, records, regions: np.ndarray) -> dict[str, fl
 def main(workdirs: list[str]) -> dict:
     out = {}
     for workdir in workdirs:
-        config, mesh, state, eval_step = loop.restore_trained(workdir)
-        _, _, test = loop.load_splits(config)
-        report, coords, _ = loop.evaluate_state(config, eval_step, mesh, state, test)
+        config, mesh, state, eval_step = restore.restore_trained(workdir)
+        _, _, test = setup.load_splits(config)
+        report, coords, _ = evaluation.evaluate_state(config, eval_step, mesh, state, test)
         regions = np.asarray(test.landmark_set.regions)
         truth = np.stack([r.landmarks for r in test.records])
         out[workdir] = {

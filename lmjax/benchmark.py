@@ -1,6 +1,6 @@
 """Throughput of a config: `lmjax benchmark`.
 
-Three measurements, all on the state and compiled steps of `lmjax.train.loop.build`:
+Three measurements, all on the state and compiled steps of `lmjax.train.setup.build`:
 
   train step   one batch made once on the host and kept on the devices, so the
                step time is the compiled step alone (model, targets rendered on
@@ -26,8 +26,10 @@ import jax
 import numpy as np
 
 from lmjax import hardware, parallel
+from lmjax.configs import resolve
 from lmjax.data.types import LandmarkSet
-from lmjax.train import loop
+from lmjax.task import task_spec
+from lmjax.train import setup
 
 DATA = ("fake", "real")
 
@@ -91,8 +93,8 @@ def landmark_set_for(config, num_landmarks: int | None = None, dataset=None) -> 
     so that those losses get their `landmark_regions` and the model its head.
     """
     if num_landmarks is None:
-        return (dataset if dataset is not None else loop.load_splits(config)[0]).landmark_set
-    task = loop.task_spec(config)
+        return (dataset if dataset is not None else setup.load_splits(config)[0]).landmark_set
+    task = task_spec(config)
     if not (task.needs_segmentation or task.uses_region_losses or task.needs_region_mask):
         return synthetic_landmark_set(num_landmarks)
     return synthetic_landmark_set(num_landmarks, config.model.get("num_regions") or FAKE_REGIONS)
@@ -195,7 +197,7 @@ def _real_input(config, dataset, step, state, mesh, *, steps: int, warmup: int, 
         )
         # lmjax.train.loop.train's own pipeline (with device augmentation, the step
         # augments), so the figures are the training run's.
-        batches = loop.make_train_pipeline(config, dataset, cache_dir=cache_dir)
+        batches = setup.make_train_pipeline(config, dataset, cache_dir=cache_dir)
         stack.callback(batches.close)
         drained = _time_calls(lambda: next(batches), steps, warmup)
         for _ in range(warmup):
@@ -219,7 +221,7 @@ def _real_input(config, dataset, step, state, mesh, *, steps: int, warmup: int, 
     }
 
 
-def to_device(batch: dict[str, np.ndarray], mesh, keys=loop.DEVICE_KEYS) -> dict[str, jax.Array]:
+def to_device(batch: dict[str, np.ndarray], mesh, keys=setup.DEVICE_KEYS) -> dict[str, jax.Array]:
     """The entries `keys` of a host batch, split along `data` on `mesh`."""
     return parallel.shard_batch({k: batch[k] for k in keys}, mesh)
 
@@ -285,18 +287,19 @@ def benchmark(
     """
     if data not in DATA:
         raise ValueError(f"data must be one of {DATA}, got {data!r}")
+    config = resolve(config)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     dataset = None
     if data == "real" or num_landmarks is None:
-        dataset = loop.load_splits(config)[0]
+        dataset = setup.load_splits(config)[0]
     landmark_set = landmark_set_for(config, None if dataset is not None else num_landmarks, dataset)
     k = landmark_set.num_landmarks
-    task = loop.task_spec(config, landmark_set.regions)
-    shipped = loop.device_keys(task, augment_on_device=loop.augments_on_device(config))
+    task = task_spec(config, landmark_set.regions)
+    shipped = setup.device_keys(task, augment_on_device=setup.augments_on_device(config))
     if data == "real":
-        loop.check_region_masks(dataset, shipped, task.losses)
-    mesh, state, train_step, eval_step, _ = loop.build(config, k, landmark_set)
+        setup.check_region_masks(dataset, shipped, task.losses)
+    mesh, state, train_step, eval_step, _ = setup.build(config, k, landmark_set)
     params = int(sum(x.size for x in jax.tree.leaves(state.params)))
     images = config.train.batch_size
     input_hw = tuple(config.data.input_size)

@@ -9,7 +9,7 @@ misses through `jax.monitoring`, for reports and tests.
 
 Compile check. `compile_check(config)` answers "does this config compile for this
 mesh and global batch, and does it fit?" without running anything: the model, the
-optimizer state and the train step are built by `lmjax.train.loop.build` under
+optimizer state and the train step are built by `lmjax.train.setup.build` under
 `jax.eval_shape` (no parameter is allocated), the batch is `jax.ShapeDtypeStruct`s
 shaped like `lmjax.benchmark.fake_batch`, and the step is lowered and compiled with
 those abstract arguments and their shardings. The report has XLA's per-device
@@ -100,21 +100,21 @@ def count_cache_events() -> Iterator[dict[str, int]]:
 
 
 def abstract_build(config, num_landmarks: int, landmark_set=None):
-    """`lmjax.train.loop.build` without allocating: `(mesh, abstract_state, train_step)`.
+    """`lmjax.train.setup.build` without allocating: `(mesh, abstract_state, train_step)`.
 
     The state is a tree of `jax.ShapeDtypeStruct`s carrying the replicated sharding
     the train step expects; the model, its optimizer state and the train step are
-    exactly those of `loop.build`, traced under `jax.eval_shape` (what `nnx.eval_shape`
+    exactly those of `setup.build`, traced under `jax.eval_shape` (what `nnx.eval_shape`
     does for a module), so no array of the model's size is ever created.
     """
     from lmjax import parallel
-    from lmjax.train import loop
+    from lmjax.train import setup
 
     built = {}
 
     def state_only():
         # Shapes only: pretrained weights (a file to read) would change no shape.
-        mesh, state, train_step, _, _ = loop.build(
+        mesh, state, train_step, _, _ = setup.build(
             config, num_landmarks, landmark_set, pretrained=False
         )
         built.update(mesh=mesh, train_step=train_step)
@@ -196,18 +196,21 @@ def abstract_train_step(config, *, num_landmarks: int | None = None):
     (then `lmjax.benchmark.landmark_set_for` makes one, with regions when needed).
     """
     from lmjax import benchmark
-    from lmjax.train import loop
+    from lmjax.configs import resolve
+    from lmjax.task import task_spec
+    from lmjax.train import setup
 
+    config = resolve(config)
     landmark_set = benchmark.landmark_set_for(config, num_landmarks)
     k = landmark_set.num_landmarks
     mesh, state, train_step = abstract_build(config, k, landmark_set)
-    task = loop.task_spec(config, landmark_set.regions)
+    task = task_spec(config, landmark_set.regions)
     batch = abstract_batch(
         config.train.batch_size,
         tuple(config.data.input_size),
         k,
         mesh,
-        keys=loop.device_keys(task, augment_on_device=loop.augments_on_device(config)),
+        keys=setup.device_keys(task, augment_on_device=setup.augments_on_device(config)),
         num_regions=landmark_set.num_regions,
     )
     return train_step, state, batch, mesh

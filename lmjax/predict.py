@@ -29,7 +29,10 @@ from lmjax.data.labelme import natural_key, write_labelme
 from lmjax.data.tabular import write_csv
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Radiograph, Record
 from lmjax.measurements.report import measure_dataset
-from lmjax.train import loop
+from lmjax.task import task_spec
+from lmjax.train import setup
+from lmjax.train.evaluation import predictor
+from lmjax.train.restore import restore_trained
 
 MAX_OVERLAY_SIDE = 2048
 _COLOURS = ((255, 99, 71), (50, 205, 50), (30, 144, 255), (255, 215, 0), (238, 130, 238))
@@ -211,9 +214,9 @@ def run_predict(
     for name in (f"{s}{ext}" for s in stems for ext in (".json", ".png", ".labelme.json")):
         if (out / name).resolve() in sources:
             raise LandmarkDataError(f"{out / name}: the output would overwrite an input image")
-    config, mesh, state, eval_step = loop.restore_trained(workdir)
-    lset = loop.load_landmark_set(workdir, config)
-    predict = loop.predictor(eval_step, mesh, [state], loop.task_spec(config))
+    config, mesh, state, eval_step = restore_trained(workdir)
+    lset = setup.load_landmark_set(workdir, config)
+    predict = predictor(eval_step, mesh, [state], task_spec(config))
     if flip_tta and not lset.flip_pairs:
         raise LandmarkDataError(f"flip TTA: landmark set {lset.name!r} has no left/right pairs")
     if (flip_tta or config.train.flip_tta) and lset.flip_pairs:

@@ -23,7 +23,7 @@ from lmjax.benchmark import (
     synthetic_landmark_set,
 )
 from lmjax.configs.phantom import get_config
-from lmjax.train import loop
+from lmjax.train import loop, setup
 
 REPO = pathlib.Path(__file__).parents[1]
 HRNET = REPO / "experiments" / "configs" / "phantom_hrnet.py"
@@ -87,7 +87,7 @@ def test_landmark_set_for_region_losses_declares_regions():
 def test_real_data_without_region_masks_is_refused_clearly(monkeypatch):
     hrnet = load_config(HRNET, "proposed_cpu")
     hrnet.data.phantom_size = 12
-    load_splits = loop.load_splits
+    load_splits = setup.load_splits
 
     def without_masks(config):
         train, *rest = load_splits(config)

@@ -16,7 +16,7 @@ import pytest
 from lmjax import compilation
 from lmjax.benchmark import fake_batch, to_device
 from lmjax.configs.phantom import get_config
-from lmjax.train import loop
+from lmjax.train import setup
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = REPO / "lmjax" / "configs" / "phantom.py"
@@ -143,7 +143,7 @@ def test_abstract_step_lowers_to_the_program_of_the_built_one():
     assert batch["image"].shape == (8, 32, 32, 1) and batch["landmarks"].shape == (8, 3, 2)
     abstract = step.lower(state, batch).as_text()
 
-    _, real_state, real_step, _, _ = loop.build(config, 3)
+    _, real_state, real_step, _, _ = setup.build(config, 3)
     real_batch = to_device(fake_batch(8, (32, 32), 3), mesh)
     assert jax.tree.map(lambda x: (x.shape, x.dtype), real_state) == jax.tree.map(
         lambda x: (x.shape, x.dtype), state

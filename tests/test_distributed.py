@@ -53,7 +53,7 @@ if role == "reference":  # one process reading what processes 0 and 1 of 2 read
     from lmjax.configs.phantom import get_config
     from lmjax.train import loop
 
-    one_process = loop.make_pipeline
+    one_process = setup.make_pipeline
 
     class TwoSlices:
         def __init__(self, dataset, *, batch_size, **kwargs):
@@ -74,7 +74,7 @@ if role == "reference":  # one process reading what processes 0 and 1 of 2 read
             for i, it in enumerate(self.its):
                 it.set_state(state[str(i)])
 
-    loop.make_pipeline = TwoSlices
+    setup.make_pipeline = TwoSlices
     config = get_config("tiny")
     with config.unlocked():
         config.update_from_flattened_dict(overrides)

@@ -26,7 +26,7 @@ from flax import nnx  # noqa: E402
 
 from lmjax import parallel  # noqa: E402
 from lmjax.models.unet import build_unet  # noqa: E402
-from lmjax.train.step import TaskSpec, create_train_state, make_train_step  # noqa: E402
+from lmjax.train import TaskSpec, create_train_state, make_train_step  # noqa: E402
 
 PEER = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "peer" / "torch_unet.py"
 

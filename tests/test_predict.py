@@ -17,7 +17,7 @@ from lmjax.data.phantom import render_phantom
 from lmjax.data.tabular import load_csv
 from lmjax.data.types import LandmarkDataError
 from lmjax.predict import collect_inputs, overlay, run_predict, unique_stems
-from lmjax.train import loop
+from lmjax.train import loop, restore, setup
 from tests.data.test_image_io import write_dicom
 
 
@@ -34,8 +34,8 @@ def workdir(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def landmark_set(workdir):
-    config, *_ = loop.restore_trained(workdir)
-    return loop.load_splits(config)[0].landmark_set
+    config, *_ = restore.restore_trained(workdir)
+    return setup.load_splits(config)[0].landmark_set
 
 
 def _phantom(hw: tuple[int, int], index: int) -> np.ndarray:

@@ -10,7 +10,7 @@ after 10 epochs without improvement. Coordinates are the centroids of the predic
 regions (skimage regionprops in the paper): here the host method "threshold_opening",
 which thresholds the sigmoid at 0.5 and takes the centroid of the largest 8-connected
 region, with its opening switched off (`task.extractor_kwargs`, which
-`lmjax.train.loop.task_spec` has to pass on to the extractor).
+`lmjax.task.task_spec` has to pass on to the extractor).
 
 Where this differs from the paper:
   - data: ISBI 2015 (19 landmarks, 150 training images, a tenth held out for

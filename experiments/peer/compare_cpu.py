@@ -2,7 +2,7 @@
 
 Both sides train the config's model (same weights at the start, same batch, fp32,
 same loss with targets rendered inside the step, clipped Adam with the same
-schedule). The lmjax side is `lmjax benchmark`'s: `loop.build`, the batch from
+schedule). The lmjax side is `lmjax benchmark`'s: `setup.build`, the batch from
 `benchmark.fake_batch` placed by `parallel.shard_batch`, and the train step
 lowered and compiled ahead of time. After warm-up, training steps are timed in
 alternating blocks (lmjax, torch, lmjax, torch, ...) so that background load
@@ -150,7 +150,7 @@ def main(argv=None) -> dict:
     from lmjax import benchmark as lb
     from lmjax import models, parallel
     from lmjax.data.isbi2015 import ISBI2015_LANDMARKS
-    from lmjax.train import loop
+    from lmjax.train import setup
 
     if args.matmul_precision:
         jax.config.update("jax_default_matmul_precision", args.matmul_precision)
@@ -167,12 +167,12 @@ def main(argv=None) -> dict:
     if config.data.format == "isbi2015":
         k = ISBI2015_LANDMARKS.num_landmarks  # without reading the dataset
     else:
-        k = loop.load_splits(config)[0].landmark_set.num_landmarks
+        k = setup.load_splits(config)[0].landmark_set.num_landmarks
     images, hw = config.train.batch_size, tuple(config.data.input_size)
 
     # ---------------------------------------------------------------- lmjax, as `lmjax benchmark`
     t0 = time.perf_counter()
-    mesh, state, train_step, eval_step, _ = loop.build(config, k)
+    mesh, state, train_step, eval_step, _ = setup.build(config, k)
     host = lb.fake_batch(images // jax.process_count(), hw, k)
     batch = lb.to_device(host, mesh)
     step = train_step.lower(state, batch).compile()

@@ -56,6 +56,20 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
+def builder_options(name: str) -> tuple[str, ...] | None:
+    """Keyword options of model `name` beyond the required ones; None if it takes any.
+
+    Raises:
+      ValueError: `name` is not registered.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    params = inspect.signature(MODELS[name]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return tuple(p for p in params if p not in _REQUIRED)
+
+
 def build_model(name: str, **kwargs: Any) -> nnx.Module:
     """Builds the model registered as `name` with keyword arguments `kwargs`.
 

@@ -83,3 +83,17 @@ def warp_image(
         return jax.vmap(channel, in_axes=-1, out_axes=-1)(img).astype(image.dtype)
 
     return jax.vmap(one)(image, matrix)
+
+
+def resize_nearest(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
+    """`[B, H, W, ...]` -> `[B, h, w, ...]` by nearest sampling (labels stay labels).
+
+    Output pixel i reads input pixel `floor((i + 0.5) * H / h)`: pixel centres match,
+    as in `lmjax.task.rescale`, so halving picks one pixel of every 2 x 2 block.
+    """
+    h, w = hw
+    if x.shape[1:3] == (h, w):
+        return x
+    rows = jnp.floor((jnp.arange(h) + 0.5) * (x.shape[1] / h)).astype(jnp.int32)
+    cols = jnp.floor((jnp.arange(w) + 0.5) * (x.shape[2] / w)).astype(jnp.int32)
+    return jnp.take(jnp.take(x, rows, axis=1), cols, axis=2)

@@ -232,6 +232,12 @@ def _key(path: tuple[Any, ...]) -> str:
     return "/".join(str(n) for n in names)
 
 
+def has_checkpoint(workdir: str | epath.PathLike) -> bool:
+    """Whether `workdir` holds a finished checkpoint (a step folder), without Orbax."""
+    directory = epath.Path(workdir) / "checkpoints"
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def restore_config(workdir: str | epath.PathLike) -> dict[str, Any] | None:
     """The config saved with the latest checkpoint in `workdir`, or None if there is none.
 

@@ -28,7 +28,7 @@ from lmjax.data.types import Record
 
 def cv_enabled(config) -> bool:
     d = config.data
-    return bool(d.get("cv_folds", 0) or d.get("cv_group_key", "") or d.get("cv_group_pattern", ""))
+    return bool(d.cv_folds or d.cv_group_key or d.cv_group_pattern)
 
 
 def _group(record: Record, key: str, pattern: str) -> str:
@@ -51,9 +51,9 @@ def assign_folds(records: Sequence[Record], config) -> tuple[np.ndarray, list[st
     """
     d = config.data
     folds, key, pattern = (
-        d.get("cv_folds", 0),
-        d.get("cv_group_key", ""),
-        d.get("cv_group_pattern", ""),
+        d.cv_folds,
+        d.cv_group_key,
+        d.cv_group_pattern,
     )
     n = len(records)
     if folds and (key or pattern):
@@ -75,7 +75,7 @@ def assign_folds(records: Sequence[Record], config) -> tuple[np.ndarray, list[st
 def held_out(records: Sequence[Record], config) -> tuple[list[Record], list[Record]]:
     """`(training records, held-out records)` for `config.data.cv_fold`."""
     fold, names = assign_folds(records, config)
-    i = config.data.get("cv_fold", -1)
+    i = config.data.cv_fold
     if not 0 <= i < len(names):
         raise ValueError(f"data.cv_fold must be in 0..{len(names) - 1} for one run, not {i}")
     keep = [r for r, f in zip(records, fold, strict=True) if f != i]
@@ -110,9 +110,10 @@ def summarize_folds(reports: Sequence[dict[str, Any]], names: Sequence[str]) -> 
     }
 
 
-def run_folds(config, workdir, train_fn, evaluate_fn, *, log=print) -> dict[str, Any]:
+def run_folds(config, workdir, dataset, train_fn, evaluate_fn, *, log=print) -> dict[str, Any]:
     """Trains and evaluates every fold into `workdir/fold_<i>`; writes `cv_summary.json`.
 
+    `dataset` is the config's whole dataset (`lmjax.train.setup.load_config_dataset`).
     `train_fn(config, fold_workdir)` trains one fold (resuming if it has started);
     `evaluate_fn(fold_workdir, output_path)` returns the held-out report. A fold
     stopped by SIGTERM stops the whole run, to be resumed later.
@@ -120,10 +121,8 @@ def run_folds(config, workdir, train_fn, evaluate_fn, *, log=print) -> dict[str,
     import json
     import pathlib
 
-    from lmjax.train.loop import load_config_dataset  # loop imports this module
-
     d = config.data
-    ds = load_config_dataset(config)
+    ds = dataset
     pool = ds.split(d.train_split) if d.train_split in {r.split for r in ds.records} else ds
     _, names = assign_folds(pool.records, config)
     workdir = pathlib.Path(workdir)

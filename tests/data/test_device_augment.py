@@ -15,6 +15,8 @@ from lmjax.data import affine
 from lmjax.data.augment import AUGMENT_PRESETS, AugmentConfig, sample_geometry, warp
 from lmjax.data.device_augment import DeviceAugment, gaussian_blur
 from lmjax.data.pipeline import make_pipeline
+from lmjax.task import task_spec
+from lmjax.train import evaluation, setup
 from tests.data.test_pipeline import PAIRED, PROC, blob_image, toy_dataset
 
 HW = (64, 80)  # (H, W), not square, so x and y mix-ups show
@@ -341,22 +343,22 @@ def test_training_with_device_augmentation_learns(tmp_path):
         config.data.augment = "pelvis"
         config.data.augment_on_device = True
         config.train.steps, config.train.eval_every, config.train.log_every = 120, 120, 40
-    train_ds, val, _ = loop.load_splits(config)
-    mesh, state, train_step, eval_step, _ = loop.build(
+    train_ds, val, _ = setup.load_splits(config)
+    mesh, state, train_step, eval_step, _ = setup.build(
         config, val.landmark_set.num_landmarks, val.landmark_set
     )
     # The host only fits and batches: the same batches as without augmentation.
-    batch = next(loop.make_train_pipeline(config, train_ds, cache_dir=None))
+    batch = next(setup.make_train_pipeline(config, train_ds, cache_dir=None))
     with config.unlocked():
         config.data.augment = ""
-    plain = next(loop.make_train_pipeline(config, train_ds, cache_dir=None))
+    plain = next(setup.make_train_pipeline(config, train_ds, cache_dir=None))
     with config.unlocked():
         config.data.augment = "pelvis"
     off, scale = (batch["pixel_norm"][:, i, None, None, None] for i in (0, 1))
     np.testing.assert_allclose((batch["image"] - off) / scale, plain["image"], atol=1e-5)
     np.testing.assert_array_equal(batch["landmarks"], plain["landmarks"])
 
-    keys = loop.device_keys(loop.task_spec(config), augment_on_device=True)
+    keys = setup.device_keys(task_spec(config), augment_on_device=True)
     assert keys[-1] == "pixel_norm"
     device_batch = parallel.shard_batch({k: batch[k] for k in keys}, mesh)
     # The draws depend on (rng, step) alone: a resumed run repeats them.
@@ -370,7 +372,7 @@ def test_training_with_device_augmentation_learns(tmp_path):
     e2 = eval_step(_copy(state).replace(step=state.step + 5), images)
     np.testing.assert_array_equal(jax.device_get(e1["coords"]), jax.device_get(e2["coords"]))
 
-    before, _, _ = loop.evaluate_state(config, eval_step, mesh, state, val)
+    before, _, _ = evaluation.evaluate_state(config, eval_step, mesh, state, val)
     after = loop.train(config, tmp_path, log=lambda *_: None)
     logged = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in logged if "loss" in r]

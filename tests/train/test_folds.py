@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from lmjax import configs
 from lmjax.configs.phantom import get_config
 from lmjax.data.types import Record
-from lmjax.train import folds, loop
+from lmjax.train import folds, setup
 from tests.test_cli import lmjax
 
 
@@ -72,11 +73,11 @@ def test_bad_settings_are_clear_errors(data, message):
 
 def test_load_splits_holds_out_the_fold_as_test():
     config = _config(cv_folds=4, cv_fold=1)
-    train, val, test = loop.load_splits(config)
+    train, val, test = setup.load_splits(config)
     names = [{r.name for r in d.records} for d in (train, val, test)]
     assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
     # The pool is the training split; its own validation split is not used.
-    pool = {r.name for r in loop.load_splits(_config())[0].records}
+    pool = {r.name for r in setup.load_splits(_config())[0].records}
     assert names[0] | names[1] | names[2] == pool
     assert len(names[2]) == round(len(pool) / 4)
 
@@ -95,7 +96,7 @@ def test_summary_matches_numpy():
 
 
 def test_train_runs_every_fold_and_writes_the_summary(tmp_path):
-    config = loop.__file__.replace("train/loop.py", "configs/phantom.py")
+    config = configs.DEFAULT
     out = lmjax(
         "train",
         f"--config={config}:tiny",

@@ -16,7 +16,7 @@ from lmjax.train import (
     make_optimizer,
     make_train_step,
 )
-from lmjax.train.loop import predictor
+from lmjax.train.evaluation import predictor
 
 K, H, W = 3, 32, 40
 

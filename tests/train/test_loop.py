@@ -9,9 +9,10 @@ import jax
 import numpy as np
 import pytest
 
+from lmjax import configs
 from lmjax.configs.phantom import get_config
 from lmjax.train import checkpoint as ckpt_lib
-from lmjax.train import loop
+from lmjax.train import evaluation, loop, restore, setup
 from lmjax.train.logs import TENSORBOARD_DIR
 from tests.train.test_logs import read_scalars
 
@@ -26,15 +27,15 @@ def _config(**train):
 
 
 def _params(workdir):
-    config, _, state, _ = loop.restore_trained(workdir, which="latest")
+    config, _, state, _ = restore.restore_trained(workdir, which="latest")
     return int(state.step), jax.tree.leaves(jax.device_get(state.params))
 
 
 def test_training_halves_the_validation_error(tmp_path):
     config = _config(steps=150, eval_every=150, log_every=50)
-    _, val, _ = loop.load_splits(config)
-    mesh, state, _, eval_step, _ = loop.build(config, val.landmark_set.num_landmarks)
-    before, _, _ = loop.evaluate_state(config, eval_step, mesh, state, val)
+    _, val, _ = setup.load_splits(config)
+    mesh, state, _, eval_step, _ = setup.build(config, val.landmark_set.num_landmarks)
+    before, _, _ = evaluation.evaluate_state(config, eval_step, mesh, state, val)
     after = loop.train(config, tmp_path, log=lambda *_: None)
     assert before["unit"] == after["unit"] == "mm"
     assert after["mre"] <= 0.5 * before["mre"], (before["mre"], after["mre"])
@@ -43,7 +44,7 @@ def test_training_halves_the_validation_error(tmp_path):
     scalars = read_scalars(tmp_path / TENSORBOARD_DIR)
     assert [s for s, _ in scalars["train/loss"]] == [50, 100, 150]
     assert scalars["val/mre"] == [(150, pytest.approx(after["mre"], rel=1e-6))]
-    assert loop.load_landmark_set(tmp_path) == val.landmark_set
+    assert setup.load_landmark_set(tmp_path) == val.landmark_set
 
 
 def test_segmentation_with_method_3_learns(tmp_path):
@@ -55,23 +56,23 @@ def test_segmentation_with_method_3_learns(tmp_path):
         config.task.losses = {"dice_ce": 1.0}
         config.task.extractor = "midpoint"
         config.optim.learning_rate = 1e-2
-    _, val, _ = loop.load_splits(config)
-    mesh, state, _, eval_step, _ = loop.build(config, val.landmark_set.num_landmarks)
-    before, _, _ = loop.evaluate_state(config, eval_step, mesh, state, val)
-    masks_before = loop.segmentation_report(config, eval_step, mesh, state, val)
+    _, val, _ = setup.load_splits(config)
+    mesh, state, _, eval_step, _ = setup.build(config, val.landmark_set.num_landmarks)
+    before, _, _ = evaluation.evaluate_state(config, eval_step, mesh, state, val)
+    masks_before = evaluation.segmentation_report(config, eval_step, mesh, state, val)
     after = loop.train(config, tmp_path, log=lambda *_: None)
     losses = [v for _, v in read_scalars(tmp_path / TENSORBOARD_DIR)["train/loss"]]
     assert losses[-1] < 0.5 * losses[0], losses
     assert after["mre"] <= 0.5 * before["mre"], (before["mre"], after["mre"])
     # The masks themselves: IoU of the thresholded sigmoid with the training discs.
-    _, _, trained, _ = loop.restore_trained(tmp_path, which="latest")
-    masks = loop.segmentation_report(config, eval_step, mesh, trained, val)
+    _, _, trained, _ = restore.restore_trained(tmp_path, which="latest")
+    masks = evaluation.segmentation_report(config, eval_step, mesh, trained, val)
     k = val.landmark_set.num_landmarks
     assert masks["n"] == len(val.records) * k and len(masks["per_landmark"]) == k
     assert masks_before["iou"] < 0.1 < 0.3 < masks["iou"] <= 1, (masks_before, masks)
     assert masks["iou"] < masks["dice"] <= 1
     heatmap = _config(steps=1, eval_every=1, log_every=1)
-    assert loop.segmentation_report(heatmap, eval_step, mesh, trained, val) is None
+    assert evaluation.segmentation_report(heatmap, eval_step, mesh, trained, val) is None
 
 
 def test_resume_reaches_the_same_parameters(tmp_path):
@@ -101,7 +102,7 @@ def test_evaluate_without_checkpoint_is_one_line(tmp_path):
     assert out.returncode == 2
     assert f"{tmp_path}: no checkpoint found" in out.stderr and "Traceback" not in out.stderr
     with pytest.raises(FileNotFoundError):
-        loop.restore_trained(tmp_path)
+        restore.restore_trained(tmp_path)
     assert ckpt_lib.restore_config(tmp_path) is None
 
 
@@ -116,7 +117,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
         "lmjax.cli",
         "train",
         f"--workdir={tmp_path}",
-        "--config=" + loop.__file__.replace("train/loop.py", "configs/phantom.py") + ":tiny",
+        "--config=" + configs.DEFAULT + ":tiny",
         "--config.train.steps=100000",
         "--config.train.eval_every=100000",
         "--config.train.log_every=2",

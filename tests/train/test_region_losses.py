@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from lmjax import parallel
-from lmjax.train import TaskSpec, create_train_state, loop, make_optimizer, make_train_step
-from lmjax.train import step as step_lib
+from lmjax.ops.geometry import resize_nearest
+from lmjax.train import TaskSpec, create_train_state, make_optimizer, make_train_step, setup
 from tests.train import K, TinyNet, dot_batch
 
 R = K  # one region per landmark: region k is a 5 x 5 square around landmark k
@@ -125,8 +125,8 @@ def test_task_spec_region_fields():
     task = TaskSpec(losses=PROPOSED, landmark_regions=[0, 1, -1])
     assert task.landmark_regions == (0, 1, -1)
     assert task.needs_segmentation and task.needs_region_mask
-    assert loop.device_keys(task) == (*loop.DEVICE_KEYS, "region_mask")
-    assert loop.device_keys(TaskSpec()) == loop.DEVICE_KEYS
+    assert setup.device_keys(task) == (*setup.DEVICE_KEYS, "region_mask")
+    assert setup.device_keys(TaskSpec()) == setup.DEVICE_KEYS
     assert not TaskSpec(losses={"anatomical_consistency": 1.0}).needs_region_mask
     with pytest.raises(ValueError, match="only map losses"):
         TaskSpec(losses={"segmentation/coord_l1": 1.0})
@@ -139,7 +139,7 @@ def test_task_spec_region_fields():
 @pytest.mark.parametrize(("src", "dst"), [((8, 6), (4, 3)), ((8, 8), (2, 4)), ((4, 4), (8, 8))])
 def test_resize_nearest_samples_pixel_centres(src, dst):
     labels = np.arange(np.prod(src)).reshape(1, *src).astype(np.int32)
-    got = np.asarray(jax.jit(step_lib.resize_nearest, static_argnums=1)(labels, dst))
+    got = np.asarray(jax.jit(resize_nearest, static_argnums=1)(labels, dst))
     rows = ((np.arange(dst[0]) + 0.5) * src[0] / dst[0]).astype(int)
     cols = ((np.arange(dst[1]) + 0.5) * src[1] / dst[1]).astype(int)
     np.testing.assert_array_equal(got, labels[:, rows][:, :, cols])

@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from lmjax import parallel
+from lmjax import task as task_lib
 from lmjax.ops import targets
 from lmjax.train import (
     OptimConfig,
@@ -25,7 +26,6 @@ from lmjax.train import (
     make_train_step,
     set_lr_scale,
 )
-from lmjax.train import step as step_lib
 from tests.train import K, NormDropNet, TinyNet, dot_batch
 
 
@@ -202,10 +202,10 @@ def test_coarse_maps_map_back_to_input_pixels():
     image = jnp.zeros((1, 16, 16, 1))
     coarse = jnp.zeros((1, 8, 8, K))
     task = TaskSpec(sigma=1.0, extractor="soft_argmax", extractor_kwargs={"temperature": 1.0})
-    maps = step_lib._render(task, landmarks, jnp.ones((1, K), bool), coarse, image)
+    maps = task_lib.render(task, landmarks, jnp.ones((1, K), bool), coarse, image)
     expected = targets.gaussian_heatmaps((landmarks + 0.5) / 2 - 0.5, shape=(8, 8), sigma=0.5)
     np.testing.assert_allclose(maps, expected, atol=1e-6)
-    coords, _ = step_lib._extract(task, jnp.log(maps + 1e-30), image)
+    coords, _ = task_lib.extract(task, jnp.log(maps + 1e-30), image)
     np.testing.assert_allclose(coords, landmarks, atol=0.05)
 
 
@@ -326,7 +326,7 @@ def test_mask_overlap_counts_match_numpy_discs():
     pred = discs(lm[0] + [1.5, -1.0], 4.0)  # shifted and larger than the target
     logits = np.where(pred, 5.0, -5.0).astype(np.float32)
     batch = {"image": np.zeros((1, h, w, 1), np.float32), "landmarks": lm, "visible": vis}
-    counts = np.asarray(step_lib._mask_overlap(task, jnp.asarray(logits), batch))
+    counts = np.asarray(task_lib.mask_overlap(task, jnp.asarray(logits), batch))
     target = discs(lm[0], 3.0)
     np.testing.assert_array_equal(counts[..., 0], (pred & target).sum((1, 2)))
     np.testing.assert_array_equal(counts[..., 1], (pred | target).sum((1, 2)))

@@ -1,0 +1,51 @@
+"""A trained model, restored read-only from its workdir for evaluation and prediction.
+
+The run's resolved config comes from `WORKDIR/config.json` (written by `lmjax
+train`; older runs: the config saved with the checkpoint); nothing in a workdir
+is ever executed.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from lmjax import configs
+from lmjax.train import checkpoint as ckpt_lib
+from lmjax.train.setup import build, load_landmark_set
+
+
+def read_config(workdir: str | pathlib.Path):
+    """The resolved config of the run in `workdir`.
+
+    Raises:
+      FileNotFoundError: neither `config.json` nor a checkpoint is there.
+    """
+    config = configs.read_json(workdir)
+    if config is not None:
+        return config
+    saved = ckpt_lib.restore_config(workdir)
+    if saved is None:
+        raise FileNotFoundError(f"{workdir}: no checkpoint found; train with lmjax train first")
+    return configs.resolve(saved, source=f"{workdir} (checkpoint config)")
+
+
+def restore_trained(workdir: str | pathlib.Path, *, which: str = "best"):
+    """`(config, mesh, state, eval_step)` from a workdir's best (or latest) checkpoint.
+
+    Raises:
+      FileNotFoundError: the workdir has no checkpoint (one line, for the CLI).
+    """
+    if not ckpt_lib.has_checkpoint(workdir):
+        raise FileNotFoundError(f"{workdir}: no checkpoint found; train with lmjax train first")
+    config = read_config(workdir)
+    landmark_set = load_landmark_set(workdir, config)
+    mesh, state, _, eval_step, _ = build(
+        config, landmark_set.num_landmarks, landmark_set, pretrained=False
+    )
+    checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
+    try:
+        step = "best" if which == "best" and checkpoints.best_step() is not None else None
+        state, _, _, _ = checkpoints.restore(step, abstract_state=ckpt_lib.abstract_like(state))
+    finally:
+        checkpoints.close()
+    return config, mesh, state, eval_step
