@@ -11,7 +11,7 @@ Compile check. `compile_check(config)` answers "does this config compile for thi
 mesh and global batch, and does it fit?" without running anything: the model, the
 optimizer state and the train step are built by `lmjax.train.setup.build` under
 `jax.eval_shape` (no parameter is allocated), the batch is `jax.ShapeDtypeStruct`s
-shaped like `lmjax.benchmark.fake_batch`, and the step is lowered and compiled with
+shaped like `lmjax.fake_inputs.fake_batch`, and the step is lowered and compiled with
 those abstract arguments and their shardings. The report has XLA's per-device
 memory analysis, the step's FLOPs and the compile times.
 """
@@ -137,11 +137,11 @@ def abstract_batch(
 ) -> dict[str, jax.ShapeDtypeStruct]:
     """The global batch of `keys` as `ShapeDtypeStruct`s split along `data` on `mesh`.
 
-    Shapes and dtypes are those of `lmjax.benchmark.fake_batch` with `global_batch`
+    Shapes and dtypes are those of `lmjax.fake_inputs.fake_batch` with `global_batch`
     rows (one row is made on the host to read them).
     """
     from lmjax import parallel
-    from lmjax.benchmark import fake_batch
+    from lmjax.fake_inputs import fake_batch
 
     parallel.check_batch_size(global_batch, mesh)
     one = fake_batch(1, input_hw, k, num_regions=num_regions, pixel_norm="pixel_norm" in keys)
@@ -193,15 +193,15 @@ def abstract_train_step(config, *, num_landmarks: int | None = None):
     for `train_step.lower(state, batch)`.
 
     The dataset is read only for its landmark set, unless `num_landmarks` is given
-    (then `lmjax.benchmark.landmark_set_for` makes one, with regions when needed).
+    (then `lmjax.fake_inputs.landmark_set_for` makes one, with regions when needed).
     """
-    from lmjax import benchmark
+    from lmjax import fake_inputs
     from lmjax.configs import resolve
     from lmjax.task import task_spec
     from lmjax.train import setup
 
     config = resolve(config)
-    landmark_set = benchmark.landmark_set_for(config, num_landmarks)
+    landmark_set = fake_inputs.landmark_set_for(config, num_landmarks)
     k = landmark_set.num_landmarks
     mesh, state, train_step = abstract_build(config, k, landmark_set)
     task = task_spec(config, landmark_set.regions)

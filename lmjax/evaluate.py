@@ -57,7 +57,7 @@ def predict_dataset(
     (`records[process_index::process_count]`, `batch_size` images per batch and
     process, equal batch counts thanks to padding) and the rows are then exchanged,
     so every process returns the whole table. `predict` maps this process's images
-    to their predictions (as `lmjax.train.loop.predictor` does).
+    to their predictions (as `lmjax.train.evaluation.predictor` does).
 
     Returns:
       `(coords [N, K, 2], confidence [N, K])`; NaN where the model gave none.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -13,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from lmjax import hardware
+from lmjax import configs, hardware
 from lmjax.benchmark import (
     benchmark,
     efficiency,
@@ -30,10 +29,7 @@ HRNET = REPO / "experiments" / "configs" / "phantom_hrnet.py"
 
 
 def load_config(path: pathlib.Path, arg: str):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return configs.load(f"{path}:{arg}")
 
 
 TOP_KEYS = {

@@ -38,11 +38,12 @@ Arguments: "unet" or "fpn", optionally with a suffix:
     lmjax evaluate --workdir=runs/ceph_fpn --split=test1 --ground_truth=senior
 """
 
-import importlib.util
 import math
 import pathlib
 
 import ml_collections
+
+from lmjax import configs
 
 _HEATMAP = pathlib.Path(__file__).with_name("isbi2015_unet_heatmap.py")
 MODELS = {"unet": "ceph_unet", "fpn": "ceph_fpn"}
@@ -52,10 +53,7 @@ EPOCHS = 200
 
 
 def _heatmap_config(arg: str):
-    spec = importlib.util.spec_from_file_location("isbi2015_unet_heatmap", _HEATMAP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return configs.load(f"{_HEATMAP}:{arg}", resolved=False)
 
 
 def get_config(arg: str = "fpn"):

@@ -25,10 +25,11 @@ decoder widths (W, W), one residual block per 2x upsampling, weight decay 1e-2).
 The ISBI augmentation is the heatmap config's ("pelvis" preset).
 """
 
-import importlib.util
 import pathlib
 
 import ml_collections
+
+from lmjax import configs
 
 _HEATMAP = pathlib.Path(__file__).with_name("isbi2015_unet_heatmap.py")
 LOSSES = {"kl": {"kl_heatmap": 1.0}, "mse": {"heatmap_mse": 1.0}}
@@ -36,10 +37,7 @@ VARIANTS = ("", "cpu", "smoke")
 
 
 def _heatmap_config(arg: str):
-    spec = importlib.util.spec_from_file_location("isbi2015_unet_heatmap", _HEATMAP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return configs.load(f"{_HEATMAP}:{arg}", resolved=False)
 
 
 def get_config(arg: str = "kl") -> ml_collections.ConfigDict:

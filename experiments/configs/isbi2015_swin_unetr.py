@@ -32,19 +32,17 @@ channel (the paper replicates gray to 3). MONAI fixes the patch size at 2; see
     lmjax evaluate --workdir=runs/isbi_swin --split=test1 --ground_truth=senior
 """
 
-import importlib.util
 import pathlib
 
 import ml_collections
+
+from lmjax import configs
 
 _HEATMAP = pathlib.Path(__file__).with_name("isbi2015_unet_heatmap.py")
 
 
 def _heatmap_config(arg: str):
-    spec = importlib.util.spec_from_file_location("isbi2015_unet_heatmap", _HEATMAP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return configs.load(f"{_HEATMAP}:{arg}", resolved=False)
 
 
 def get_config(arg: str = "cpu"):

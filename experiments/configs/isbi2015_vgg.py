@@ -52,11 +52,12 @@ Arguments: "unet", "regression" or "seg_regression", optionally with a suffix:
     lmjax evaluate --workdir=runs/isbi_vgg_unet --split=test1 --ground_truth=senior
 """
 
-import importlib.util
 import math
 import pathlib
 
 import ml_collections
+
+from lmjax import configs
 
 _HEATMAP = pathlib.Path(__file__).with_name("isbi2015_unet_heatmap.py")
 MODELS = {
@@ -71,10 +72,7 @@ PAPER_SIZE = 512
 
 
 def _heatmap_config(arg: str):
-    spec = importlib.util.spec_from_file_location("isbi2015_unet_heatmap", _HEATMAP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return configs.load(f"{_HEATMAP}:{arg}", resolved=False)
 
 
 def _split(arg: str) -> tuple[str, str]:

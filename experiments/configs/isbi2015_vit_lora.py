@@ -44,11 +44,12 @@ Arguments:
     lmjax train --config=experiments/configs/isbi2015_vit_lora.py:l --workdir=runs/isbi_vit_l
 """
 
-import importlib.util
 import math
 import pathlib
 
 import ml_collections
+
+from lmjax import configs
 
 _HEATMAP = pathlib.Path(__file__).with_name("isbi2015_unet_heatmap.py")
 ARGS = ("b", "l", "tiny_cpu")
@@ -56,10 +57,7 @@ TRAIN_IMAGES = 135  # ISBI 2015 training set (150) less the tenth held out for v
 
 
 def _heatmap_config(arg: str):
-    spec = importlib.util.spec_from_file_location("isbi2015_unet_heatmap", _HEATMAP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return configs.load(f"{_HEATMAP}:{arg}", resolved=False)
 
 
 def get_config(arg: str = "l"):

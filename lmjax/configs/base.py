@@ -22,7 +22,8 @@ from ml_collections import config_dict
 class Field(NamedTuple):
     default: Any
     doc: str
-    kind: type | None = None  # for a None default: the type a value must have
+    # The type(s) a value must have when not the default's (a None default, unions).
+    kind: type | tuple[type, ...] | None = None
 
 
 # Fields whose value is a mapping chosen as a whole (never merged with the default).
@@ -50,7 +51,11 @@ DATA = {
     "input_size": Field((128, 128), "(rows, cols) of the model input"),
     "fit": Field("resize", "resize (stretch) or letterbox (keep aspect, pad)"),
     "normalize": Field("zscore", "intensities: zscore per image or unit (divide by bit depth)"),
-    "augment": Field("pelvis", "augmentation preset (lmjax.data.augment); empty: none"),
+    "augment": Field(
+        "pelvis",
+        "augmentation preset or AugmentConfig fields (lmjax.data.augment); empty: none",
+        (str, dict),
+    ),
     "augment_on_device": Field(False, "augment in the jitted step; the host only decodes"),
     "cache_dir": Field("", "decode cache folder; empty: <workdir>/cache"),
     "num_threads": Field(2, "host input worker threads"),

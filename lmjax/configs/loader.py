@@ -84,7 +84,14 @@ def _plain(value: Any) -> Any:
 
 def _check_type(where: str, name: str, value: Any, field: base.Field) -> Any:
     """`value` in the field's type (ints for floats, lists for tuples), or ConfigError."""
-    expected = field.kind if field.default is None else type(field.default)
+    expected = field.kind or type(field.default)
+    if isinstance(expected, tuple):
+        if isinstance(value, Mapping) and dict in expected:
+            return dict(value)
+        if isinstance(value, expected):
+            return value
+        names = " or ".join(t.__name__ for t in expected)
+        raise ConfigError(f"{where}: {name} must be {names}, got {type(value).__name__} {value!r}")
     if value is None:
         if field.default is None:
             return None

@@ -49,6 +49,13 @@ def register_loss(
     return decorate
 
 
+def unregister_loss(name: str) -> LossFn:
+    """Removes `name` from the registry (tests, notebooks); returns its function."""
+    fn = get_loss(name)
+    del LOSSES[name], KINDS[name]
+    return fn
+
+
 def get_loss(name: str) -> LossFn:
     """The registered loss called `name`; ValueError listing the known names if none."""
     if name not in LOSSES:

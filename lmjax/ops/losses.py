@@ -16,6 +16,7 @@ from lmjax.ops.loss_registry import (
     list_losses,
     loss_kind,
     register_loss,
+    unregister_loss,
 )
 from lmjax.ops.map_losses import (
     bce_loss,
@@ -50,5 +51,6 @@ __all__ = [
     "loss_kind",
     "register_loss",
     "soft_anatomical_consistency_loss",
+    "unregister_loss",
     "wing_loss",
 ]

@@ -49,7 +49,8 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-        configs.save_json(config, workdir)
+        log("resolved config:\n  " + configs.format_config(config).replace("\n", "\n  "))
+        log(f"wrote {configs.save_json(config, workdir)}")
     cache_dir = config.data.cache_dir or str(workdir / "cache")
     train_ds, val_ds, _ = load_splits(config)
     k = train_ds.landmark_set.num_landmarks

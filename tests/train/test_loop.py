@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -84,7 +85,9 @@ def test_resume_reaches_the_same_parameters(tmp_path):
     loop.train(
         _config(steps=12, eval_every=6, log_every=6), tmp_path / "split", log=messages.append
     )
-    assert messages[0].startswith("resumed from step 6")
+    resumed = [m for m in messages if m.startswith("resumed from step")]
+    assert resumed == [f"resumed from step 6 in {tmp_path / 'split'}"]
+    assert messages[0].startswith("resolved config:\n  data.augment = ''")
     step_a, a = _params(tmp_path / "whole")
     step_b, b = _params(tmp_path / "split")
     assert step_a == step_b == 12
@@ -138,3 +141,14 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert saved >= 4
     with ckpt_lib.Checkpointer(tmp_path) as checkpoints:
         assert checkpoints.latest_step() == saved
+
+
+def test_restore_reads_the_saved_config_json_and_runs_no_python(tmp_path):
+    loop.train(_config(steps=2, eval_every=2, log_every=2), tmp_path, log=lambda *_: None)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["train"]["steps"] == 2 and saved["model"]["name"] == "unet"
+    saved["train"]["flip_tta"] = True  # a change only config.json carries
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "config.py").write_text("raise SystemExit('a workdir config was executed')\n")
+    config, _, state, _ = restore.restore_trained(tmp_path)
+    assert config.train.flip_tta is True and int(state.step) == 2

@@ -4,17 +4,15 @@ the spatial softmax of each channel, coordinates by argmax (as `isbi2015_hrnet.p
 Everything else (network, deep supervision, schedule, augmentation) is unchanged.
 The argument is passed on: `unet_kl_config.py:cpu`."""
 
-import importlib.util
 import pathlib
+
+from lmjax import configs
 
 _BASE = pathlib.Path(__file__).resolve().parents[2] / "configs" / "isbi2015_unet_heatmap.py"
 
 
 def get_config(arg: str = "cpu"):
-    spec = importlib.util.spec_from_file_location("isbi2015_unet_heatmap", _BASE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(arg)
+    c = configs.load(f"{_BASE}:{arg}", resolved=False)
     c.task.losses = {"kl_heatmap": 1.0}
     c.task.extractor = "sigmoid_argmax"
     return c
