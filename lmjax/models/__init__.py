@@ -1,11 +1,12 @@
 """Models by name: `build_model("unet", num_outputs=..., input_size=..., rngs=...)`.
 
-Importing this package imports every family module, which registers its builders.
+Importing this package imports every family module, which registers its builders,
+and `weight_tables`, which registers the checkpoint key tables of `weights`.
 Every model maps `images [B, H, W, C]` to a dict with at least `"heatmaps"`
 (see `lmjax.models.registry` for the contract).
 """
 
-from lmjax.models import (  # noqa: F401  (register their models)
+from lmjax.models import (  # noqa: F401  (register their models and weight tables)
     ceph_unet,
     fpn,
     hrnet,
@@ -13,6 +14,7 @@ from lmjax.models import (  # noqa: F401  (register their models)
     unet,
     vgg,
     vit,
+    weight_tables,
 )
 from lmjax.models.ceph_unet import CephUNet
 from lmjax.models.fpn import CephFPN

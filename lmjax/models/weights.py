@@ -23,9 +23,11 @@ default, LoRA adapters (`LoRAParam`), which no base checkpoint holds. On a model
 with LoRA applied a rule's target `....qkv.kernel` also finds the wrapped
 `....qkv.base.kernel`, so tables are written for the plain model.
 
-Model families register their tables with `register_weight_table`; the ViT tables
-("vit_sapiens", "vit_timm", "vitpose") are at the end of this file. The training
-loop calls `load_from_config` with `config.model`:
+Model families register their tables with `register_weight_table`; the tables of
+lmjax's models ("vit_sapiens", "vit_timm", "vitpose", "swin_unetr_monai",
+"vgg16_torchvision") are in `lmjax.models.weight_tables`. Files are read by
+`lmjax.models.weight_files`, arrays converted by `lmjax.models.weight_arrays`. The
+training loop calls `load_from_config` with `config.model`:
 
     model.pretrained         path of the checkpoint ("" = train from scratch)
     model.pretrained_table   table name (default: the model's, e.g. vit_pose -> vit_sapiens)
@@ -36,9 +38,7 @@ loop calls `load_from_config` with `config.model`:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import pathlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 
@@ -48,244 +48,14 @@ from flax import nnx
 
 from lmjax.models.lora import LoRALinear, LoRAParam
 
-TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-SUFFIXES = (".safetensors", ".npz", *TORCH_SUFFIXES)
-_WRAPPERS = ("state_dict", "model", "module")  # nested dicts that hold the weights
-
-
-# ---------------------------------------------------------------- reading files
-
-
-def _to_numpy_dtype(name: str, key: str, value: np.ndarray) -> np.ndarray:
-    if value.dtype == object:
-        raise ValueError(f"{name}: entry {key!r} is not a numeric array")
-    # bf16/fp8 (ml_dtypes) are widened: NumPy arithmetic on them is slow or absent.
-    if value.dtype.name == "bfloat16" or value.dtype.name.startswith("float8"):
-        return value.astype(np.float32)
-    return value
-
-
-def _torch_state(path: pathlib.Path) -> Mapping:
-    try:
-        import torch
-    except ImportError:
-        raise ImportError(
-            f"{path}: reading a PyTorch checkpoint needs PyTorch, which is not installed. "
-            "Install it (pip install torch), or convert the file to safetensors once on a "
-            "machine that has it:\n"
-            "  import torch; from safetensors.torch import save_file\n"
-            f"  sd = torch.load('{path.name}', map_location='cpu', weights_only=True)\n"
-            "  sd = sd.get('state_dict', sd)\n"
-            "  save_file({k: v.contiguous() for k, v in sd.items()}, 'weights.safetensors')"
-        ) from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickled objects beyond tensors and plain containers
-        raise ValueError(
-            f"{path}: PyTorch cannot load it with weights_only=True ({err}); load it in a "
-            "trusted session and save its state dict as safetensors"
-        ) from err
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a dict of tensors")
-
-    def to_numpy(value):
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu()
-            if value.dtype in (torch.bfloat16, torch.float16):
-                value = value.float()
-            return value.numpy()
-        return value
-
-    def convert(d):
-        return {k: convert(v) if isinstance(v, Mapping) else to_numpy(v) for k, v in d.items()}
-
-    return convert(state)
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every array of a checkpoint file, by key, as NumPy (bf16/fp16 widened to float32).
-
-    `.safetensors` and `.npz` are read with NumPy alone; `.pth`/`.pt`/`.bin` need
-    PyTorch and are loaded with `weights_only=True` (no pickled code runs). The
-    weights of a training checkpoint are taken from its nested "state_dict" /
-    "model" / "module" dict, and a leading "module." (DataParallel) is stripped
-    from the keys.
-
-    Raises:
-      FileNotFoundError: no such file.
-      ValueError: an unknown suffix, or entries that are not arrays (named).
-      ImportError: a PyTorch file without PyTorch (the message says how to convert).
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        state = load_file(str(path))
-    elif suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                state = {k: data[k] for k in data.files}
-        except ValueError as err:  # object arrays need pickle: not weights
-            raise ValueError(f"{path}: not a plain array archive ({err})") from None
-    elif suffix in TORCH_SUFFIXES:
-        state = _torch_state(path)
-    else:
-        raise ValueError(
-            f"{path}: unknown checkpoint suffix {path.suffix!r}; known: {', '.join(SUFFIXES)}"
-        )
-    while True:  # unwrap {"state_dict": {...}, "meta": ...} and the like
-        inner = [w for w in _WRAPPERS if isinstance(state.get(w), Mapping)]
-        if not inner:
-            break
-        state = state[inner[0]]
-    bad = sorted(k for k, v in state.items() if not isinstance(v, np.ndarray))
-    if bad:
-        kinds = ", ".join(f"{k} ({type(state[k]).__name__})" for k in bad[:5])
-        raise ValueError(f"{path}: {len(bad)} entries are not arrays: {kinds}")
-    out = {}
-    for key, value in state.items():
-        name = key[len("module.") :] if key.startswith("module.") else key
-        out[name] = _to_numpy_dtype(str(path), key, value)
-    return out
-
-
-# ---------------------------------------------------------------- layout transforms
-
-
-def _conv(w: np.ndarray) -> np.ndarray:
-    """PyTorch `[out, in, *k]` -> Flax `[*k, in, out]` (any number of spatial dims)."""
-    if w.ndim < 3:
-        raise ValueError(f"a conv kernel needs at least 3 dimensions, got shape {w.shape}")
-    return np.transpose(w, (*range(2, w.ndim), 1, 0))
-
-
-def _conv_transpose(w: np.ndarray) -> np.ndarray:
-    """PyTorch ConvTranspose `[in, out, *k]` -> Flax ConvTranspose `[*k, in, out]`.
-
-    PyTorch's transposed conv is the gradient of a conv: the input is dilated by the
-    stride and correlated with the spatially flipped kernel. Flax (transpose_kernel
-    False) correlates the dilated input with the kernel as given, so the kernel is
-    flipped here; PyTorch's `padding=p` becomes Flax's `k - 1 - p` on each side.
-    """
-    if w.ndim < 3:
-        raise ValueError(f"a transposed conv kernel needs 3+ dimensions, got shape {w.shape}")
-    spatial = tuple(range(2, w.ndim))
-    flipped = np.flip(w, axis=spatial)
-    return np.transpose(flipped, (*spatial, 0, 1))
-
-
-def _linear(w: np.ndarray) -> np.ndarray:
-    if w.ndim != 2:
-        raise ValueError(f"a Linear weight needs 2 dimensions, got shape {w.shape}")
-    return w.T
-
-
-TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "identity": lambda w: w,
-    "linear": _linear,
-    "conv": _conv,
-    "conv1d": _conv,
-    "conv2d": _conv,
-    "conv3d": _conv,
-    "conv_transpose": _conv_transpose,
-    "conv_transpose2d": _conv_transpose,
-    "conv_transpose3d": _conv_transpose,
-}
-
-
-# ---------------------------------------------------------------- shape fits
-
-
-def _cubic(t: float, a: float = -0.75) -> tuple[float, float, float, float]:
-    """Keys cubic weights of the samples at offsets -1, 0, 1, 2 for a fraction `t`."""
-    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1
-    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-    return far(t + 1), near(t), near(1 - t), far(2 - t)
-
-
-def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """`[n_out, n_in]` resampling matrix of PyTorch's bicubic `F.interpolate`
-    (align_corners=False: half-pixel centres, a = -0.75, edge samples repeated)."""
-    m = np.zeros((n_out, n_in), np.float64)
-    scale = n_in / n_out
-    for i in range(n_out):
-        src = (i + 0.5) * scale - 0.5
-        base = math.floor(src)
-        for offset, weight in zip(range(-1, 3), _cubic(src - base), strict=True):
-            m[i, min(max(base + offset, 0), n_in - 1)] += weight
-    return m
-
-
-def resize_grid(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`[h, w, D] -> [H, W, D]` bicubically, as mmpretrain/timm resize position tables."""
-    mh, mw = bicubic_matrix(grid.shape[0], size[0]), bicubic_matrix(grid.shape[1], size[1])
-    out = np.einsum("ih,hwd,jw->ijd", mh, grid.astype(np.float64), mw)
-    return out.astype(grid.dtype)
-
-
-def _token_grid(n: int, model_grid: tuple[int, int]) -> tuple[int, tuple[int, int]]:
-    """`(extra tokens, (h, w))` of a `[n, D]` position table, judged by the model's grid.
-
-    In order: the model's own grid; a grid of the model's aspect ratio; a square grid;
-    each first without, then with one leading class token.
-    """
-    gh, gw = model_grid
-    checks = (
-        lambda h, w: (h, w) == (gh, gw),
-        lambda h, w: h * gw == w * gh,
-        lambda h, w: h == w,
-    )
-    for check in checks:
-        for extra in (0, 1):
-            m = n - extra
-            for h in range(1, math.isqrt(m) + 1) if m > 0 else ():
-                for hh, ww in ((h, m // h), (m // h, h)):
-                    if hh * ww == m and check(hh, ww):
-                        return extra, (hh, ww)
-    raise ValueError(f"cannot tell the token grid of a position table with {n} tokens")
-
-
-def _fit_pos_embed(value: np.ndarray, shape: tuple, *, cls: str) -> np.ndarray:
-    if len(shape) != 4 or value.ndim not in (2, 3, 4):
-        return value
-    _, gh, gw, d = shape
-    if value.ndim == 4:
-        grid = value.reshape(value.shape[-3:])
-    else:
-        tokens = value.reshape(-1, value.shape[-1])
-        extra, (h, w) = _token_grid(tokens.shape[0], (gh, gw))
-        grid = tokens[extra:].reshape(h, w, -1)
-        if extra and cls == "add":  # ViTPose adds the class position to every patch
-            grid = grid + tokens[0]
-    if grid.shape[-1] != d:
-        return value
-    if grid.shape[:2] != (gh, gw):
-        grid = resize_grid(grid, (gh, gw))
-    return grid[None]
-
-
-def _fit_in_channels(value: np.ndarray, shape: tuple) -> np.ndarray:
-    """Sums an RGB kernel `[..., 3, out]` over its inputs for a one-channel model: for
-    a gray image replicated to RGB this gives exactly the same outputs."""
-    if value.ndim == len(shape) >= 2 and shape[-2] == 1 and value.shape[-2] != 1:
-        return value.sum(axis=-2, keepdims=True)
-    return value
-
-
-FITS: dict[str, Callable[[np.ndarray, tuple], np.ndarray]] = {
-    # `[1, N(+1), D]`, `[N, D]` or `[1, h, w, D]` -> the model's `[1, gh, gw, D]`: a
-    # leading class token is dropped, the grid resized bicubically when it differs.
-    "pos_embed": lambda v, s: _fit_pos_embed(v, s, cls="drop"),
-    # The same, but a leading class position is added to every patch (ViTPose).
-    "pos_embed_add_cls": lambda v, s: _fit_pos_embed(v, s, cls="add"),
-    "in_channels": _fit_in_channels,
-}
-
-
-# ---------------------------------------------------------------- rules and report
+# bicubic_matrix and resize_grid stay importable from here for the tests.
+from lmjax.models.weight_arrays import (  # noqa: F401
+    FITS,
+    TRANSFORMS,
+    bicubic_matrix,
+    resize_grid,
+)
+from lmjax.models.weight_files import read_checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -530,107 +300,3 @@ def load_from_config(model: nnx.Module, model_config, *, log=print) -> ImportRep
     )
     log(f"{path} ({table}):\n{report.summary()}")
     return report
-
-
-# ---------------------------------------------------------------- ViT tables
-
-_BACKBONE = r"(?:backbone\.)?"
-
-
-def _vit_rules(
-    *,
-    patch: str,
-    block: str,
-    norm1: str,
-    norm2: str,
-    fc1: str,
-    fc2: str,
-    final_norm: str,
-    pos_fit: str,
-    skip: Sequence[str],
-) -> list[Rule]:
-    """Rules for a ViT whose checkpoint names are given as regex fragments."""
-    b, n = _BACKBONE, rf"{block}\.(\d+)\."
-    rules = [
-        Rule(rf"{b}{patch}\.weight", "patch_embed.kernel", "conv2d", fit="in_channels"),
-        Rule(rf"{b}{patch}\.bias", "patch_embed.bias"),
-        Rule(rf"{b}pos_embed", "pos_embed", fit=pos_fit),
-    ]
-    for src, dst in ((norm1, "norm1"), (norm2, "norm2")):
-        rules += [
-            Rule(rf"{b}{n}{src}\.weight", rf"blocks.\1.{dst}.scale"),
-            Rule(rf"{b}{n}{src}\.bias", rf"blocks.\1.{dst}.bias"),
-        ]
-    for src, dst in (
-        (r"attn\.qkv", "attn.qkv"),
-        (r"attn\.proj", "attn.proj"),
-        (fc1, "fc1"),
-        (fc2, "fc2"),
-    ):
-        rules += [
-            Rule(rf"{b}{n}{src}\.weight", rf"blocks.\1.{dst}.kernel", "linear"),
-            Rule(rf"{b}{n}{src}\.bias", rf"blocks.\1.{dst}.bias"),
-        ]
-    rules += [
-        Rule(rf"{b}{final_norm}\.weight", "norm.scale"),
-        Rule(rf"{b}{final_norm}\.bias", "norm.bias"),
-    ]
-    return rules + [Rule(s, None) for s in skip]
-
-
-# mmpretrain's VisionTransformer as Sapiens and MedSapiens use it (mmpose checkpoints
-# prefix it with "backbone."). The final norm is "ln1"; the heatmap head ("head.*")
-# is skipped: its conv biases would have to be folded into batch norms, and its
-# output layer rarely has the landmark count of the new task.
-register_weight_table(
-    "vit_sapiens",
-    _vit_rules(
-        patch=r"patch_embed\.projection",
-        block="layers",
-        norm1="ln1",
-        norm2="ln2",
-        fc1=r"ffn\.layers\.0\.0",
-        fc2=r"ffn\.layers\.1",
-        final_norm="ln1",
-        pos_fit="pos_embed",
-        skip=(rf"{_BACKBONE}cls_token", r"head\..*", r"data_preprocessor\..*"),
-    ),
-    ignore_missing=("head",),
-    model="vit_pose",
-)
-
-# timm's VisionTransformer (and DeiT/MAE encoders in its layout): the class token is
-# dropped from the position table; the classifier ("head", "fc_norm") is skipped.
-register_weight_table(
-    "vit_timm",
-    _vit_rules(
-        patch=r"patch_embed\.proj",
-        block="blocks",
-        norm1="norm1",
-        norm2="norm2",
-        fc1=r"mlp\.fc1",
-        fc2=r"mlp\.fc2",
-        final_norm="norm",
-        pos_fit="pos_embed",
-        skip=(rf"{_BACKBONE}cls_token", r"head\..*", r"fc_norm\..*"),
-    ),
-    ignore_missing=("head",),
-)
-
-# The original ViTPose code: timm names under "backbone.", final norm "last_norm",
-# and a position table whose first (class) entry is added to every patch position.
-register_weight_table(
-    "vitpose",
-    _vit_rules(
-        patch=r"patch_embed\.proj",
-        block="blocks",
-        norm1="norm1",
-        norm2="norm2",
-        fc1=r"mlp\.fc1",
-        fc2=r"mlp\.fc2",
-        final_norm="last_norm",
-        pos_fit="pos_embed_add_cls",
-        skip=(rf"{_BACKBONE}cls_token", r"keypoint_head\..*"),
-    ),
-    ignore_missing=("head",),
-)
