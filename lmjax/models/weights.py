@@ -278,25 +278,25 @@ CONFIG_KEYS = ("pretrained", "pretrained_table", "pretrained_strict", "pretraine
 def load_from_config(model: nnx.Module, model_config, *, log=print) -> ImportReport | None:
     """Loads `model_config.pretrained` (if set) into `model`; logs the summary.
 
-    `model_config` is `config.model` (a ConfigDict or dict) with the keys in
-    `CONFIG_KEYS` (see the module docstring); returns None when no file is set.
+    `model_config` is a resolved `config.model` (`lmjax.configs.resolve`), which has
+    every key in `CONFIG_KEYS` (see the module docstring); returns None when no
+    file is set.
     """
-    get = model_config.get
-    path = get("pretrained", "") or ""
+    path = model_config.pretrained
     if not path:
         return None
-    table = get("pretrained_table", "") or MODEL_TABLES.get(get("name", ""), "")
+    table = model_config.pretrained_table or MODEL_TABLES.get(model_config.name, "")
     if not table:
         raise ValueError(
-            f"model.pretrained is set but model {get('name', '')!r} has no default weight "
+            f"model.pretrained is set but model {model_config.name!r} has no default weight "
             f"table; set model.pretrained_table to one of {', '.join(sorted(WEIGHT_TABLES))}"
         )
     report = load_pretrained(
         model,
         path,
         table,
-        strict=bool(get("pretrained_strict", False)),
-        ignore_missing=tuple(get("pretrained_ignore", ()) or ()),
+        strict=bool(model_config.pretrained_strict),
+        ignore_missing=tuple(model_config.pretrained_ignore),
     )
     log(f"{path} ({table}):\n{report.summary()}")
     return report

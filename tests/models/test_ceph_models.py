@@ -8,7 +8,6 @@ training tests at the end of the file.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import pathlib
 
 import jax
@@ -18,9 +17,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lmjax import configs
 from lmjax.configs.phantom import get_config as phantom_config
 from lmjax.models import build_model, count_params
-from lmjax.train import loop
+from lmjax.task import task_spec
+from lmjax.train import evaluation, loop, setup
 from lmjax.train.logs import TENSORBOARD_DIR
 from tests.train.test_logs import read_scalars
 
@@ -200,10 +201,7 @@ def test_bad_settings_are_refused():
 
 
 def _isbi_config(arg: str):
-    spec = importlib.util.spec_from_file_location("isbi2015_ceph_seg", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return configs.load(f"{CONFIG}:{arg}", resolved=False)
 
 
 @pytest.mark.parametrize("arg", ["unet", "fpn", "unet_gpu", "fpn_cpu", "unet_smoke"])
@@ -211,7 +209,7 @@ def test_isbi_config_builds(arg):
     config = _isbi_config(arg)
     assert config.model.name == {"unet": "ceph_unet", "fpn": "ceph_fpn"}[arg.split("_")[0]]
     assert tuple(config.data.input_size) == (256, 256)
-    task = loop.task_spec(config)
+    task = task_spec(config)
     assert (task.mode, task.target_kind, task.side) == ("segmentation", "square", 20.0)
     assert dict(task.losses) == {"dice": 1.0} and task.extractor == "threshold_opening"
     assert task.compute_dtype == ("bfloat16" if arg.endswith("gpu") else "float32")
@@ -255,9 +253,9 @@ def _phantom_config(name: str):
 @pytest.mark.parametrize("name", NAMES)
 def test_trains_on_the_phantom(name, tmp_path):
     config = _phantom_config(name)
-    _, val, _ = loop.load_splits(config)
-    mesh, state, _, eval_step, _ = loop.build(config, val.landmark_set.num_landmarks)
-    before, _, _ = loop.evaluate_state(config, eval_step, mesh, state, val)
+    _, val, _ = setup.load_splits(config)
+    mesh, state, _, eval_step, _ = setup.build(config, val.landmark_set.num_landmarks)
+    before, _, _ = evaluation.evaluate_state(config, eval_step, mesh, state, val)
     after = loop.train(config, tmp_path, log=lambda *_: None)
     losses = [v for _, v in read_scalars(tmp_path / TENSORBOARD_DIR)["train/loss"]]
     assert losses[-1] < 0.8 * losses[0], losses

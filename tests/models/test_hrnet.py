@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import pathlib
 
@@ -13,8 +12,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lmjax import configs
 from lmjax.models import build_model, count_params
 from lmjax.models.hrnet import ResidualBlock, upsample_nearest
+from lmjax.task import task_spec
+from lmjax.train import evaluation, setup
 
 # Four stages (branches down to 1/32) with one module and one block each.
 TINY = dict(width=4, stem_features=8, num_modules=(1, 1, 1), num_blocks=(1, 1, 1, 1))
@@ -143,10 +145,7 @@ def test_upsample_nearest_repeats_pixels():
 
 
 def _phantom_hrnet(arg: str, path: pathlib.Path = CONFIG):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return configs.load(f"{path}:{arg}", resolved=False)
 
 
 def test_region_losses_train_through_the_loop(tmp_path):
@@ -192,9 +191,9 @@ def test_landmark_decoder_learns_the_phantom(tmp_path):
         config.train.steps = 60
         config.train.eval_every = 60
         config.train.log_every = 20
-    _, val, _ = loop.load_splits(config)
-    mesh, state, _, eval_step, _ = loop.build(config, val.landmark_set.num_landmarks)
-    before, _, _ = loop.evaluate_state(config, eval_step, mesh, state, val)
+    _, val, _ = setup.load_splits(config)
+    mesh, state, _, eval_step, _ = setup.build(config, val.landmark_set.num_landmarks)
+    before, _, _ = evaluation.evaluate_state(config, eval_step, mesh, state, val)
     after = loop.train(config, tmp_path, log=lambda *_: None)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     losses = [r["loss"] for r in map(json.loads, lines) if "loss" in r]
@@ -221,10 +220,9 @@ def test_config_arguments():
 
 @pytest.mark.parametrize("arg", ["kl", "mse", "kl_cpu", "mse_smoke"])
 def test_isbi_config_has_only_the_landmark_decoder(arg):
-    from lmjax.train import loop
 
     config = _phantom_hrnet(arg, CONFIGS / "isbi2015_hrnet.py")
-    task = loop.task_spec(config)
+    task = task_spec(config)
     want = {"kl_heatmap": 1.0} if arg.startswith("kl") else {"heatmap_mse": 1.0}
     assert dict(task.losses) == want
     assert config.model.num_regions == 0 and config.data.format == "isbi2015"

@@ -6,7 +6,6 @@ paper's configuration is only built abstractly (`nnx.eval_shape`) to count it.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import pathlib
 import re
@@ -19,10 +18,12 @@ import pytest
 from flax import nnx
 
 import lmjax.models.swin_unetr as swin  # registers "swin_unetr" and "swin_unetr_monai"
+from lmjax import configs
 from lmjax.configs.phantom import get_config as phantom_config
 from lmjax.models.registry import build_model, count_params
 from lmjax.models.weights import load_pretrained
-from lmjax.train import loop
+from lmjax.task import task_spec
+from lmjax.train import evaluation, loop, setup
 from lmjax.train.logs import TENSORBOARD_DIR
 from tests.train.test_logs import read_scalars
 
@@ -427,17 +428,14 @@ def test_rgb_checkpoint_fits_a_gray_model_and_patch_4_reports_mismatches():
 
 
 def _isbi_config(arg: str):
-    spec = importlib.util.spec_from_file_location("isbi2015_swin_unetr", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return configs.load(f"{CONFIG}:{arg}", resolved=False)
 
 
 @pytest.mark.parametrize("arg", ["gpu", "cpu", "smoke"])
 def test_isbi_config_builds(arg):
     config = _isbi_config(arg)
     assert config.model.name == "swin_unetr"
-    task = loop.task_spec(config)
+    task = task_spec(config)
     assert (task.mode, task.target_kind, dict(task.losses)) == (
         "segmentation",
         "circle",
@@ -477,9 +475,9 @@ def test_trains_on_the_phantom(tmp_path):
         config.train.steps = 60
         config.train.eval_every = 60
         config.train.log_every = 20
-    _, val, _ = loop.load_splits(config)
-    mesh, state, _, eval_step, _ = loop.build(config, val.landmark_set.num_landmarks)
-    before, _, _ = loop.evaluate_state(config, eval_step, mesh, state, val)
+    _, val, _ = setup.load_splits(config)
+    mesh, state, _, eval_step, _ = setup.build(config, val.landmark_set.num_landmarks)
+    before, _, _ = evaluation.evaluate_state(config, eval_step, mesh, state, val)
     after = loop.train(config, tmp_path, log=lambda *_: None)
     losses = [v for _, v in read_scalars(tmp_path / TENSORBOARD_DIR)["train/loss"]]
     assert len(losses) == 3 and all(np.isfinite(losses))

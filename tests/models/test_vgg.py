@@ -7,7 +7,6 @@ Models are thin (`width=1/16`: 4..32 encoder channels, 2 decoder filters) and se
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import jax
@@ -18,11 +17,13 @@ import pytest
 from flax import nnx
 
 import lmjax.models.vgg as vgg
+from lmjax import configs
 from lmjax.configs.phantom import get_config as phantom_config
 from lmjax.models import build_model, count_params
 from lmjax.models.weights import MODEL_TABLES, load_pretrained
 from lmjax.ops.losses import get_loss
-from lmjax.train import loop
+from lmjax.task import task_spec
+from lmjax.train import evaluation, loop, setup
 from lmjax.train.logs import TENSORBOARD_DIR
 from lmjax.train.optim import layer_decay_scales, make_optimizer
 from tests.train.test_logs import read_scalars
@@ -283,10 +284,7 @@ def test_torchvision_table_fills_every_model_encoder():
 
 
 def _vgg_config(arg: str):
-    spec = importlib.util.spec_from_file_location("isbi2015_vgg", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return configs.load(f"{CONFIG}:{arg}", resolved=False)
 
 
 @pytest.mark.parametrize(
@@ -296,7 +294,7 @@ def test_isbi_config_builds(arg):
     config = _vgg_config(arg)
     kind = arg.split("_smoke")[0].split("_cpu")[0]
     assert config.model.name == f"vgg_{kind}"
-    task = loop.task_spec(config)
+    task = task_spec(config)
     want = {
         "unet": {"dice_ce": 1.0},
         "regression": {"coord_mse": 1.0},
@@ -361,9 +359,9 @@ def _phantom_config(name: str):
 @pytest.mark.parametrize("name", NAMES)
 def test_trains_on_the_phantom(name, tmp_path):
     config = _phantom_config(name)
-    _, val, _ = loop.load_splits(config)
-    mesh, state, _, eval_step, _ = loop.build(config, val.landmark_set.num_landmarks)
-    before, _, _ = loop.evaluate_state(config, eval_step, mesh, state, val)
+    _, val, _ = setup.load_splits(config)
+    mesh, state, _, eval_step, _ = setup.build(config, val.landmark_set.num_landmarks)
+    before, _, _ = evaluation.evaluate_state(config, eval_step, mesh, state, val)
     after = loop.train(config, tmp_path, log=lambda *_: None)
     losses = [v for _, v in read_scalars(tmp_path / TENSORBOARD_DIR)["train/loss"]]
     assert losses[-1] < 0.8 * losses[0], losses

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -13,11 +12,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lmjax import parallel
+from lmjax import configs, parallel
 from lmjax.configs.phantom import get_config as phantom_config
 from lmjax.models import build_model, count_params, load_lora, merge_lora, save_lora, weights
 from lmjax.models.lora import LoRALinear, LoRAParam, trainable_paths
-from lmjax.train import TaskSpec, create_train_state, loop, make_optimizer, make_train_step
+from lmjax.train import (
+    TaskSpec,
+    create_train_state,
+    evaluation,
+    loop,
+    make_optimizer,
+    make_train_step,
+    restore,
+    setup,
+)
 from lmjax.train.optim import OptimConfig, layer_decay_scales
 
 K = 3
@@ -272,10 +280,7 @@ def test_trainable_lora_needs_adapters():
 
 
 def _experiment(arg):
-    spec = importlib.util.spec_from_file_location("isbi2015_vit_lora", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return configs.load(f"{CONFIG}:{arg}", resolved=False)
 
 
 @pytest.mark.parametrize("arg", ["b", "l", "tiny_cpu"])
@@ -325,10 +330,10 @@ def test_phantom_training_with_lora_and_layer_decay(tmp_path):
         config.train.steps = 30
         config.train.eval_every = 30
         config.train.log_every = 5
-    _, val, _ = loop.load_splits(config)
-    mesh, state0, _, eval_step, _ = loop.build(config, val.landmark_set.num_landmarks)
+    _, val, _ = setup.load_splits(config)
+    mesh, state0, _, eval_step, _ = setup.build(config, val.landmark_set.num_landmarks)
     start = _flat(jax.device_get(state0.params))
-    before, _, _ = loop.evaluate_state(config, eval_step, mesh, state0, val)
+    before, _, _ = evaluation.evaluate_state(config, eval_step, mesh, state0, val)
     after = loop.train(config, tmp_path, log=lambda *_: None)
     # 30 steps take the validation MRE from about 118 to 82 px (measured).
     assert after["mre"] < 0.85 * before["mre"], (before["mre"], after["mre"])
@@ -336,7 +341,7 @@ def test_phantom_training_with_lora_and_layer_decay(tmp_path):
     losses = [r["loss"] for r in map(json.loads, lines) if "loss" in r]
     assert len(losses) == 6 and all(np.isfinite(losses))
     assert np.mean(losses[-2:]) < 0.7 * losses[0], losses
-    _, _, state, _ = loop.restore_trained(tmp_path, which="latest")
+    _, _, state, _ = restore.restore_trained(tmp_path, which="latest")
     end = _flat(jax.device_get(state.params))
     paths = {p for p in start if p[-1] in ("lora_a", "lora_b") or p[0] == "head"}
     for p in start:

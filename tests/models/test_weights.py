@@ -27,7 +27,7 @@ from lmjax.models.weights import (
     register_weight_table,
     resize_grid,
 )
-from lmjax.train import loop
+from lmjax.train import setup
 
 W, DEPTH, HEADS, P, PAD = 32, 3, 2, 16, 2  # the "tiny" ViT
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -501,7 +501,7 @@ def test_loop_build_loads_the_configured_weights(tmp_path):
         )
         config.task.deep_supervision = False
     lines = []
-    _, state, _, _, _ = loop.build(config, 5, log=lines.append)
+    _, state, _, _, _ = setup.build(config, 5, log=lines.append)
     assert len(lines) == 1 and "vit_sapiens" in lines[0] and "0 missing" in lines[0]
     params = jax.device_get(state.params)
     np.testing.assert_array_equal(
@@ -516,6 +516,6 @@ def test_loop_build_loads_the_configured_weights(tmp_path):
     with config.unlocked():
         config.model.pretrained = str(tmp_path / "gone.safetensors")
     with pytest.raises(FileNotFoundError, match="gone.safetensors"):
-        loop.build(config, 5, log=lines.append)
-    loop.build(config, 5, log=lines.append, pretrained=False)
+        setup.build(config, 5, log=lines.append)
+    setup.build(config, 5, log=lines.append, pretrained=False)
     assert len(lines) == 1
