@@ -11,8 +11,10 @@ import numpy as np
 
 from lmjax import evaluate as evaluation
 from lmjax import parallel
-from lmjax.data.types import Dataset
+from lmjax.data.types import Dataset, LandmarkDataError
 from lmjax.task import TaskSpec, host_coordinates, task_spec
+from lmjax.train.restore import restore_trained
+from lmjax.train.setup import load_config_dataset, load_landmark_set, load_splits
 
 
 def predictor(eval_step, mesh, state_ref: list, task: TaskSpec | None = None):
@@ -82,8 +84,6 @@ def segmentation_report(config, eval_step, mesh, state, dataset: Dataset, *, cac
 def dataset_for_split(config, split: str | None) -> tuple[str, Dataset]:
     """`(split name, dataset)`: `split`, or the config's test split when the data has
     one, else its validation split (held out of training as `lmjax train` did)."""
-    from lmjax.train.setup import load_config_dataset, load_splits
-
     _, val, test = load_splits(config)
     d = config.data
     name = split or (d.test_split if test is not None else d.val_split)
@@ -104,10 +104,6 @@ def evaluate_workdir(
 ) -> dict:
     """The report of `lmjax evaluate`: errors (and measurements, mask overlap) of the
     best checkpoint in `workdir` on a split of its data, or of `data_dir`."""
-    from lmjax.data.types import LandmarkDataError
-    from lmjax.train.restore import restore_trained
-    from lmjax.train.setup import load_landmark_set
-
     config, mesh, state, eval_step = restore_trained(workdir)
     with config.unlocked():
         if data_dir is not None:
