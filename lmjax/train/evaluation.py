@@ -38,16 +38,9 @@ def predictor(eval_step, mesh, state_ref: list, task: TaskSpec | None = None):
     return predict
 
 
-def evaluate_state(config, eval_step, mesh, state, dataset: Dataset, *, cache_dir=None):
-    """`(report, coords, confidence)` on `dataset`; with several processes every
-    process calls it and gets the same result (each predicts a share, see
-    `evaluation.predict_dataset`)."""
-    predict = predictor(eval_step, mesh, [state], task_spec(config))
-    if config.train.flip_tta and dataset.landmark_set.flip_pairs:
-        predict = evaluation.with_flip_tta(predict, dataset.landmark_set.flip_permutation())
-    coords, conf = evaluation.predict_dataset(
-        predict,
-        dataset,
+def _eval_input(config, cache_dir) -> dict:
+    """The evaluation pipeline's settings: the training input without augmentation."""
+    return dict(
         input_size=tuple(config.data.input_size),
         # per process: the global evaluation batch is the training batch
         batch_size=config.train.batch_size // jax.process_count(),
@@ -55,6 +48,16 @@ def evaluate_state(config, eval_step, mesh, state, dataset: Dataset, *, cache_di
         normalize=config.data.normalize,
         cache_dir=cache_dir,
     )
+
+
+def evaluate_state(config, eval_step, mesh, state, dataset: Dataset, *, cache_dir=None):
+    """`(report, coords, confidence)` on `dataset`; with several processes every
+    process calls it and gets the same result (each predicts a share, see
+    `evaluation.predict_dataset`)."""
+    predict = predictor(eval_step, mesh, [state], task_spec(config))
+    if config.train.flip_tta and dataset.landmark_set.flip_pairs:
+        predict = evaluation.with_flip_tta(predict, dataset.landmark_set.flip_permutation())
+    coords, conf = evaluation.predict_dataset(predict, dataset, **_eval_input(config, cache_dir))
     return evaluation.error_report(coords, dataset), coords, conf
 
 
@@ -62,7 +65,7 @@ def segmentation_report(config, eval_step, mesh, state, dataset: Dataset, *, cac
     """IoU and Dice of a segmentation model's landmark masks on `dataset`
     (`evaluation.segmentation_overlap`), or None when the task does not segment
     landmarks or the model has no masks."""
-    if config.task.mode != "segmentation":
+    if not task_spec(config).head.scores_masks:
         return None
     keys = ("image", "landmarks", "visible")
 
@@ -70,15 +73,7 @@ def segmentation_report(config, eval_step, mesh, state, dataset: Dataset, *, cac
         device_batch = parallel.shard_batch({k: batch[k] for k in keys}, mesh)
         return parallel.host_rows(eval_step(state, device_batch), mesh).get("overlap")
 
-    return evaluation.segmentation_overlap(
-        overlap,
-        dataset,
-        input_size=tuple(config.data.input_size),
-        batch_size=config.train.batch_size // jax.process_count(),
-        fit=config.data.fit,
-        normalize=config.data.normalize,
-        cache_dir=cache_dir,
-    )
+    return evaluation.segmentation_overlap(overlap, dataset, **_eval_input(config, cache_dir))
 
 
 def dataset_for_split(config, split: str | None) -> tuple[str, Dataset]:
