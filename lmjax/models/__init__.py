@@ -10,6 +10,7 @@ from lmjax.models import (  # noqa: F401  (register their models and weight tabl
     ceph_unet,
     fpn,
     hrnet,
+    sam,
     swin_unetr,
     unet,
     vgg,
@@ -22,6 +23,7 @@ from lmjax.models.hrnet import HRNet, ResidualBlock
 from lmjax.models.layers import ConvBlock, ConvNormAct, ConvReluBNBlock, Upsample
 from lmjax.models.lora import LoRALinear, LoRAParam, apply_lora, load_lora, merge_lora, save_lora
 from lmjax.models.registry import build_model, count_params, list_models, register_model
+from lmjax.models.sam import Sam
 from lmjax.models.unet import UNet, unet_features, unet_num_levels
 from lmjax.models.vit import ViTPose
 
@@ -35,6 +37,7 @@ __all__ = [
     "LoRALinear",
     "LoRAParam",
     "ResidualBlock",
+    "Sam",
     "UNet",
     "Upsample",
     "ViTPose",
