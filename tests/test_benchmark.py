@@ -22,7 +22,7 @@ from lmjax.benchmark import (
     synthetic_landmark_set,
 )
 from lmjax.configs.phantom import get_config
-from lmjax.train import loop, setup
+from lmjax.train import setup
 
 REPO = pathlib.Path(__file__).parents[1]
 HRNET = REPO / "experiments" / "configs" / "phantom_hrnet.py"
@@ -90,7 +90,7 @@ def test_real_data_without_region_masks_is_refused_clearly(monkeypatch):
         records = [dataclasses.replace(r, region_mask=None) for r in train.records]
         return (dataclasses.replace(train, records=records), *rest)
 
-    monkeypatch.setattr(loop, "load_splits", without_masks)
+    monkeypatch.setattr(setup, "load_splits", without_masks)
     with pytest.raises(ValueError, match="need region masks; dataset 'phantom' has none"):
         benchmark(hrnet, steps=1, data="real")
 

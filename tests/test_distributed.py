@@ -51,7 +51,7 @@ overrides = {
 }
 if role == "reference":  # one process reading what processes 0 and 1 of 2 read
     from lmjax.configs.phantom import get_config
-    from lmjax.train import loop
+    from lmjax.train import loop, setup
 
     one_process = setup.make_pipeline
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lmjax import predict as predict_module
 from lmjax.configs.phantom import get_config
 from lmjax.data.labelme import load_labelme
 from lmjax.data.phantom import render_phantom
@@ -144,7 +145,7 @@ def _cell_centroids(images: np.ndarray):
 
 
 def test_predictions_are_in_the_original_frame(workdir, images, tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "predictor", lambda *_: _cell_centroids)
+    monkeypatch.setattr(predict_module, "predictor", lambda *_: _cell_centroids)
     results = run_predict(workdir, [str(images / "small.png"), str(images / "big.png")], tmp_path)
     small, big = (_doc_coords(doc) for doc in results)
     # Pixel centres on integers: small pixel x covers big pixels 2x and 2x + 1.
