@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import sys
 
+from lmjax.cli import convert_command as convert
 from lmjax.cli import data_commands as data
 from lmjax.cli import model_commands as model
 from lmjax.cli.framework import EXIT_OK, EXIT_USAGE, Command, execute, format_usage
@@ -86,6 +87,15 @@ _TABLE = [
         "evaluation reports side by side, Wilcoxon signed-rank tests on paired errors",
         data.define_compare,
         data.cmd_compare,
+        positional=True,
+    ),
+    Command(
+        "convert",
+        "lmjax convert SRC DST [--layout=auto|original|hf] [--preprocessing=sam|medsam] "
+        "[--decoder_heads=N]",
+        "a SAM checkpoint (segment_anything, MedSAM or HF) to lmjax safetensors + a JSON sidecar",
+        convert.define_convert,
+        convert.cmd_convert,
         positional=True,
     ),
 ]
