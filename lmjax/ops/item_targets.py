@@ -134,9 +134,10 @@ def polygon_masks(
 
     This is the rule of `skimage.draw.polygon` (0.26): a pixel centre is inside
     when a ray to +x crosses the edges an odd number of times (pnpoly's half-open
-    test `y_i <= y < y_prev`), or when it lies on an edge or a vertex. Agreement is
-    exact for integer vertices. Otherwise a centre within float rounding of a
-    slanted edge can differ, because skimage works in float64 and this in float32.
+    test `y_i <= y < y_prev`), or when it lies on an edge or a vertex. Two
+    boundary-only differences remain: skimage leaves out some centres lying
+    exactly where two edges of a self-intersecting polygon cross, and a centre
+    within float rounding of a slanted edge can flip (skimage uses float64).
     Fewer than three valid vertices, or all of them on one line, render an
     empty channel.
 
