@@ -4,6 +4,12 @@ Visibility flag 0 means not labelled (a missing landmark); 1 (labelled but
 occluded) and 2 (visible) both give a position. The flags are kept in
 `meta["coco_visibility"]`. Category `skeleton` is ignored; flip pairs come from
 a `flip_pairs` list of name pairs in the category when present.
+
+Patches: every category without keypoints whose annotations carry polygon
+`segmentation`s is a patch item named by the category's `name`, after the
+keypoints (categories in file order). Each such annotation gives one image's
+patch as a single polygon `[x1, y1, x2, y2, ...]`; its landmark is the polygon's
+area centroid. The keypoint annotation's own segmentation is not read.
 """
 
 from __future__ import annotations
@@ -14,10 +20,63 @@ import pathlib
 import numpy as np
 
 from lmjax.data.formats import ReadOptions, register_format
+from lmjax.data.items import check_item, item_centroid
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
 
 
-def _landmark_set(category: dict, source: str) -> LandmarkSet:
+def _patch_categories(doc: dict) -> list[dict]:
+    """Categories without keypoints that have at least one polygon segmentation."""
+    with_polygons = {
+        a.get("category_id")
+        for a in doc["annotations"]
+        if isinstance(a.get("segmentation"), list) and a["segmentation"]
+    }
+    return [c for c in doc["categories"] if not c.get("keypoints") and c.get("id") in with_polygons]
+
+
+def _read_patches(
+    doc: dict, categories: list[dict], source: pathlib.Path
+) -> tuple[dict, dict, list[str]]:
+    """`({image_id: {name: [V, 2]}}, {image_id: error line}, warnings)`."""
+    names = {c["id"]: str(c.get("name")) for c in categories}
+    patches: dict = {}
+    problems: dict = {}
+    warnings: list[str] = []
+    for ann in doc["annotations"]:
+        name = names.get(ann.get("category_id"))
+        if name is None:
+            continue
+        where = f"{source}: annotation {ann.get('id')}"
+        seg, image_id = ann.get("segmentation"), ann.get("image_id")
+        if not seg:
+            continue  # no polygon: the patch is missing in this image
+        if not isinstance(seg, list):
+            warnings.append(f"{where}: {name!r} segmentation is not a polygon list; not read")
+            continue
+        if name in patches.get(image_id, {}):
+            warnings.append(f"{where}: second {name!r} patch for image {image_id}; kept the first")
+            continue
+        if len(seg) != 1:
+            problems.setdefault(
+                image_id, f"{where}: patch {name!r} has {len(seg)} polygons, a patch is one"
+            )
+            continue
+        try:
+            flat = np.asarray(seg[0], np.float32)
+            if flat.ndim != 1 or flat.size % 2:
+                raise LandmarkDataError(f"{where}: patch {name!r} polygon has an odd length")
+            vertices = check_item("patch", flat.reshape(-1, 2), name=name, source=where)
+        except (LandmarkDataError, ValueError, TypeError) as e:
+            problems.setdefault(
+                image_id,
+                str(e) if isinstance(e, LandmarkDataError) else f"{where}: patch {name!r}: {e}",
+            )
+            continue
+        patches.setdefault(image_id, {})[name] = vertices
+    return patches, problems, warnings
+
+
+def _landmark_set(category: dict, source: str, patch_names: tuple[str, ...] = ()) -> LandmarkSet:
     names = tuple(category.get("keypoints") or ())
     if not names:
         raise LandmarkDataError(f"{source}: category {category.get('name')!r} has no keypoints")
@@ -26,7 +85,15 @@ def _landmark_set(category: dict, source: str) -> LandmarkSet:
         pairs = tuple((index[a], index[b]) for a, b in category.get("flip_pairs", []))
     except KeyError as e:
         raise LandmarkDataError(f"{source}: flip pair names unknown keypoint {e}") from e
-    return LandmarkSet(name=str(category.get("name", "coco")), names=names, flip_pairs=pairs)
+    try:
+        return LandmarkSet(
+            name=str(category.get("name", "coco")),
+            names=names + patch_names,
+            flip_pairs=pairs,
+            kinds=("landmark",) * len(names) + ("patch",) * len(patch_names),
+        )
+    except ValueError as e:
+        raise LandmarkDataError(f"{source}: {e}") from e
 
 
 def load_coco(
@@ -65,11 +132,14 @@ def load_coco(
             f"{path}: {len(cats)} keypoint categories match; choose one with category_id"
         )
     cat = cats[0]
-    lset = _landmark_set(cat, str(path))
-    k = lset.num_landmarks
+    patch_cats = _patch_categories(doc)
+    patch_names = tuple(str(c.get("name")) for c in patch_cats)
+    lset = _landmark_set(cat, str(path), patch_names)
+    k = lset.num_landmarks - len(patch_names)
+    patches, problems, patch_warnings = _read_patches(doc, patch_cats, path)
     dirs = [pathlib.Path(image_dir)] if image_dir else [path.parent, path.parent / "images"]
     images = {im["id"]: im for im in doc["images"]}
-    records, errors, warnings, seen = [], [], [], set()
+    records, errors, warnings, seen = [], [], patch_warnings, set()
     for ann in doc["annotations"]:
         if ann.get("category_id") != cat.get("id"):
             continue
@@ -91,18 +161,33 @@ def load_coco(
         if image is None:
             errors.append(f"{where}: image {im['file_name']} not found in {[str(d) for d in dirs]}")
             continue
+        if im["id"] in problems:
+            errors.append(problems[im["id"]])
+            continue
         seen.add(im["id"])
         box = ann.get("bbox")
+        found = patches.get(im["id"], {})
+        centroids = [
+            item_centroid("patch", found[n]) if n in found else (np.nan,) * 2 for n in patch_names
+        ]
         records.append(
             Record(
                 image=str(image),
-                landmarks=kp[:, :2],
-                visible=flags > 0,
+                landmarks=np.concatenate([kp[:, :2], np.reshape(centroids, (-1, 2))]),
+                visible=np.concatenate([flags > 0, np.isin(patch_names, list(found))]),
+                polygons=found or None,
                 boxes=None
                 if not box
                 else np.asarray([[box[0], box[1], box[0] + box[2], box[1] + box[3]]], np.float32),
                 meta={"annotation": where, "coco_visibility": flags},
             )
+        )
+    keypointed = {
+        a.get("image_id") for a in doc["annotations"] if a.get("category_id") == cat["id"]
+    }
+    for image_id in sorted(set(patches) - keypointed, key=str):
+        warnings.append(
+            f"{path}: image {image_id} has patches but no keypoint annotation; not read"
         )
     return Dataset(lset, records, name=path.stem, warnings=warnings, errors=errors)
 
@@ -136,6 +221,7 @@ register_format(
     read=_read,
     detect=_detect,
     description="a COCO keypoints JSON file",
-    layout="COCO keypoints JSON; visibility 0 is missing",
+    layout="COCO keypoints JSON; visibility 0 is missing; polygon segmentations of "
+    "categories without keypoints are patches named by category",
     priority=30,
 )

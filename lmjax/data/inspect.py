@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from lmjax.data import image_io
-from lmjax.data.types import Dataset, LandmarkDataError
+from lmjax.data.types import ITEM_KINDS, Dataset, LandmarkDataError
 
 
 def summarize(dataset: Dataset, *, read_images: bool = True) -> dict[str, Any]:
@@ -23,6 +23,8 @@ def summarize(dataset: Dataset, *, read_images: bool = True) -> dict[str, Any]:
       A JSON-ready dict with `n_images`, `n_landmarks`, `landmark_names`,
       `missing`, `spacing` (count per source), `warnings` and `errors` (lines
       naming the file), plus per-split counts, image sizes and bit depths.
+      `items` counts the set's items per kind and `items_present` gives, per
+      kind, how many records have each item.
     """
     warnings, errors = list(dataset.warnings), list(dataset.errors)
     lset = dataset.landmark_set
@@ -58,6 +60,14 @@ def summarize(dataset: Dataset, *, read_images: bool = True) -> dict[str, Any]:
             names = [lset.names[k] for k in np.flatnonzero(record.visible)[outside]]
             warnings.append(f"{record.image}: landmarks outside the {w}x{h} image: {names}")
     splits = collections.Counter(r.split or "all" for r in dataset.records)
+    present = len(dataset.records) - missing_per_landmark
+    item_kinds = lset.item_kinds
+    items_present = {
+        kind: {
+            n: int(c) for n, c, k in zip(lset.names, present, item_kinds, strict=True) if k == kind
+        }
+        for kind in ITEM_KINDS
+    }
     return {
         "name": dataset.name,
         "n_images": len(dataset.records),
@@ -66,6 +76,8 @@ def summarize(dataset: Dataset, *, read_images: bool = True) -> dict[str, Any]:
         "landmark_names": list(lset.names),
         "flip_pairs": [[lset.names[a], lset.names[b]] for a, b in lset.flip_pairs],
         "regions": list(lset.region_names),
+        "items": {kind: len(items_present[kind]) for kind in ITEM_KINDS},
+        "items_present": items_present,
         "missing": int(missing_per_landmark.sum()),
         "missing_per_landmark": {
             n: int(c) for n, c in zip(lset.names, missing_per_landmark, strict=True) if c
@@ -89,6 +101,15 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"missing      {summary['missing']} {summary['missing_per_landmark'] or ''}".rstrip(),
         f"spacing      {summary['spacing']}",
     ]
+    items = summary.get("items", {})
+    if items.get("outline") or items.get("patch"):
+        lines.append(
+            f"items        {items['landmark']} landmarks, {items['outline']} outlines, "
+            f"{items['patch']} patches"
+        )
+        for kind in ("outline", "patch"):
+            if summary["items_present"][kind]:
+                lines.append(f"  {kind + 's':<10} {summary['items_present'][kind]}")
     if summary["image_sizes"]:
         lines.append(f"image sizes  {summary['image_sizes']}")
     if summary["bit_depths"]:

@@ -1,7 +1,7 @@
 """LabelMe JSON: read annotated folders, write predictions that LabelMe opens.
 
-Point shapes are landmarks (by label), polygons become named outlines and
-rectangles boxes. Images are paired with JSON files by file name, because the
+Point shapes are landmarks (by label), line and linestrip shapes outlines,
+polygons patches, and rectangles boxes. Images are paired with JSON files by file name, because the
 `imagePath` inside real files is often stale.
 """
 
@@ -15,9 +15,12 @@ import warnings as pywarnings
 import numpy as np
 
 from lmjax.data.formats import ReadOptions, register_format
+from lmjax.data.items import check_item, item_centroid, item_set
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
 
 LABELME_VERSION = "5.0.1"
+# LabelMe shape type -> item kind; a shape without a type is a polygon.
+SHAPE_KINDS = {"point": "landmark", "line": "outline", "linestrip": "outline", "polygon": "patch"}
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 
 
@@ -47,6 +50,7 @@ def read_labelme_file(
     path: str | pathlib.Path,
     landmark_names: tuple[str, ...],
     *,
+    kinds: tuple[str, ...] | None = None,
     strict: bool = False,
     warnings: list[str] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, dict]:
@@ -54,13 +58,15 @@ def read_labelme_file(
 
     Args:
       path: the JSON file.
-      landmark_names: the landmark labels, in the order of the `K` axis.
-      strict: a duplicated point label is an error instead of a warning.
+      landmark_names: the item labels, in the order of the `K` axis.
+      kinds: the kind of each item (`LandmarkSet.kinds`); None when all are
+        landmarks, and then line and polygon shapes are kept as plain shapes.
+      strict: a duplicated label is an error instead of a warning.
       warnings: list that receives warning lines naming the file.
 
     Returns:
       `(landmarks [K, 2], polygons, boxes [N, 4], raw json)`; labels absent from
-      the file are NaN.
+      the file are NaN, and an outline or patch item's landmark is its centroid.
     """
     path = pathlib.Path(path)
     warnings = [] if warnings is None else warnings
@@ -71,34 +77,51 @@ def read_labelme_file(
     if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
         raise LandmarkDataError(f"{path}: no 'shapes' list; not a LabelMe file")
     index = {name: i for i, name in enumerate(landmark_names)}
+    item_kinds = kinds or ("landmark",) * len(landmark_names)
     landmarks = np.full((len(landmark_names), 2), np.nan, np.float32)
     polygons: dict[str, np.ndarray] = {}
     boxes = []
     for shape in doc["shapes"]:
-        label, kind = str(shape.get("label", "")), shape.get("shape_type") or "polygon"
+        label, shape_type = str(shape.get("label", "")), shape.get("shape_type") or "polygon"
         points = np.asarray(shape.get("points", []), np.float32).reshape(-1, 2)
-        if kind == "point":
-            if label not in index:
-                raise LandmarkDataError(f"{path}: point label {label!r} is not a landmark")
+        kind = SHAPE_KINDS.get(shape_type)
+        if kind == "landmark" and label not in index:
+            raise LandmarkDataError(f"{path}: point label {label!r} is not a landmark")
+        is_item = label in index and (kind == "landmark" or kinds is not None)
+        if is_item:
             k = index[label]
+            if kind != item_kinds[k]:
+                raise LandmarkDataError(
+                    f"{path}: {label!r} is a {item_kinds[k]} item but is drawn as a "
+                    f"{shape_type} shape"
+                )
+            point = points[0] if kind == "landmark" else None
+            if kind != "landmark":
+                points = check_item(kind, points, name=label, source=str(path))
+                if not len(points):
+                    continue  # an empty shape: the item is missing
+                point = item_centroid(kind, points)
             if np.isfinite(landmarks[k]).all():
+                what = "point" if kind == "landmark" else f"{kind} (centroid)"
                 msg = (
-                    f"{path}: label {label!r} appears more than once; kept the first point "
+                    f"{path}: label {label!r} appears more than once; kept the first {what} "
                     f"({landmarks[k, 0]:.1f}, {landmarks[k, 1]:.1f}), ignored "
-                    f"({points[0, 0]:.1f}, {points[0, 1]:.1f})"
+                    f"({point[0]:.1f}, {point[1]:.1f})"
                 )
                 if strict:
                     raise LandmarkDataError(msg)
                 warnings.append(msg)
                 continue
-            landmarks[k] = points[0]
-        elif kind == "rectangle" and len(points) == 2:
+            landmarks[k] = point
+            if kind != "landmark":
+                polygons[label] = points
+        elif shape_type == "rectangle" and len(points) == 2:
             lo, hi = points.min(0), points.max(0)
             boxes.append([lo[0], lo[1], hi[0], hi[1]])
-        elif kind in ("polygon", "linestrip") and len(points) >= 2:
-            polygons[label] = points
+        elif kind in ("outline", "patch") and len(points) >= 2:
+            polygons[label] = points  # a shape the set has no item for, kept as read
         else:
-            warnings.append(f"{path}: shape {label!r} of type {kind!r} is not used")
+            warnings.append(f"{path}: shape {label!r} of type {shape_type!r} is not used")
     return landmarks, polygons, np.asarray(boxes, np.float32).reshape(-1, 4), doc
 
 
@@ -115,9 +138,11 @@ def load_labelme(
       data_dir: folder of `*.json` files.
       image_dir: where the images are; by default the JSON folder, then a sibling
         `images/` folder.
-      landmark_set: the landmarks to read; by default every point label found,
-        in natural order ("l2" before "l10").
-      strict: duplicated labels are errors, not warnings.
+      landmark_set: the items to read; by default every label found, as
+        landmarks, then outlines, then patches, each in natural order ("l2"
+        before "l10"). A label drawn as two kinds of shape is an error.
+      strict: duplicated labels are errors, not warnings, and a bad file (bad
+        item geometry included) raises instead of being listed in `errors`.
     """
     root = pathlib.Path(data_dir)
     files = sorted(root.glob("*.json"), key=lambda p: natural_key(p.name))
@@ -126,19 +151,31 @@ def load_labelme(
     dirs = [pathlib.Path(image_dir)] if image_dir else [root, root.parent / "images"]
     warnings: list[str] = []
     errors: list[str] = []
-    labels: dict[str, str] = {}  # label -> first file that has it
+    labels: dict[str, tuple[str, str]] = {}  # label -> (kind, first file that has it)
     for f in files:
         try:
             shapes = json.loads(f.read_text()).get("shapes", [])
         except (OSError, json.JSONDecodeError, AttributeError):
             continue  # reported when the file is read below
         for s in shapes:
-            if s.get("shape_type") == "point":
-                labels.setdefault(str(s.get("label")), f.name)
+            label, shape_type = str(s.get("label")), s.get("shape_type") or "polygon"
+            kind = SHAPE_KINDS.get(shape_type)
+            if kind is None:
+                continue
+            first = labels.setdefault(label, (kind, f.name))
+            if first[0] != kind and landmark_set is None:
+                raise LandmarkDataError(
+                    f"{root}: label {label!r} is a {first[0]} in {first[1]} but a "
+                    f"{shape_type} shape ({kind}) in {f.name}"
+                )
     if landmark_set is None:
-        names = tuple(sorted(labels, key=natural_key))
-        landmark_set = LandmarkSet(name=root.name, names=names)
-    unknown = [f"{label!r} ({f})" for label, f in labels.items() if label not in landmark_set.names]
+        kinds = {label: kind for label, (kind, _) in labels.items()}
+        landmark_set = item_set(root.name, kinds, sort_key=natural_key)
+    unknown = [
+        f"{label!r} ({f})"
+        for label, (kind, f) in labels.items()
+        if kind == "landmark" and label not in landmark_set.names
+    ]
     if unknown:
         raise LandmarkDataError(
             f"{root}: point labels {', '.join(unknown)} are not in landmark set "
@@ -149,7 +186,11 @@ def load_labelme(
     for f in files:
         try:
             landmarks, polygons, boxes, doc = read_labelme_file(
-                f, landmark_set.names, strict=strict, warnings=warnings
+                f,
+                landmark_set.names,
+                kinds=landmark_set.kinds,
+                strict=strict,
+                warnings=warnings,
             )
         except LandmarkDataError as e:
             if strict:
@@ -239,8 +280,8 @@ register_format(
     read=_read,
     detect=_detect,
     description="a folder of LabelMe JSON files, point shapes as landmarks",
-    layout="a folder of LabelMe JSON files; point shapes are landmarks, polygons outlines, "
-    "rectangles boxes; images paired by file name in the same folder, `--image_dir`, "
-    "or a sibling `images/`",
+    layout="a folder of LabelMe JSON files; point shapes are landmarks, lines and "
+    "linestrips outlines, polygons patches, rectangles boxes; images paired by file name "
+    "in the same folder, `--image_dir`, or a sibling `images/`",
     priority=40,
 )

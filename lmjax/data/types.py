@@ -17,6 +17,8 @@ Spacing = tuple[float, float]
 
 # Where a spacing came from; inspect reports counts per source.
 SPACING_NONE = "none"
+# What an item of a set is; the same names as `lmjax.ops.item_targets.KINDS`.
+ITEM_KINDS = ("landmark", "outline", "patch")
 
 
 class LandmarkDataError(ValueError):
@@ -55,16 +57,26 @@ class Radiograph:
 
 @dataclasses.dataclass(frozen=True)
 class LandmarkSet:
-    """A set of landmarks, declared once per dataset.
+    """A set of landmarks, or more generally of items, declared once per dataset.
+
+    An item is a landmark (a point, drawn as a disc of `radius_mm`), an outline
+    (a polyline drawn `width_mm` wide) or a patch (a filled polygon). `K` counts
+    items, and `Record.landmarks[k]` is a point for every item, so metrics work
+    unchanged; the vertices of outlines and patches are in `Record.polygons`.
 
     Attributes:
       name: short name of the set ("isbi2015", "phantom", ...).
-      names: landmark names, in the order of the `K` axis.
-      flip_pairs: index pairs `(left, right)` that a horizontal flip swaps.
+      names: item names, in the order of the `K` axis.
+      flip_pairs: index pairs `(left, right)` that a horizontal flip swaps; both
+        items of a pair have the same kind.
       regions: for each landmark, the index into `region_names` of the region
         (bone) it belongs to, or -1; None when the set declares no regions.
       region_names: names of the regions; label `r + 1` in a region label map is
         region `r` (0 is background).
+      kinds: the kind of each item (one of `ITEM_KINDS`); None when all are
+        landmarks, which is what a set of only landmarks normalises to.
+      radius_mm: disc radius a landmark is drawn with.
+      width_mm: stroke width an outline is drawn with.
     """
 
     name: str
@@ -72,15 +84,38 @@ class LandmarkSet:
     flip_pairs: tuple[tuple[int, int], ...] = ()
     regions: tuple[int, ...] | None = None
     region_names: tuple[str, ...] = ()
+    kinds: tuple[str, ...] | None = None
+    radius_mm: float = 2.0
+    width_mm: float = 2.0
 
     def __post_init__(self):
         k = len(self.names)
         if len(set(self.names)) != k:
             raise ValueError(f"landmark set {self.name!r}: duplicate landmark names")
+        if self.kinds is not None:
+            kinds = tuple(str(x) for x in self.kinds)
+            if len(kinds) != k or any(x not in ITEM_KINDS for x in kinds):
+                raise ValueError(
+                    f"landmark set {self.name!r}: kinds must be {k} of {ITEM_KINDS}, got {kinds}"
+                )
+            # One spelling for "only landmarks", so old and new sets compare equal.
+            kinds = None if all(x == "landmark" for x in kinds) else kinds
+            object.__setattr__(self, "kinds", kinds)
+        for field in ("radius_mm", "width_mm"):
+            value = float(getattr(self, field))
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"landmark set {self.name!r}: {field} must be > 0, got {value}")
+            object.__setattr__(self, field, value)
         seen = set()
+        item_kinds = self.item_kinds
         for a, b in self.flip_pairs:
             if not (0 <= a < k and 0 <= b < k) or a == b or a in seen or b in seen:
                 raise ValueError(f"landmark set {self.name!r}: bad flip pair {(a, b)}")
+            if item_kinds[a] != item_kinds[b]:
+                raise ValueError(
+                    f"landmark set {self.name!r}: flip pair {(a, b)} joins a "
+                    f"{item_kinds[a]} and a {item_kinds[b]}"
+                )
             seen.update((a, b))
         if self.regions is not None:
             if len(self.regions) != k:
@@ -97,6 +132,26 @@ class LandmarkSet:
     @property
     def num_regions(self) -> int:
         return len(self.region_names)
+
+    @property
+    def item_kinds(self) -> tuple[str, ...]:
+        """The kind of every item, `"landmark"` throughout for a landmark-only set."""
+        return self.kinds if self.kinds is not None else ("landmark",) * len(self.names)
+
+    def _indices(self, kind: str) -> np.ndarray:
+        return np.array([i for i, x in enumerate(self.item_kinds) if x == kind], np.int64)
+
+    @property
+    def landmark_indices(self) -> np.ndarray:
+        return self._indices("landmark")
+
+    @property
+    def outline_indices(self) -> np.ndarray:
+        return self._indices("outline")
+
+    @property
+    def patch_indices(self) -> np.ndarray:
+        return self._indices("patch")
 
     def flip_permutation(self) -> np.ndarray:
         """Index array `perm` so that `flipped[k] = landmarks[perm[k]]`.
@@ -132,7 +187,11 @@ class Record:
       spacing_source: where the spacing came from, or "none".
       region_mask: optional int `[H, W]` label map (0 background, r+1 region r),
         or a path to one.
-      polygons: optional named outlines, each float32 `[N, 2]` (x, y).
+      polygons: optional named vertex lists, each float32 `[V, 2]` (x, y) in
+        original pixels: the geometry of every present outline and patch item,
+        under its item name (its kind says open or closed), plus any shapes a
+        reader kept that are not items. `landmarks[k]` of such an item is the
+        centroid of its geometry.
       boxes: optional float32 `[N, 4]` boxes (x0, y0, x1, y1) in pixels.
       split: the split the record belongs to ("train", "test1", ...), or "".
       meta: anything else a format carries (source annotation file, ...).

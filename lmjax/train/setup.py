@@ -232,12 +232,18 @@ def load_landmark_set(workdir: str | pathlib.Path, config=None) -> LandmarkSet:
     path = pathlib.Path(workdir) / LANDMARKS_FILE
     if path.exists():
         raw = json.loads(path.read_text())
+        # Fields added later (item kinds and sizes) are absent from older files.
+        regions, kinds = raw.get("regions"), raw.get("kinds")
+        defaults = {f.name: f.default for f in dataclasses.fields(LandmarkSet)}
         return LandmarkSet(
             name=raw["name"],
             names=tuple(raw["names"]),
-            flip_pairs=tuple(tuple(p) for p in raw["flip_pairs"]),
-            regions=None if raw["regions"] is None else tuple(raw["regions"]),
-            region_names=tuple(raw["region_names"]),
+            flip_pairs=tuple(tuple(p) for p in raw.get("flip_pairs", ())),
+            regions=None if regions is None else tuple(regions),
+            region_names=tuple(raw.get("region_names", ())),
+            kinds=None if kinds is None else tuple(kinds),
+            radius_mm=raw.get("radius_mm", defaults["radius_mm"]),
+            width_mm=raw.get("width_mm", defaults["width_mm"]),
         )
     if config is None:
         raise FileNotFoundError(f"{path}: missing")
