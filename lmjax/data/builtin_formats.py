@@ -8,6 +8,7 @@ import importlib
 
 BUILTIN_FORMAT_MODULES = (
     "lmjax.data.phantom",  # phantom
+    "lmjax.data.pelvis_phantom",  # pelvis_phantom
     "lmjax.data.isbi2015",  # isbi2015
     "lmjax.data.labelme",  # labelme
     "lmjax.data.tabular",  # csv
