@@ -80,9 +80,10 @@ def load_dataset(
         phantom_size=phantom_size,
         seed=seed,
     )
-    if data_dir is None or format == PHANTOM:
-        # Made, not read: there are no files to check or take spacing from.
-        return get_format(PHANTOM).read(None, options)
+    made = format is not None and get_format(format).layout is None
+    if made or data_dir is None:
+        # Made, not read (a phantom): there are no files to check or take spacing from.
+        return get_format(format if made else PHANTOM).read(None, options)
     spec = get_format(format if format is not None else detect_format(data_dir))
     ds = spec.read(pathlib.Path(data_dir), options)
     if landmark_set is not None and ds.landmark_set.names != landmark_set.names:

@@ -107,9 +107,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"items        {items['landmark']} landmarks, {items['outline']} outlines, "
             f"{items['patch']} patches"
         )
-        for kind in ("outline", "patch"):
+        for kind, plural in (("outline", "outlines"), ("patch", "patches")):
             if summary["items_present"][kind]:
-                lines.append(f"  {kind + 's':<10} {summary['items_present'][kind]}")
+                lines.append(f"  {plural:<10} {summary['items_present'][kind]}")
     if summary["image_sizes"]:
         lines.append(f"image sizes  {summary['image_sizes']}")
     if summary["bit_depths"]:

@@ -25,7 +25,16 @@ from lmjax.data.tabular import write_csv
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
-OLD_FORMATS = ("phantom", "isbi2015", "labelme", "csv", "coco", "dicom", "images")
+OLD_FORMATS = (
+    "phantom",
+    "pelvis_phantom",
+    "isbi2015",
+    "labelme",
+    "csv",
+    "coco",
+    "dicom",
+    "images",
+)
 
 
 def _png(path, h=12, w=16):
@@ -131,7 +140,7 @@ def test_taken_name_and_bad_signatures_are_errors(toy_format):
 def test_builtins_keep_their_order():
     assert tuple(list_formats()) == OLD_FORMATS
     assert tuple(lmjax.data.FORMATS) == OLD_FORMATS
-    assert formats.file_formats() == list(OLD_FORMATS[1:])
+    assert formats.file_formats() == list(OLD_FORMATS[2:])
     assert get_format("dicom").read is get_format("images").read
 
 
@@ -183,6 +192,8 @@ def test_phantom_without_a_folder_whatever_the_format():
     ds = load_dataset(None, format="csv", phantom_size=3, seed=1)
     assert ds.name == "phantom" and len(ds) == 3
     assert len(load_dataset("/nonexistent", format="phantom", phantom_size=2)) == 2
+    pelvis = load_dataset(None, format="pelvis_phantom", phantom_size=4, seed=1)
+    assert pelvis.name != "phantom" and len(pelvis) == 4 and pelvis.landmark_set.kinds
 
 
 def test_readme_format_table_is_the_registry():
