@@ -22,6 +22,7 @@ import numpy as np
 from lmjax.data import affine
 from lmjax.data.formats import register_format
 from lmjax.data.items import item_centroid
+from lmjax.data.phantom import block_splits
 from lmjax.data.types import Dataset, LandmarkSet, Record, Spacing
 
 SPACING_SOURCE = "phantom"
@@ -201,19 +202,13 @@ def pelvis_phantom_dataset(
     splits: Sequence[tuple[str, float]] = (("train", 0.7), ("val", 0.15), ("test", 0.15)),
 ) -> Dataset:
     """`n` images held in memory, split in consecutive blocks like `phantom_dataset`."""
-    fracs = np.array([f for _, f in splits], np.float64)
-    if n < 0 or not splits or (fracs < 0).any() or abs(fracs.sum() - 1) > 1e-6:
-        raise ValueError(
-            f"pelvis_phantom_dataset: need n >= 0 and fractions summing to 1, got {splits}"
-        )
+    names = block_splits(n, splits, "pelvis_phantom_dataset")
     if not 0 <= absent_p <= 1:
         raise ValueError(f"pelvis_phantom_dataset: absent_p must be in [0, 1], got {absent_p}")
-    bounds = np.round(np.cumsum(fracs) * n).astype(int)
-    bounds[-1] = n
     records = []
     for i in range(n):
         image, lms, polygons, sp = render_pelvis_phantom(seed, i, size=size, absent_p=absent_p)
-        split = splits[int(np.searchsorted(bounds, i, side="right"))][0]
+        split = names[i]
         meta = {"name": f"pelvis_phantom_{i:04d}", "seed": seed, "index": i}
         records.append(
             Record(image, lms, None, sp, SPACING_SOURCE, polygons=polygons, split=split, meta=meta)

@@ -312,6 +312,17 @@ def render_phantom(
     return image, lms, mask, (float(spacing), float(spacing))
 
 
+def block_splits(n: int, splits: Sequence[tuple[str, float]], who: str) -> list[str]:
+    """The split name of each of `n` records: consecutive blocks of `round(n * f)`
+    records in order, the last split the rest."""
+    fracs = np.array([f for _, f in splits], np.float64)
+    if n < 0 or not splits or (fracs < 0).any() or abs(fracs.sum() - 1) > 1e-6:
+        raise ValueError(f"{who}: need n >= 0 and fractions summing to 1, got {splits}")
+    bounds = np.round(np.cumsum(fracs) * n).astype(int)
+    bounds[-1] = n
+    return [splits[int(np.searchsorted(bounds, i, side="right"))][0] for i in range(n)]
+
+
 def phantom_dataset(
     n: int = 200,
     *,
@@ -325,17 +336,13 @@ def phantom_dataset(
     Record `i` is `render_phantom(seed, i)`; the splits take the first
     `round(n * f)` records in order, the last split the rest.
     """
-    fracs = np.array([f for _, f in splits], np.float64)
-    if n < 0 or not splits or (fracs < 0).any() or abs(fracs.sum() - 1) > 1e-6:
-        raise ValueError(f"phantom_dataset: need n >= 0 and fractions summing to 1, got {splits}")
-    bounds = np.round(np.cumsum(fracs) * n).astype(int)
-    bounds[-1] = n
+    names = block_splits(n, splits, "phantom_dataset")
     records = []
     for i in range(n):
         image, lms, mask, sp = render_phantom(
             seed, i, image_size=image_size, missing_rate=missing_rate
         )
-        split = splits[int(np.searchsorted(bounds, i, side="right"))][0]
+        split = names[i]
         meta = {"name": f"phantom_{i:04d}", "seed": seed, "index": i}
         # visible=None: Record derives it from the NaNs, the one source of truth here.
         records.append(Record(image, lms, None, sp, SPACING_SOURCE, mask, split=split, meta=meta))
