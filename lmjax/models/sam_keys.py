@@ -1,6 +1,6 @@
 """SAM checkpoint key layouts: Hugging Face `SamModel` names <-> `segment_anything` names.
 
-The table is the inverse of `KEYS_TO_MODIFY_MAPPING` in transformers'
+`PREFIXES` is the inverse of `KEYS_TO_MODIFY_MAPPING` in transformers'
 `convert_sam_to_hf.py`. Each rule rewrites a whole key prefix; the first rule whose
 pattern matches a key applies, and keys no rule matches keep their name.
 """
@@ -18,71 +18,65 @@ HF_PE = "prompt_encoder.shared_embedding.positional_embedding"
 ORIGINAL_PE = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
 IGNORED = ("pixel_mean", "pixel_std")  # buffers of the original Sam, set by preprocessing
 
-_VE, _IE = r"^vision_encoder\.", "image_encoder."
-_MD = r"^mask_decoder\."
-_MLP = r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)"
-# (HF pattern, original replacement), most specific first.
-HF_TO_ORIGINAL: tuple[tuple[str, str], ...] = (
-    (_VE + r"layers\.(\d+)\.layer_norm([12])\.", _IE + r"blocks.\1.norm\2."),
-    (_VE + r"layers\.(\d+)\.", _IE + r"blocks.\1."),
-    (_VE + r"patch_embed\.projection\.", _IE + "patch_embed.proj."),
-    (_VE + r"neck\.conv1\.", _IE + "neck.0."),
-    (_VE + r"neck\.layer_norm1\.", _IE + "neck.1."),
-    (_VE + r"neck\.conv2\.", _IE + "neck.2."),
-    (_VE + r"neck\.layer_norm2\.", _IE + "neck.3."),
-    (_VE + r"pos_embed$", _IE + "pos_embed"),
-    (r"^prompt_encoder\.shared_embedding\.positional_embedding$", ORIGINAL_PE),
-    (r"^prompt_encoder\.point_embed\.(\d+)\.", r"prompt_encoder.point_embeddings.\1."),
-    (r"^prompt_encoder\.mask_embed\.conv1\.", "prompt_encoder.mask_downscaling.0."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm1\.", "prompt_encoder.mask_downscaling.1."),
-    (r"^prompt_encoder\.mask_embed\.conv2\.", "prompt_encoder.mask_downscaling.3."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm2\.", "prompt_encoder.mask_downscaling.4."),
-    (r"^prompt_encoder\.mask_embed\.conv3\.", "prompt_encoder.mask_downscaling.6."),
+# (HF prefix, original prefix), most specific first; a whole key when it ends in "$".
+# Placeholders: {i} a layer index, {n} a norm digit, {mlp} one of SAM's 3-layer MLPs.
+PREFIXES: tuple[tuple[str, str], ...] = (
+    ("vision_encoder.layers.{i}.layer_norm{n}.", "image_encoder.blocks.{i}.norm{n}."),
+    ("vision_encoder.layers.{i}.", "image_encoder.blocks.{i}."),
+    ("vision_encoder.patch_embed.projection.", "image_encoder.patch_embed.proj."),
+    ("vision_encoder.neck.conv1.", "image_encoder.neck.0."),
+    ("vision_encoder.neck.layer_norm1.", "image_encoder.neck.1."),
+    ("vision_encoder.neck.conv2.", "image_encoder.neck.2."),
+    ("vision_encoder.neck.layer_norm2.", "image_encoder.neck.3."),
+    ("vision_encoder.pos_embed$", "image_encoder.pos_embed$"),
+    (HF_PE + "$", ORIGINAL_PE + "$"),
+    ("prompt_encoder.point_embed.{i}.", "prompt_encoder.point_embeddings.{i}."),
+    ("prompt_encoder.mask_embed.conv1.", "prompt_encoder.mask_downscaling.0."),
+    ("prompt_encoder.mask_embed.layer_norm1.", "prompt_encoder.mask_downscaling.1."),
+    ("prompt_encoder.mask_embed.conv2.", "prompt_encoder.mask_downscaling.3."),
+    ("prompt_encoder.mask_embed.layer_norm2.", "prompt_encoder.mask_downscaling.4."),
+    ("prompt_encoder.mask_embed.conv3.", "prompt_encoder.mask_downscaling.6."),
     (
-        _MD + r"transformer\.layers\.(\d+)\.layer_norm([1-4])\.",
-        r"mask_decoder.transformer.layers.\1.norm\2.",
+        "mask_decoder.transformer.layers.{i}.layer_norm{n}.",
+        "mask_decoder.transformer.layers.{i}.norm{n}.",
     ),
-    (_MD + r"transformer\.layer_norm_final_attn\.", "mask_decoder.transformer.norm_final_attn."),
-    # "upsacle": a misspelling found in an early version of HF's modeling file.
-    (_MD + r"ups(?:cale|acle)_conv1\.", "mask_decoder.output_upscaling.0."),
-    (_MD + r"ups(?:cale|acle)_layer_norm\.", "mask_decoder.output_upscaling.1."),
-    (_MD + r"ups(?:cale|acle)_conv2\.", "mask_decoder.output_upscaling.3."),
+    (
+        "mask_decoder.transformer.layer_norm_final_attn.",
+        "mask_decoder.transformer.norm_final_attn.",
+    ),
+    ("mask_decoder.upscale_conv1.", "mask_decoder.output_upscaling.0."),
+    ("mask_decoder.upscale_layer_norm.", "mask_decoder.output_upscaling.1."),
+    ("mask_decoder.upscale_conv2.", "mask_decoder.output_upscaling.3."),
     # SAM's 3-layer MLPs: HF's proj_in, layers.0, proj_out are layers.0, 1, 2.
-    (_MD + _MLP + r"\.proj_in\.", r"mask_decoder.\1.layers.0."),
-    (_MD + _MLP + r"\.layers\.0\.", r"mask_decoder.\1.layers.1."),
-    (_MD + _MLP + r"\.proj_out\.", r"mask_decoder.\1.layers.2."),
-)  # fmt: skip
+    ("mask_decoder.{mlp}.proj_in.", "mask_decoder.{mlp}.layers.0."),
+    ("mask_decoder.{mlp}.layers.0.", "mask_decoder.{mlp}.layers.1."),
+    ("mask_decoder.{mlp}.proj_out.", "mask_decoder.{mlp}.layers.2."),
+)
+_GROUPS = {
+    "i": r"(?P<i>\d+)",
+    "n": r"(?P<n>\d)",
+    "mlp": r"(?P<mlp>output_hypernetworks_mlps\.\d+|iou_prediction_head)",
+}
 
-_OE, _VH = r"^image_encoder\.", "vision_encoder."
+
+def _pattern(prefix: str) -> str:
+    text = "^" + re.escape(prefix.removesuffix("$")) + ("$" if prefix.endswith("$") else "")
+    for name, group in _GROUPS.items():
+        text = text.replace(re.escape("{" + name + "}"), group)
+    # "upsacle": a misspelling found in an early version of HF's modeling file.
+    return text.replace("upscale_", "ups(?:cale|acle)_")
+
+
+def _replacement(prefix: str) -> str:
+    out = prefix.removesuffix("$")
+    for name in _GROUPS:
+        out = out.replace("{" + name + "}", rf"\g<{name}>")
+    return out
+
+
+HF_TO_ORIGINAL = tuple((_pattern(hf), _replacement(orig)) for hf, orig in PREFIXES)
 # The same table read the other way, for writing HF-layout files.
-ORIGINAL_TO_HF: tuple[tuple[str, str], ...] = (
-    (_OE + r"blocks\.(\d+)\.norm([12])\.", _VH + r"layers.\1.layer_norm\2."),
-    (_OE + r"blocks\.(\d+)\.", _VH + r"layers.\1."),
-    (_OE + r"patch_embed\.proj\.", _VH + "patch_embed.projection."),
-    (_OE + r"neck\.0\.", _VH + "neck.conv1."),
-    (_OE + r"neck\.1\.", _VH + "neck.layer_norm1."),
-    (_OE + r"neck\.2\.", _VH + "neck.conv2."),
-    (_OE + r"neck\.3\.", _VH + "neck.layer_norm2."),
-    (_OE + r"pos_embed$", _VH + "pos_embed"),
-    (r"^prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix$", HF_PE),
-    (r"^prompt_encoder\.point_embeddings\.(\d+)\.", r"prompt_encoder.point_embed.\1."),
-    (r"^prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
-    (r"^prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
-    (r"^prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
-    (r"^prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
-    (r"^prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
-    (
-        _MD + r"transformer\.layers\.(\d+)\.norm([1-4])\.",
-        r"mask_decoder.transformer.layers.\1.layer_norm\2.",
-    ),
-    (_MD + r"transformer\.norm_final_attn\.", "mask_decoder.transformer.layer_norm_final_attn."),
-    (_MD + r"output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
-    (_MD + r"output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
-    (_MD + r"output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
-    (_MD + _MLP + r"\.layers\.0\.", r"mask_decoder.\1.proj_in."),
-    (_MD + _MLP + r"\.layers\.1\.", r"mask_decoder.\1.layers.0."),
-    (_MD + _MLP + r"\.layers\.2\.", r"mask_decoder.\1.proj_out."),
-)  # fmt: skip
+ORIGINAL_TO_HF = tuple((_pattern(orig), _replacement(hf)) for hf, orig in PREFIXES)
 
 _COMPILED = {id(t): [(re.compile(p), r) for p, r in t] for t in (HF_TO_ORIGINAL, ORIGINAL_TO_HF)}
 
