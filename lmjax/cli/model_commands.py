@@ -22,9 +22,10 @@ def _evaluate_workdir(
     data_dir: str | None = None,
     ground_truth: str | None = None,
 ) -> dict:
-    from lmjax.train.evaluation import evaluate_workdir
+    from lmjax.train.trainers import trainer_for_workdir
 
-    report = evaluate_workdir(workdir, split=split, data_dir=data_dir, ground_truth=ground_truth)
+    evaluate = trainer_for_workdir(workdir).evaluate
+    report = evaluate(workdir, split=split, data_dir=data_dir, ground_truth=ground_truth)
     write_json(report, output)
     return report
 
@@ -74,9 +75,11 @@ def with_data_flags(config, inv: Invocation):
 def cmd_train(inv: Invocation) -> int:
     import tempfile
 
-    from lmjax.train import folds, loop, setup
+    from lmjax.train import folds, setup
+    from lmjax.train.trainers import trainer_for
 
     config = with_data_flags(inv.config, inv)
+    trainer = trainer_for(config)
     workdir = inv.value("workdir") or tempfile.mkdtemp(prefix="lmjax_")
     data = config.data.data_dir or "the phantom"
     print(f"training {config.model.name} on {data} into {workdir}")
@@ -85,7 +88,7 @@ def cmd_train(inv: Invocation) -> int:
             config,
             workdir,
             setup.load_config_dataset(config),
-            loop.train,
+            trainer.train,
             lambda fold_dir, out: _evaluate_workdir(str(fold_dir), None, out),
         )
         if "stopped_by" not in summary:
@@ -95,7 +98,7 @@ def cmd_train(inv: Invocation) -> int:
                 f"(pooled {summary['pooled_mre']:.3f}); {workdir}/cv_summary.json"
             )
         return 0
-    if loop.train(config, workdir).get("stopped_by"):
+    if trainer.train(config, workdir).get("stopped_by"):
         return 0
     # The workdir's config.json names the data trained on; evaluation reads it there.
     report = _evaluate_workdir(workdir, None, str(pathlib.Path(workdir) / "eval.json"))
@@ -192,15 +195,18 @@ def define_benchmark(fv: flags.FlagValues) -> None:
 
 
 def cmd_benchmark(inv: Invocation) -> int:
-    from lmjax.benchmark import benchmark, format_benchmark
+    from lmjax.train.trainers import trainer_for
 
-    result = benchmark(
+    trainer = trainer_for(inv.config)
+    if trainer.benchmark is None:
+        raise UsageError(f"task.mode {inv.config.task.mode!r} has no benchmark")
+    result = trainer.benchmark(
         inv.config,
         steps=inv.value("steps"),
         data=inv.value("data"),
         infer_batch=inv.value("infer_batch"),
     )
-    print(format_benchmark(result))
+    print(trainer.format_benchmark(result))
     write_json(result, inv.value("output"))
     return 0
 
@@ -229,8 +235,11 @@ def define_compile_check(fv: flags.FlagValues) -> None:
 def cmd_compile_check(inv: Invocation) -> int:
     import jax
 
-    from lmjax.compilation import compile_check, format_compile_check
+    from lmjax.train.trainers import trainer_for
 
+    trainer = trainer_for(inv.config)
+    if trainer.compile_check is None:
+        raise UsageError(f"task.mode {inv.config.task.mode!r} has no compile-check")
     devices = inv.value("devices")
     if devices is not None:
         if devices < 1:
@@ -244,7 +253,7 @@ def cmd_compile_check(inv: Invocation) -> int:
                 f"{jax.device_count()} devices; JAX_PLATFORMS=cpu checks {devices} "
                 "fake CPU devices"
             )
-    result = compile_check(inv.config, device_memory_gb=inv.value("device_memory_gb"))
-    print(format_compile_check(result))
+    result = trainer.compile_check(inv.config, device_memory_gb=inv.value("device_memory_gb"))
+    print(trainer.format_compile_check(result))
     write_json(result, inv.value("output"))
     return 0 if result["fits"] is not False else 1

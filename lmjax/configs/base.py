@@ -79,7 +79,11 @@ DEFAULT_MODEL_OPTIONS = {
 }
 
 TASK = {
-    "mode": Field("heatmap", "heatmap, segmentation or coordinate"),
+    "mode": Field(
+        "heatmap",
+        "heatmap, segmentation or coordinate (lmjax.task.HEADS), or a task with its own "
+        "trainer (lmjax.train.trainers: sam_decoder)",
+    ),
     "target": Field("", "gaussian, circle or square; empty: the head's (circle for segmentation)"),
     "sigma": Field(2.0, "Gaussian target sigma in model-input pixels"),
     "radius": Field(3.0, "circle target radius in model-input pixels"),
@@ -132,12 +136,29 @@ TRAIN = {
     "flip_tta": Field(False, "average predictions with the mirrored image"),
 }
 
+# SAM's decoder trained on cached image embeddings with box prompts (task.mode
+# "sam_decoder", lmjax.train.sam_decoder); other tasks ignore this section.
+SAM = {
+    "preprocess": Field("medsam", "encoder input: medsam ([0,1], no mean/std) or sam (ImageNet)"),
+    "resample": Field("bilinear", "longest-side resize filter: bilinear or bicubic"),
+    "prompts_per_image": Field(32, "box prompts sampled per image and step (K)"),
+    "jitter_mm": Field(2.0, "landmark boxes: each side moves out by U(0, jitter_mm)"),
+    "shift_mm": Field(0.5, "landmark boxes: the whole box moves by U(-shift_mm, shift_mm)"),
+    "jitter_fraction": Field(0.1, "outline/patch boxes: each side moves out by U(0, f) x size"),
+    "loss_frame": Field(
+        "lowres", "loss on the decoder's low-res logits, or crop: 64x64 over 1.5x each box"
+    ),
+    "embed_batch": Field(4, "images per encoder call when filling the embedding cache"),
+    "eval_prompts": Field(32, "prompts per decoder call at evaluation (padded, one compile)"),
+}
+
 SECTIONS: dict[str, dict[str, Field]] = {
     "data": DATA,
     "model": MODEL_FIELDS,
     "task": TASK,
     "optim": OPTIM,
     "train": TRAIN,
+    "sam": SAM,
 }
 
 

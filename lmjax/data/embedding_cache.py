@@ -26,7 +26,7 @@ from lmjax.data.cache import _atomic_write
 from lmjax.data.sam_preprocess import sam_preprocess
 from lmjax.data.types import Record
 
-EMBEDDING_CACHE_VERSION = 1
+EMBEDDING_CACHE_VERSION = 2  # 2: sidecars carry original_hw
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
@@ -148,6 +148,14 @@ class EmbeddingCache:
             return None
         return bits.view(BF16)
 
+    def meta(self, key: str) -> dict | None:
+        """The sidecar of the entry under `key`, or None."""
+        js = self._paths(key)[1]
+        try:
+            return json.loads(js.read_text())
+        except (OSError, ValueError):
+            return None
+
     def put(self, key: str, array: np.ndarray, meta: dict | None = None) -> None:
         """Stores `array` (cast to bf16) under `key`; readers never see half an entry."""
         bits = np.ascontiguousarray(np.asarray(array).astype(BF16)).view(np.uint16)
@@ -172,13 +180,15 @@ class EmbeddingCache:
         batch_size: int = 4,
         view: str | int = 0,
         log: Callable[[str], Any] | None = print,
-    ) -> list[np.ndarray]:
+        return_meta: bool = False,
+    ) -> list[np.ndarray] | tuple[list[np.ndarray], list[dict]]:
         """bf16 `[h, w, D]` embeddings of `items` (paths, arrays or records), in order.
 
         Only missing entries are encoded, `batch_size` at a time with one jitted
         `model.embed`; the last batch is zero-padded so that every call has one shape
         and compiles once. Each entry's sidecar keeps `to_original`, the affine from
-        the model input back to the image.
+        the model input back to the image, and `original_hw`, the image's shape;
+        `return_meta` also returns those sidecars.
         """
         keys = [self.key(item, view) for item in items]
         out: list[np.ndarray | None] = [self.get(k) for k in keys]
@@ -190,7 +200,8 @@ class EmbeddingCache:
             embed = _jitted_embed(model)
             for start in range(0, len(todo), batch_size):
                 idx = todo[start : start + batch_size]
-                prepared = [self.preprocess(_pixels(items[i]), size) for i in idx]
+                pixels = [_pixels(items[i]) for i in idx]
+                prepared = [self.preprocess(px, size) for px in pixels]
                 batch = np.stack([img for img, _ in prepared])
                 if len(idx) < batch_size:
                     pad = np.zeros((batch_size - len(idx), *batch.shape[1:]), batch.dtype)
@@ -200,6 +211,7 @@ class EmbeddingCache:
                     src = items[i].image if isinstance(items[i], Record) else items[i]
                     meta = {
                         "to_original": prepared[j][1].tolist(),
+                        "original_hw": list(pixels[j].shape[:2]),
                         "source": None if isinstance(src, np.ndarray) else str(src),
                         "view": str(view),
                     }
@@ -210,4 +222,6 @@ class EmbeddingCache:
                 f"SAM embeddings: {len(items) - len(todo)} cached, {len(todo)} computed "
                 f"({self.folder})"
             )
+        if return_meta:
+            return out, [self.meta(k) or {} for k in keys]  # type: ignore[return-value]
         return out  # type: ignore[return-value]

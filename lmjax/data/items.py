@@ -56,3 +56,42 @@ def item_set(name: str, labels: dict[str, str], *, sort_key=None) -> LandmarkSet
         names += found
         kinds += [kind] * len(found)
     return LandmarkSet(name=name, names=tuple(names), kinds=tuple(kinds))
+
+
+def item_vertices(
+    records, landmark_set: LandmarkSet, *, max_vertices: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The geometry of every item of `records`, padded for the device renderers.
+
+    Returns `(vertices [N, K, V, 2] float32, valid [N, K, V] bool)` in original
+    pixels: a landmark is its point (vertex 0), an outline or patch the vertices in
+    `Record.polygons`; padding and missing items are NaN and not valid. `V` is the
+    longest vertex list (at least 1) unless `max_vertices` is given.
+
+    Raises:
+      LandmarkDataError: a visible outline or patch without its vertices, or with
+        more than `max_vertices`.
+    """
+    kinds = landmark_set.item_kinds
+    geometry = []
+    for r in records:
+        row = []
+        for k, (name, kind) in enumerate(zip(landmark_set.names, kinds, strict=True)):
+            if not r.visible[k]:
+                row.append(np.zeros((0, 2), np.float32))
+            elif kind == "landmark":
+                row.append(r.landmarks[k : k + 1])
+            elif r.polygons is None or name not in r.polygons:
+                raise LandmarkDataError(f"{r.name}: {kind} {name!r} is visible but has no vertices")
+            else:
+                row.append(np.asarray(r.polygons[name], np.float32).reshape(-1, 2))
+        geometry.append(row)
+    longest = max([1] + [len(v) for row in geometry for v in row])
+    v_max = longest if max_vertices is None else int(max_vertices)
+    if longest > v_max:
+        raise LandmarkDataError(f"an item has {longest} vertices, more than max_vertices={v_max}")
+    out = np.full((len(geometry), landmark_set.num_landmarks, v_max, 2), np.nan, np.float32)
+    for i, row in enumerate(geometry):
+        for k, v in enumerate(row):
+            out[i, k, : len(v)] = v
+    return out, np.isfinite(out).all(axis=-1)

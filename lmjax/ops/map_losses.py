@@ -47,6 +47,7 @@ def dice_loss(
     from_logits: bool = True,
     multiclass: bool = False,
     smooth: float = 1.0,
+    squared: bool = False,
 ) -> Array:
     """Soft Dice `1 - (2|P.T| + smooth) / (|P| + |T| + smooth)` per example and channel.
 
@@ -57,6 +58,8 @@ def dice_loss(
       from_logits: apply sigmoid (softmax over C when `multiclass`) first.
       multiclass: channels are exclusive classes, not independent landmarks.
       smooth: keeps empty channels finite and drives their prediction to 0.
+      squared: sums of squares in the denominator (`|P|^2 + |T|^2`, MONAI's
+        `squared_pred`, which MedSAM trains with).
     Returns:
       `[B]` loss per example.
     """
@@ -66,7 +69,8 @@ def dice_loss(
         x = jax.nn.softmax(x, axis=-1) if multiclass else jax.nn.sigmoid(x)
     t = _clean_maps(t, vis)
     inter = jnp.sum(x * t, axis=(1, 2))
-    denom = jnp.sum(x, axis=(1, 2)) + jnp.sum(t, axis=(1, 2)) + smooth
+    p = (lambda a: a * a) if squared else (lambda a: a)
+    denom = jnp.sum(p(x), axis=(1, 2)) + jnp.sum(p(t), axis=(1, 2)) + smooth
     ok = denom > 0  # only false with smooth=0 and both empty: a perfect match
     dice = jnp.where(ok, (2.0 * inter + smooth) / jnp.where(ok, denom, 1.0), 1.0)
     return _mean_visible(1.0 - dice, vis)

@@ -1,0 +1,319 @@
+"""SAM's mask decoder fine-tuned on cached image embeddings with box prompts: the
+trainer of `task.mode = "sam_decoder"` (registered with `lmjax.train.trainers`).
+
+The recipe (MedSAM's and the pelvis paper's, decoder only):
+1. the frozen image encoder (`model.pretrained`, e.g. MedSAM converted with
+   `lmjax convert`; random weights without one) embeds every image once; the
+   embeddings are cached in bf16 (`lmjax.data.embedding_cache`);
+2. each step takes `train.batch_size` images and `sam.prompts_per_image` visible
+   items of each, prompts the decoder with their ground-truth boxes jittered in
+   mm (`lmjax.train.sam_steps`) and minimises `task.losses` on mask token 0;
+3. validation and `lmjax evaluate` prompt every visible item with its
+   ground-truth box (oracle boxes) and report landmark errors in mm (soft and
+   binary mask centroids, box centre) and outline/patch IoU at the original
+   resolution (`lmjax.train.sam_eval`).
+
+The workdir gets `config.json`, `landmarks.json`, checkpoints of the decoder
+(best by validation soft-centroid MRE, else mean IoU) and, at the end,
+`sam.safetensors`: the whole fine-tuned SAM in `segment_anything` names, which
+`lmjax.models.sam_convert.load_sam` (and segment_anything) read.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lmjax import configs
+from lmjax.train import checkpoint as ckpt_lib
+from lmjax.train import sam_eval, sam_steps
+from lmjax.train.logs import RunLog
+from lmjax.train.loop import TrainingError
+from lmjax.train.optim import OptimConfig, make_optimizer
+from lmjax.train.sam_data import (
+    DECODER,
+    PromptedDecoder,
+    build_sam,
+    embedding_cache,
+    prompt_set,
+)
+from lmjax.train.setup import load_landmark_set, load_splits, save_landmark_set
+from lmjax.train.state import TrainState
+from lmjax.train.trainers import Trainer, register_trainer
+
+MODE = "sam_decoder"
+EXPORT_FILE = "sam.safetensors"
+REPORT_FILE = "eval.json"
+
+
+def _check(config) -> None:
+    if config.model.name != "sam":
+        raise ValueError(f"task.mode {MODE!r} trains SAM; model.name is {config.model.name!r}")
+    sam_steps.check_losses(config.task.losses)
+    if config.sam.prompts_per_image < 1:
+        raise ValueError(f"sam.prompts_per_image must be >= 1, got {config.sam.prompts_per_image}")
+
+
+def _optimizer(config):
+    optim = OptimConfig.from_any({**config.optim.to_dict(), "total_steps": config.train.steps})
+    return make_optimizer(optim)[0]
+
+
+def _state(config, model, tx):
+    """`(graphdef, TrainState)` of the decoder view of `model`."""
+    view = PromptedDecoder(model)
+    graphdef, params, rest = nnx.split(view, DECODER, ...)
+    state = TrainState(
+        jnp.zeros((), jnp.int32),
+        params,
+        rest,
+        tx.init(params),
+        jax.random.key(config.train.seed),
+        jnp.ones((), jnp.float32),
+    )
+    return graphdef, state
+
+
+def validate(config, predict, state, pset, dataset, prompts=("jittered",)) -> dict[str, Any]:
+    """`sam_eval.score` for each prompt set in `prompts`, plus headline `mre`/`iou` from
+    the first: soft-centroid MRE and mean outline/patch IoU.
+
+    Validation (and checkpoint choice) reads jittered boxes: with exact oracle boxes
+    an empty mask's fallback, the box centre, is the answer itself.
+    """
+    out: dict[str, Any] = {}
+    for p in prompts:
+        pred = sam_eval.predict_images(
+            predict, state, pset, chunk=config.sam.eval_prompts, prompts=p,
+            fraction=config.sam.jitter_fraction, seed=config.train.seed,
+        )  # fmt: skip
+        out[p] = sam_eval.score(pred, dataset)
+    head = out[prompts[0]]
+    lm = head.get("landmarks", {}).get("soft", {})
+    out["mre"] = lm.get("mre", float("nan"))
+    out["unit"] = lm.get("unit", "mm")
+    out["iou"] = (head.get("regions") or {}).get("iou_mean")
+    return out
+
+
+def _score_for_checkpoint(report) -> float:
+    if math.isfinite(report["mre"]):
+        return report["mre"]
+    return -(report["iou"] or 0.0)  # no landmark items: rank by IoU
+
+
+def train(config, workdir, *, log=print) -> dict[str, Any]:
+    """Fine-tunes the decoder into `workdir` (resuming a run there); returns the last
+    validation report."""
+    config = configs.resolve(config)
+    _check(config)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log("resolved config:\n  " + configs.format_config(config).replace("\n", "\n  "))
+    log(f"wrote {configs.save_json(config, workdir)}")
+    train_ds, val_ds, _ = load_splits(config)
+    save_landmark_set(workdir, train_ds.landmark_set)
+    model, weights_id = build_sam(config, log=log)
+    cache = embedding_cache(config, workdir, weights_id)
+    train_set = prompt_set(train_ds, config, cache, model, log=log)
+    val_set = prompt_set(val_ds, config, cache, model, log=log)
+    tx = _optimizer(config)
+    graphdef, state = _state(config, model, tx)
+    k = min(config.sam.prompts_per_image, len(train_set.kinds))
+    train_step = sam_steps.make_train_step(
+        graphdef, tx, kinds=sam_eval.kind_ids(train_set.kinds), k=k,
+        fraction=config.sam.jitter_fraction, losses=dict(config.task.losses),
+        loss_kwargs={n: dict(v) for n, v in config.task.loss_kwargs.items()},
+        loss_frame=config.sam.loss_frame,
+    )  # fmt: skip
+    predict = sam_steps.make_predict_step(graphdef)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log(f"training the SAM mask decoder ({n_params:,} parameters) on {len(train_set)} images, "
+        f"{k} prompts each; encoder frozen, embeddings cached")  # fmt: skip
+    checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
+    start = 0
+    if checkpoints.latest_step() is not None:
+        state, _, _, _ = checkpoints.restore(abstract_state=ckpt_lib.abstract_like(state))
+        start = int(state.step)
+        log(f"resumed from step {start} in {workdir}")
+    history = RunLog(workdir, tensorboard=config.train.tensorboard)
+    batch_size = config.train.batch_size
+    report: dict[str, Any] = {}
+    try:
+        t0 = time.perf_counter()
+        for step in range(start + 1, config.train.steps + 1):
+            # Image order depends on (seed, step) only, so a resumed run repeats it.
+            rng = np.random.default_rng([config.train.seed, step])
+            idx = rng.choice(len(train_set), batch_size, replace=len(train_set) < batch_size)
+            state, metrics = train_step(state, train_set.batch(np.sort(idx)))
+            last = step == config.train.steps
+            if step % config.train.log_every == 0 or last:
+                values = {n: float(v) for n, v in jax.device_get(metrics).items()}
+                if values["skipped"] > 0 or not np.isfinite(values["loss"]):
+                    raise TrainingError(
+                        f"non-finite loss or gradient at step {step}; the last good "
+                        f"checkpoint is step {checkpoints.latest_step()} in {workdir}"
+                    )
+                rate = config.train.log_every * batch_size * k / (time.perf_counter() - t0)
+                log(f"step {step}/{config.train.steps}  loss {values['loss']:.4f}  "
+                    f"dice {values['dice_score']:.3f}  {rate:.0f} prompts/s")  # fmt: skip
+                history.write(step, "train", {**values, "prompts_per_s": rate})
+                t0 = time.perf_counter()
+            if step % config.train.eval_every == 0 or last:
+                report = validate(config, predict, state, val_set, val_ds)
+                iou = "-" if report["iou"] is None else f"{report['iou']:.3f}"
+                log(f"step {step}  val (jittered GT boxes) MRE {report['mre']:.3f} "
+                    f"{report['unit']}  IoU {iou}")  # fmt: skip
+                history.write(step, "val", {"mre": report["mre"], "iou": report["iou"] or 0.0})
+                checkpoints.save(
+                    step,
+                    state,
+                    data_state={"step": step},
+                    config=config.to_dict(),
+                    metrics={"val_mre": _score_for_checkpoint(report)},
+                )
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+        history.close()
+    export(config, workdir, model, graphdef, state, log=log)
+    return report
+
+
+def export(config, workdir, model, graphdef, state, *, log=print) -> pathlib.Path:
+    """Writes the whole SAM with the trained decoder as `segment_anything` safetensors."""
+    from safetensors.numpy import save_file
+
+    from lmjax.models.sam_convert import nnx_to_original
+
+    view = nnx.merge(graphdef, state.params, state.model_state)
+    nnx.update(model, nnx.state(view))
+    path = pathlib.Path(workdir) / EXPORT_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(nnx_to_original(model), str(tmp), metadata={"format": "segment_anything"})
+    tmp.replace(path)
+    log(f"wrote {path} (segment_anything layout)")
+    return path
+
+
+def restore(workdir, *, which: str = "best"):
+    """`(config, model, graphdef, state)` of the best (or "latest") checkpoint in `workdir`."""
+    from lmjax.train.restore import read_config
+
+    if not ckpt_lib.has_checkpoint(workdir):
+        raise FileNotFoundError(f"{workdir}: no checkpoint found; train with lmjax train first")
+    config = read_config(workdir)
+    model, _ = build_sam(config, log=lambda _: None)
+    graphdef, state = _state(config, model, _optimizer(config))
+    checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
+    try:
+        step = "best" if which == "best" and checkpoints.best_step() is not None else None
+        state, _, _, _ = checkpoints.restore(step, abstract_state=ckpt_lib.abstract_like(state))
+    finally:
+        checkpoints.close()
+    return config, model, graphdef, state
+
+
+def evaluate_workdir(
+    workdir, *, split=None, data_dir=None, ground_truth=None, log=print
+) -> dict[str, Any]:
+    """`lmjax evaluate` of a SAM decoder run: oracle and jittered ground-truth boxes."""
+    from lmjax.train.evaluation import dataset_for_split
+    from lmjax.train.sam_data import embedding_cache as cache_for
+
+    config, model, graphdef, state = restore(workdir)
+    with config.unlocked():
+        if data_dir is not None:
+            config.data.data_dir = data_dir
+        if ground_truth is not None:
+            config.data.ground_truth = ground_truth
+    name, dataset = dataset_for_split(config, split)
+    trained = load_landmark_set(workdir, config)
+    if dataset.landmark_set.names != trained.names:
+        raise ValueError(
+            f"the data's items ({', '.join(dataset.landmark_set.names[:4])}, ...) are not "
+            f"the ones trained on ({', '.join(trained.names[:4])}, ...)"
+        )
+    _, weights_id = build_sam(config, log=lambda _: None)
+    pset = prompt_set(dataset, config, cache_for(config, workdir, weights_id), model, log=log)
+    predict = sam_steps.make_predict_step(graphdef)
+    report = validate(config, predict, state, pset, dataset, prompts=sam_eval.PROMPTS)
+    report = {
+        "split": name,
+        "model": "sam",
+        "task": MODE,
+        "checkpoint_step": int(state.step),
+        "prompts": {
+            "oracle": "ground-truth boxes (the box around each item's drawn mask)",
+            "jittered": "ground-truth boxes jittered as in training (fixed seed)",
+        },
+        **report,
+    }
+    log(format_report(report))
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"SAM decoder on {report['split']} (step {report['checkpoint_step']})"]
+    for p in sam_eval.PROMPTS:
+        if p not in report:
+            continue
+        r = report[p]
+        for reading, s in r.get("landmarks", {}).items():
+            lines.append(
+                f"  {p:8s} landmarks {reading:10s} MRE {s['mre']:.3f} {s['unit']}  "
+                f"median {s['median']:.3f}  SD {s['sd']:.3f}  SDR@2 {s['sdr'].get('2', 0):.1f}%"
+            )
+        g = r.get("regions")
+        if g and g["n"]:
+            lines.append(
+                f"  {p:8s} outlines/patches IoU mean {g['iou_mean']:.3f}  "
+                f"median {g['iou_median']:.3f}  SD {g['iou_sd']:.3f}  (n {g['n']})"
+            )
+    return "\n".join(lines)
+
+
+def _benchmark(config, **kw):
+    from lmjax.sam_benchmark import benchmark_sam
+
+    return benchmark_sam(config, **kw)
+
+
+def _format_benchmark(result):
+    from lmjax.sam_benchmark import format_sam_benchmark
+
+    return format_sam_benchmark(result)
+
+
+def _compile_check(config, **kw):
+    from lmjax.sam_benchmark import compile_check_sam
+
+    return compile_check_sam(config, **kw)
+
+
+def _format_compile_check(result):
+    from lmjax.sam_benchmark import format_sam_compile_check
+
+    return format_sam_compile_check(result)
+
+
+register_trainer(
+    MODE,
+    Trainer(
+        train=train,
+        evaluate=evaluate_workdir,
+        benchmark=_benchmark,
+        format_benchmark=_format_benchmark,
+        compile_check=_compile_check,
+        format_compile_check=_format_compile_check,
+    ),
+)
+
+__all__ = ["MODE", "evaluate_workdir", "export", "restore", "train", "validate"]

@@ -1,0 +1,165 @@
+"""Scoring a SAM decoder with box prompts: landmarks in mm, outlines and patches by IoU
+at the original resolution.
+
+Prompts are ground-truth boxes ("oracle": the box around what each item's mask
+draws), optionally jittered as in training with a fixed key, so the numbers
+measure the segmenter alone; a detector's boxes replace them in the cascade.
+Every visible item is prompted; an item that is absent from an image has no
+prompt, a NaN landmark and `visible` False.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmjax import metrics
+from lmjax.data import affine
+from lmjax.models.sam import postprocess_masks
+from lmjax.ops.item_masks import KIND_IDS, item_boxes_by_kind, item_masks, kind_ids
+from lmjax.train.sam_steps import jitter_boxes
+
+LANDMARK_READINGS = ("soft", "binary", "box_centre")
+PROMPTS = ("jittered", "oracle")  # the first is the headline
+
+
+def prompt_boxes(pset, i: int, kinds, *, prompts: str, fraction: float, seed: int):
+    """`(boxes [K, 4], valid [K])` of image `i` in the model frame."""
+    b = pset.batch([i])
+    boxes = item_boxes_by_kind(
+        b["vertices"], b["vertex_valid"], kinds, radius=b["radius"][:, None],
+        width=b["width"][:, None], visible=b["visible"],
+    )  # fmt: skip
+    if prompts == "jittered":
+        key = jax.random.fold_in(jax.random.key(seed), i)
+        boxes = jitter_boxes(
+            key, boxes, jnp.broadcast_to(kinds, boxes.shape[:2]),
+            jitter=jnp.asarray(b["jitter"]), shift=jnp.asarray(b["shift"]), fraction=fraction,
+        )  # fmt: skip
+    boxes = np.asarray(boxes[0])
+    return boxes, np.isfinite(boxes).all(axis=-1)
+
+
+@partial(jax.jit, static_argnames=("input_hw", "original_hw", "side"))
+def _region_iou(low, vertices, vertex_valid, kind, width, *, input_hw, original_hw, side):
+    """IoU `[P]` of thresholded logits `[P, h, w]` upsampled to the original image."""
+    logits = postprocess_masks(
+        low[..., None], image_size=side, input_size=input_hw, original_size=original_hw
+    )[..., 0]
+    pred = logits > 0  # [P, H0, W0]
+    target = item_masks(
+        vertices[None], vertex_valid[None], kind, shape=original_hw, radius=0.0, width=width
+    )[0]
+    target = jnp.moveaxis(target, -1, 0) > 0.5
+    inter = jnp.sum(pred & target, axis=(1, 2))
+    union = jnp.sum(pred | target, axis=(1, 2))
+    return jnp.where(union > 0, inter / jnp.maximum(union, 1), jnp.nan)
+
+
+def predict_images(predict, state, pset, *, chunk: int, prompts: str, fraction: float, seed=0):
+    """Per image: landmarks (each reading) in original pixels `[N, K, 2]` and region IoU
+    `[N, K]` (NaN where not an outline/patch or absent), plus predicted IoU."""
+    n, k = pset.visible.shape
+    kinds = kind_ids(pset.kinds)
+    region = np.asarray([kd != "landmark" for kd in pset.kinds])
+    coords = {r: np.full((n, k, 2), np.nan, np.float32) for r in LANDMARK_READINGS}
+    iou = np.full((n, k), np.nan, np.float32)
+    score = np.full((n, k), np.nan, np.float32)
+    found = np.zeros((n, k), bool)
+    pad = -(-k // chunk) * chunk
+    for i in range(n):
+        boxes, valid = prompt_boxes(pset, i, kinds, prompts=prompts, fraction=fraction, seed=seed)
+        boxes = np.concatenate([boxes, np.full((pad - k, 4), np.nan, np.float32)])
+        valid = np.concatenate([valid, np.zeros(pad - k, bool)])
+        outs = [
+            jax.device_get(
+                predict(
+                    state, pset.embeddings[i : i + 1], boxes[None, s : s + chunk],
+                    valid[None, s : s + chunk],
+                )  # fmt: skip
+            )
+            for s in range(0, pad, chunk)
+        ]
+        out = {key: np.concatenate([o[key][0] for o in outs])[:k] for key in outs[0]}
+        ok = valid[:k]
+        for r in LANDMARK_READINGS:
+            xy = affine.apply(out[r].astype(np.float64), pset.to_original[i])
+            coords[r][i] = np.where(ok[:, None], xy, np.nan)
+        found[i] = ok & out["found_soft"]
+        score[i] = np.where(ok, out["iou"], np.nan)
+        todo = np.flatnonzero(ok & region)
+        if todo.size:
+            got = _region_iou(
+                jnp.asarray(out["lowres"][todo]),
+                jnp.asarray(pset.vertices_original[i, todo]),
+                jnp.isfinite(jnp.asarray(pset.vertices_original[i, todo])).all(-1),
+                kinds[todo],
+                float(pset.width_original[i]),
+                input_hw=tuple(int(v) for v in pset.input_hw[i]),
+                original_hw=tuple(int(v) for v in pset.original_hw[i]),
+                side=pset.side,
+            )
+            iou[i, todo] = np.asarray(got)
+    return {"coords": coords, "iou": iou, "predicted_iou": score, "found": found}
+
+
+def _landmark_summary(coords, dataset, columns, thresholds) -> dict[str, Any]:
+    gt = dataset.landmarks()[:, columns]
+    errors, unit = metrics.radial_errors(coords[:, columns], gt, dataset.spacings())
+    s = metrics.summarize(errors, unit=unit, thresholds=thresholds)
+    names = [dataset.landmark_set.names[c] for c in columns]
+    return {
+        "unit": unit,
+        **{k: s[k] for k in ("n", "missed", "mre", "sd", "median", "iqr", "p95")},
+        "sdr": {f"{t:g}": s[metrics.sdr_key(t)] for t in thresholds},
+        "per_landmark": metrics.per_landmark(errors, names, unit=unit, thresholds=thresholds),
+    }
+
+
+def _region_summary(iou, dataset, columns) -> dict[str, Any]:
+    v = iou[:, columns]
+    finite = v[np.isfinite(v)]
+    names = [dataset.landmark_set.names[c] for c in columns]
+    per_item = {
+        name: float(np.nanmean(v[:, j])) if np.isfinite(v[:, j]).any() else None
+        for j, name in enumerate(names)
+    }
+    if not finite.size:
+        return {"n": 0, "iou_mean": None, "iou_median": None, "iou_sd": None, "per_item": per_item}
+    return {
+        "n": int(finite.size),
+        "iou_mean": float(finite.mean()),
+        "iou_median": float(np.median(finite)),
+        "iou_sd": float(finite.std()),
+        "per_item": per_item,
+    }
+
+
+def score(pred, dataset, *, thresholds=metrics.DEFAULT_THRESHOLDS) -> dict[str, Any]:
+    """The report of one prompt set: landmark errors per reading, region IoU."""
+    kinds = dataset.landmark_set.item_kinds
+    lm = [j for j, kd in enumerate(kinds) if kd == "landmark"]
+    rg = [j for j, kd in enumerate(kinds) if kd != "landmark"]
+    out: dict[str, Any] = {}
+    if lm:
+        out["landmarks"] = {
+            r: _landmark_summary(pred["coords"][r], dataset, lm, thresholds)
+            for r in LANDMARK_READINGS
+        }
+        out["soft_fallbacks"] = int(
+            (np.stack([r.visible for r in dataset.records])[:, lm] & ~pred["found"][:, lm]).sum()
+        )
+    if rg:
+        out["regions"] = _region_summary(pred["iou"], dataset, rg)
+        for kd in ("outline", "patch"):
+            cols = [j for j in rg if kinds[j] == kd]
+            if cols:
+                out["regions"][f"{kd}s"] = _region_summary(pred["iou"], dataset, cols)
+    return out
+
+
+__all__ = ["KIND_IDS", "PROMPTS", "predict_images", "score"]

@@ -1,0 +1,251 @@
+"""SAM decoder fine-tuning on cached embeddings: prompts, targets, scoring, the trainer."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmjax import configs
+from lmjax.ops.item_masks import item_masks
+from lmjax.train import sam_data, sam_decoder, sam_eval, sam_steps, trainers
+from lmjax.train.setup import load_splits
+
+CONFIG = "experiments/configs/pelvis_sam_decoder.py"
+# 64 px input: an 8 x 8 token grid, 32 x 32 masks; seconds per run on 2 cores.
+SMALL = [
+    "data.input_size=(64, 64)",
+    "data.phantom_size=12",
+    "train.steps=4",
+    "train.eval_every=2",
+    "train.log_every=2",
+    "train.batch_size=2",
+    "sam.prompts_per_image=6",
+    "train.tensorboard=False",
+]
+
+
+def small_config(*extra):
+    return configs.load(CONFIG, [*SMALL, *extra])
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    """`(config, dataset, model, PromptSet)` of the small phantom's training split."""
+    config = small_config("data.input_size=(128, 128)")
+    train, _, _ = load_splits(config)
+    model, weights_id = sam_data.build_sam(config, log=lambda _: None)
+    cache = sam_data.embedding_cache(config, tmp_path_factory.mktemp("wd"), weights_id)
+    pset = sam_data.prompt_set(train, config, cache, model, log=lambda _: None)
+    return config, train, model, pset
+
+
+def test_sampled_prompts_are_distinct_and_visible_first():
+    visible = jnp.array([[True, False, True, True, False], [False] * 5])
+    idx, valid = sam_steps.sample_prompts(jax.random.key(0), visible, 4)
+    idx, valid = np.asarray(idx), np.asarray(valid)
+    assert all(len(set(row)) == 4 for row in idx)
+    assert set(idx[0, :3]) == {0, 2, 3} and valid[0].tolist() == [True, True, True, False]
+    assert not valid[1].any()
+
+
+def test_jitter_moves_landmark_sides_out_within_bounds():
+    boxes = jnp.tile(jnp.array([10.0, 20.0, 14.0, 24.0]), (1, 500, 1))
+    kind = jnp.array([[0] * 250 + [2] * 250])
+    out = np.asarray(
+        sam_steps.jitter_boxes(
+            jax.random.key(1), boxes, kind, jitter=jnp.array([2.0]), shift=jnp.array([0.5]),
+            fraction=0.1,
+        )  # fmt: skip
+    )[0]
+    grow = (out[:, 2:] - out[:, :2]) - 4.0
+    lm, rg = slice(0, 250), slice(250, 500)
+    assert (grow[lm] >= 0).all() and (grow[lm] <= 4.0).all() and grow[lm].std() > 0.3
+    # the centre moves by at most shift + jitter / 2
+    centre = (out[:, :2] + out[:, 2:]) / 2 - np.array([12.0, 22.0])
+    assert np.abs(centre[lm]).max() <= 1.5 + 1e-5
+    assert (out[rg, :2] <= boxes[0, 0, :2] + 1e-6).all() and (out[rg, :2] >= [9.6, 19.6]).all()
+
+
+def test_crop_windows_resample_the_logits_bilinearly():
+    logits = jax.random.normal(jax.random.key(2), (1, 16, 16, 1))
+    windows = jnp.array([[[3.0, 5.0, 20.0]]])  # model frame 32 px, masks half as fine
+    got = np.asarray(sam_steps.sample_windows(logits, windows, 8, 0.5))[0, ..., 0]
+    t = (np.arange(8) + 0.5) / 8
+    ys, xs = (5.0 + t * 20 + 0.5) * 0.5 - 0.5, (3.0 + t * 20 + 0.5) * 0.5 - 0.5
+    from scipy.ndimage import map_coordinates
+
+    ref = map_coordinates(
+        np.asarray(logits[0, ..., 0]), np.meshgrid(ys, xs, indexing="ij"), order=1, mode="nearest"
+    )
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def _ground_truth_predict(pset):
+    """A stand-in decoder whose mask is the ground truth of each prompted item, drawn
+    anti-aliased (the sigmoid of its logits is each pixel's coverage).
+
+    The image index rides in the embeddings (filled with it below), and one call
+    covers all items, so prompt p is item p.
+    """
+
+    def predict(state, embeddings, boxes, valid):
+        del state
+        i = int(embeddings[0, 0, 0, 0])
+        b = pset.batch([i])
+        k = len(pset.kinds)
+        p = boxes.shape[1]
+        # Coverage from 4 x 4 samples per pixel: the anti-aliased ground truth.
+        n, side = 4, pset.side
+        masks = item_masks(
+            (b["vertices"] + 0.5) * n - 0.5, b["vertex_valid"], sam_eval.kind_ids(pset.kinds),
+            shape=(side * n, side * n), radius=b["radius"][:, None] * n,
+            width=b["width"][:, None] * n, visible=b["visible"],
+        )  # fmt: skip
+        masks = masks.reshape(1, side, n, side, n, -1).mean(axis=(2, 4))
+        cover = jnp.clip(masks, 1e-4, 1 - 1e-4)
+        logits = jnp.moveaxis(jnp.log(cover) - jnp.log1p(-cover), -1, 1)
+        logits = jnp.pad(logits, ((0, 0), (0, p - k), (0, 0), (0, 0)), constant_values=-10.0)
+        return {"lowres": logits, "iou": jnp.ones((1, p)), **sam_steps.locate(logits, boxes)}
+
+    return predict
+
+
+def test_oracle_path_recovers_landmarks_and_regions(prompts):
+    config, dataset, _, pset = prompts
+    # 8-mm discs (3.2 px in the 128-px model frame): the pixel centroid of a 2-mm
+    # disc (0.8 px) is off by up to 0.13 px even when drawn exactly.
+    pset = dataclasses.replace(
+        pset,
+        radius=pset.radius * 4,
+        embeddings=np.broadcast_to(
+            np.arange(len(pset), dtype=np.float32)[:, None, None, None], pset.embeddings.shape
+        ),
+    )
+    pred = sam_eval.predict_images(
+        _ground_truth_predict(pset), None, pset, chunk=32, prompts="oracle", fraction=0.1
+    )
+    gt = dataset.landmarks()
+    lm = dataset.landmark_set.landmark_indices
+    assert pset.to_original[0, 0, 0] == pytest.approx(2.0)  # 256 px images, 128 px model
+    for reading, tol in (("soft", 0.1), ("box_centre", 1e-3), ("binary", 1.0)):
+        # The binary mask's centroid is digitised: a 3.2-px disc has ~30 pixels.
+        err = np.linalg.norm(pred["coords"][reading][:, lm] - gt[:, lm], axis=-1)
+        assert np.nanmax(err) < tol, reading
+    # Absent items: NaN and not visible, everywhere.
+    absent = ~np.stack([r.visible for r in dataset.records])
+    assert absent.any()
+    assert np.isnan(pred["coords"]["soft"][absent]).all() and np.isnan(pred["iou"][absent]).all()
+    report = sam_eval.score(pred, dataset)
+    assert report["landmarks"]["soft"]["n"] == int((~absent[:, lm]).sum())
+    # Masks drawn in the 128-px model frame, upsampled to 256 px: patches nearly exact.
+    patches = report["regions"]["patches"]
+    assert patches["iou_mean"] > 0.85 and report["regions"]["outlines"]["iou_mean"] > 0.4
+
+
+def test_a_tiny_decoder_learns_on_cached_embeddings(prompts):
+    config, _, model, pset = prompts
+    config = configs.load(
+        CONFIG,
+        [*SMALL, "data.input_size=(128, 128)", "optim.learning_rate=1e-2", "sam.loss_frame=crop",
+         "optim.schedule=constant", "optim.warmup_steps=0"],
+    )  # fmt: skip
+    tx = sam_decoder._optimizer(config)
+    graphdef, state = sam_decoder._state(config, model, tx)
+    step = sam_steps.make_train_step(
+        graphdef, tx, kinds=sam_eval.kind_ids(pset.kinds), k=8, fraction=0.1,
+        losses={"dice": 1.0, "bce": 1.0}, loss_kwargs={"dice": {"squared": True}},
+        loss_frame="crop",
+    )  # fmt: skip
+    batch = pset.batch(np.arange(4))
+    history = []
+    for _ in range(50):
+        state, m = step(state, batch)
+        history.append({k: float(v) for k, v in m.items()})
+    first = np.mean([h["loss"] for h in history[:5]])
+    last = np.mean([h["loss"] for h in history[-5:]])
+    assert last < 0.8 * first, (first, last)
+    assert np.mean([h["dice_score"] for h in history[-5:]]) > np.mean(
+        [h["dice_score"] for h in history[:5]]
+    ) + 0.1
+
+
+def test_trainer_registry_dispatches_by_task_mode():
+    sam = trainers.trainer_for(small_config())
+    assert sam.train is sam_decoder.train and "sam_decoder" in trainers.list_modes()
+    from lmjax.train import loop
+
+    assert trainers.trainer_for(configs.load("lmjax/configs/phantom.py")).train is loop.train
+    with pytest.raises(ValueError, match="already registered"):
+        trainers.register_trainer("sam_decoder", sam._replace(train=print))
+
+
+def test_train_evaluate_export_and_resume(tmp_path, capsys):
+    from tests.test_cli import run_cli
+
+    wd = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", f"--config={CONFIG}", f"--workdir={wd}",
+                             *(f"--config.{o}" for o in SMALL))  # fmt: skip
+    assert code == 0, err
+    assert "training the SAM mask decoder" in out and "val (jittered GT boxes)" in out
+    report = json.loads((wd / "eval.json").read_text())
+    assert set(report) >= {"jittered", "oracle", "mre", "unit", "split", "checkpoint_step"}
+    assert set(report["oracle"]["landmarks"]) == {"soft", "binary", "box_centre"}
+    assert report["unit"] == "mm" and report["checkpoint_step"] in (2, 4)
+    # the export holds the last step's decoder
+    from flax import nnx
+
+    from lmjax.models.sam_convert import load_sam
+
+    exported, _ = load_sam(wd / sam_decoder.EXPORT_FILE)
+    _, _, graphdef, state = sam_decoder.restore(wd, which="latest")
+    assert int(state.step) == 4
+    view = nnx.merge(graphdef, state.params, state.model_state)
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        nnx.state(view.mask_decoder).to_pure_dict(),
+        nnx.state(exported.mask_decoder).to_pure_dict(),
+    )
+    code, out, err = run_cli(capsys, "evaluate", f"--workdir={wd}", "--split=train")
+    assert code == 0, err
+    assert "jittered landmarks soft" in out and "oracle   landmarks binary" in out
+    # more steps resume from the last checkpoint
+    code, out, err = run_cli(capsys, "train", f"--config={CONFIG}", f"--workdir={wd}",
+                             *(f"--config.{o}" for o in SMALL), "--config.train.steps=6")  # fmt: skip
+    assert code == 0, err
+    assert "resumed from step 4" in out
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.name=unet", "trains SAM"),
+        ("task.losses={'coord_l1': 1.0}", "coordinate loss"),
+        ("sam.loss_frame=box", "unknown sam.loss_frame"),
+        ("data.input_size=(64, 96)", "must be square"),
+    ],
+)
+def test_bad_configs_fail_in_one_line(tmp_path, capsys, override, message):
+    from tests.test_cli import run_cli
+
+    code, _, err = run_cli(capsys, "train", f"--config={CONFIG}", f"--workdir={tmp_path}",
+                           *(f"--config.{o}" for o in SMALL), f"--config.{override}")  # fmt: skip
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_records_without_spacing_and_items_without_vertices_are_named(prompts):
+    config, dataset, model, _ = prompts
+    from lmjax.data.items import item_vertices
+    from lmjax.data.types import LandmarkDataError
+
+    r = dataset.records[0]
+    no_spacing = dataclasses.replace(dataset, records=[dataclasses.replace(r, spacing=None)])
+    with pytest.raises(LandmarkDataError, match=f"{r.name}: no pixel spacing"):
+        sam_data.prompt_set(no_spacing, config, None, model)
+    outline = next(k for k in dataset.landmark_set.outline_indices if r.visible[k])
+    name = dataset.landmark_set.names[outline]
+    bare = dataclasses.replace(r, polygons={})
+    with pytest.raises(LandmarkDataError, match=f"outline {name!r} is visible but has no"):
+        item_vertices([bare], dataset.landmark_set)
