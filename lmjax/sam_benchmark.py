@@ -40,9 +40,7 @@ from lmjax import compilation as comp
 from lmjax.configs import resolve
 from lmjax.ops.item_masks import kind_ids
 from lmjax.train import sam_steps
-from lmjax.train.optim import OptimConfig, make_optimizer
-from lmjax.train.sam_data import DECODER, PromptedDecoder, build_sam
-from lmjax.train.state import TrainState
+from lmjax.train.sam_data import build_sam, decoder_optimizer, decoder_state
 
 PROMPTS = (32, 90)  # the config's default K, and every item of the fake set
 ITEMS = {"landmark": 72, "outline": 12, "patch": 6}
@@ -88,18 +86,10 @@ def fake_embeddings(n: int, grid: Sequence[int], dim: int, *, seed: int = 0) -> 
     return x.astype(jnp.bfloat16)
 
 
-def _decoder_state(config, model, tx):
-    """`lmjax.train.sam_decoder._state`'s `(graphdef, TrainState)` of the decoder view,
-    rebuilt from its parts: sam_decoder imports this module, so this one cannot."""
-    graphdef, params, rest = nnx.split(PromptedDecoder(model), DECODER, ...)
-    step, key, one = jnp.zeros((), jnp.int32), jax.random.key(config.train.seed), jnp.ones(())
-    return graphdef, TrainState(step, params, rest, tx.init(params), key, one)
-
-
 def _build(config, prompts, *, abstract: bool) -> dict[str, Any]:
     """What both commands compile, for `config` without its pretrained weights (shapes
     and times do not depend on them): `model_graph`/`model_state` (the `Sam`, split),
-    `graphdef`/`state` (`_decoder_state`), jitted `embed` (as the embedding cache
+    `graphdef`/`state` (`decoder_state`), jitted `embed` (as the embedding cache
     runs it), `decode`, a `train` step per K of `prompts`, and `info` for the results.
     With `abstract` the states are `jax.ShapeDtypeStruct`s: nothing is allocated."""
     prompts = tuple(PROMPTS if prompts is None else prompts)
@@ -110,8 +100,7 @@ def _build(config, prompts, *, abstract: bool) -> dict[str, Any]:
     config = resolve(raw)
     if config.model.name != "sam":
         raise ValueError(f"SAM benchmarks need model.name 'sam', got {config.model.name!r}")
-    optim = {**config.optim.to_dict(), "total_steps": config.train.steps}
-    tx = make_optimizer(OptimConfig.from_any(optim))[0]  # as sam_decoder's training run
+    tx = decoder_optimizer(config)  # as the training run's
     out: dict[str, Any] = {"config": config, "prompts": prompts}
 
     def count(module) -> int:
@@ -119,7 +108,7 @@ def _build(config, prompts, *, abstract: bool) -> dict[str, Any]:
 
     def make():
         model, _ = build_sam(config, log=lambda _: None)
-        out["graphdef"], state = _decoder_state(config, model, tx)
+        out["graphdef"], state = decoder_state(config, model, tx)
         out["model_graph"], model_state = nnx.split(model)
         grid, dim = tuple(model.image_encoder.grid), int(model.prompt_encoder.embed_dim)
         out["info"] = {
@@ -138,7 +127,7 @@ def _build(config, prompts, *, abstract: bool) -> dict[str, Any]:
         draw = lambda s: rng.normal(0, 0.02, s.shape).astype(s.dtype)  # noqa: E731
         out["model_state"] = jax.device_put(jax.tree.map(draw, out["model_state"]))
         model = nnx.merge(out["model_graph"], out["model_state"])
-        out["state"] = _decoder_state(config, model, tx)[1]
+        out["state"] = decoder_state(config, model, tx)[1]
     out["info"] |= {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind}
     out["info"] |= {"device_count": jax.device_count(), "versions": bench.versions()}
     graph, graphdef = out["model_graph"], out["graphdef"]

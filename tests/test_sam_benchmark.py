@@ -26,7 +26,8 @@ from lmjax.sam_benchmark import (
 from tests.test_cli import run_cli
 
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "experiments/configs/pelvis_sam_decoder.py"
-SMALL = ["data.input_size=(64, 64)", "model.patch_size=8"]
+SMALL = ["data.input_size=(64, 64)", "model.patch_size=8", "model.prompt_dim=32"]
+CONFIG_PROMPT_DIM = 32
 
 
 def tiny():
@@ -67,7 +68,11 @@ def test_benchmark_reports_every_section(result):
     assert {"platform", "versions", "steps", "warmup", "encoder", "decoder"} <= set(result)
     p = result["parameters"]
     assert p["total"] == p["image_encoder"] + p["prompt_encoder"] + p["mask_decoder"] > 0
-    assert result["input_size"] == [64, 64] and result["embedding_shape"] == [8, 8, 32]
+    assert result["input_size"] == [64, 64] and result["embedding_shape"] == [
+        8,
+        8,
+        CONFIG_PROMPT_DIM,
+    ]
     assert result["data"] == "fake" and result["items"] == ITEMS
     e = result["encoder"]
     assert e["batch"] == 4 and finite_positive(e["images_per_s"])

@@ -13,8 +13,14 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from lmjax.ops.item_targets import KINDS, _at, _pixel_grid, item_boxes, polygon_masks
-from lmjax.ops.item_targets import polyline_masks
+from lmjax.ops.item_targets import (
+    KINDS,
+    _at,
+    _pixel_grid,
+    item_boxes,
+    polygon_masks,
+    polyline_masks,
+)
 
 KIND_IDS = {k: i for i, k in enumerate(KINDS)}
 
@@ -69,12 +75,12 @@ def item_masks(
     v = jnp.asarray(vertices, jnp.float32)
     kind = jnp.broadcast_to(jnp.asarray(kind, jnp.int32), v.shape[:-2])
     disc = disc_masks(v[..., 0, :], shape=shape, radius=radius, visible=visible, soft=soft)
-    line = polyline_masks(
-        v, vertex_valid, shape=shape, width=width, visible=visible, soft=soft
-    )
+    line = polyline_masks(v, vertex_valid, shape=shape, width=width, visible=visible, soft=soft)
     fill = polygon_masks(v, vertex_valid, shape=shape, visible=visible)
     k = _at(kind)
-    return jnp.where(k == KIND_IDS["landmark"], disc, jnp.where(k == KIND_IDS["outline"], line, fill))
+    return jnp.where(
+        k == KIND_IDS["landmark"], disc, jnp.where(k == KIND_IDS["outline"], line, fill)
+    )
 
 
 def item_boxes_by_kind(

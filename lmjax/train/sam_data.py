@@ -46,6 +46,27 @@ class PromptedDecoder(nnx.Module):
     decode = Sam.decode
 
 
+def decoder_optimizer(config):
+    """The optax transformation `config.optim` names, over `config.train.steps`."""
+    from lmjax.train.optim import OptimConfig, make_optimizer
+
+    optim = OptimConfig.from_any({**config.optim.to_dict(), "total_steps": config.train.steps})
+    return make_optimizer(optim)[0]
+
+
+def decoder_state(config, model: Sam, tx):
+    """`(graphdef, TrainState)` of `model`'s `PromptedDecoder`: the decoder's parameters
+    train, the prompt encoder rides along in `model_state`."""
+    import jax
+    import jax.numpy as jnp
+
+    from lmjax.train.state import TrainState
+
+    graphdef, params, rest = nnx.split(PromptedDecoder(model), DECODER, ...)
+    step, key = jnp.zeros((), jnp.int32), jax.random.key(config.train.seed)
+    return graphdef, TrainState(step, params, rest, tx.init(params), key, jnp.ones(()))
+
+
 def model_options(config) -> dict:
     """`config.model` without the fields every family shares (the builder's options)."""
     return {k: v for k, v in config.model.to_dict().items() if k not in MODEL_FIELDS}

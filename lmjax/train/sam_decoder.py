@@ -27,7 +27,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -36,16 +35,14 @@ from lmjax.train import checkpoint as ckpt_lib
 from lmjax.train import sam_eval, sam_steps
 from lmjax.train.logs import RunLog
 from lmjax.train.loop import TrainingError
-from lmjax.train.optim import OptimConfig, make_optimizer
 from lmjax.train.sam_data import (
-    DECODER,
-    PromptedDecoder,
     build_sam,
+    decoder_optimizer,
+    decoder_state,
     embedding_cache,
     prompt_set,
 )
 from lmjax.train.setup import load_landmark_set, load_splits, save_landmark_set
-from lmjax.train.state import TrainState
 from lmjax.train.trainers import Trainer, register_trainer
 
 MODE = "sam_decoder"
@@ -59,26 +56,6 @@ def _check(config) -> None:
     sam_steps.check_losses(config.task.losses)
     if config.sam.prompts_per_image < 1:
         raise ValueError(f"sam.prompts_per_image must be >= 1, got {config.sam.prompts_per_image}")
-
-
-def _optimizer(config):
-    optim = OptimConfig.from_any({**config.optim.to_dict(), "total_steps": config.train.steps})
-    return make_optimizer(optim)[0]
-
-
-def _state(config, model, tx):
-    """`(graphdef, TrainState)` of the decoder view of `model`."""
-    view = PromptedDecoder(model)
-    graphdef, params, rest = nnx.split(view, DECODER, ...)
-    state = TrainState(
-        jnp.zeros((), jnp.int32),
-        params,
-        rest,
-        tx.init(params),
-        jax.random.key(config.train.seed),
-        jnp.ones((), jnp.float32),
-    )
-    return graphdef, state
 
 
 def validate(config, predict, state, pset, dataset, prompts=("jittered",)) -> dict[str, Any]:
@@ -124,8 +101,8 @@ def train(config, workdir, *, log=print) -> dict[str, Any]:
     cache = embedding_cache(config, workdir, weights_id)
     train_set = prompt_set(train_ds, config, cache, model, log=log)
     val_set = prompt_set(val_ds, config, cache, model, log=log)
-    tx = _optimizer(config)
-    graphdef, state = _state(config, model, tx)
+    tx = decoder_optimizer(config)
+    graphdef, state = decoder_state(config, model, tx)
     k = min(config.sam.prompts_per_image, len(train_set.kinds))
     train_step = sam_steps.make_train_step(
         graphdef, tx, kinds=sam_eval.kind_ids(train_set.kinds), k=k,
@@ -211,7 +188,7 @@ def restore(workdir, *, which: str = "best"):
         raise FileNotFoundError(f"{workdir}: no checkpoint found; train with lmjax train first")
     config = read_config(workdir)
     model, _ = build_sam(config, log=lambda _: None)
-    graphdef, state = _state(config, model, _optimizer(config))
+    graphdef, state = decoder_state(config, model, decoder_optimizer(config))
     checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
     try:
         step = "best" if which == "best" and checkpoints.best_step() is not None else None

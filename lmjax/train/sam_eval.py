@@ -78,7 +78,9 @@ def predict_images(predict, state, pset, *, chunk: int, prompts: str, fraction: 
         outs = [
             jax.device_get(
                 predict(
-                    state, pset.embeddings[i : i + 1], boxes[None, s : s + chunk],
+                    state,
+                    pset.embeddings[i : i + 1],
+                    boxes[None, s : s + chunk],
                     valid[None, s : s + chunk],
                 )  # fmt: skip
             )
@@ -155,10 +157,10 @@ def score(pred, dataset, *, thresholds=metrics.DEFAULT_THRESHOLDS) -> dict[str, 
         )
     if rg:
         out["regions"] = _region_summary(pred["iou"], dataset, rg)
-        for kd in ("outline", "patch"):
+        for kd, plural in (("outline", "outlines"), ("patch", "patches")):
             cols = [j for j in rg if kinds[j] == kd]
             if cols:
-                out["regions"][f"{kd}s"] = _region_summary(pred["iou"], dataset, cols)
+                out["regions"][plural] = _region_summary(pred["iou"], dataset, cols)
     return out
 
 

@@ -247,8 +247,8 @@ def locate(logits: jax.Array, boxes: jax.Array) -> dict[str, jax.Array]:
 
     `binary`: centroid of the mask (logit > 0), the paper's presumed reading.
     `soft`: the sigmoid-weighted centroid of the pixels inside the prompt box grown
-    1.5x and by one pixel: sub-pixel where the mask's edge is soft, and a stray blob elsewhere cannot
-    pull it. Both fall back to the box centre when no pixel there is above 0.5
+    1.5x and by one pixel: sub-pixel where the mask's edge is soft, and a stray
+    blob elsewhere cannot pull it. Both fall back to the box centre when no pixel there is above 0.5
     (`found_*` False). `box_centre`: the prompt box's centre, the paper's
     8-landmark pilot.
     """

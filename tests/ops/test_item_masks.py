@@ -61,7 +61,9 @@ def test_boxes_bound_what_is_drawn():
         assert x0 <= xs.min() and xs.max() <= x1 and y0 <= ys.min() and ys.max() <= y1
         # tight: within a pixel of the drawn pixels
         assert xs.min() - x0 < 1 and x1 - xs.max() < 1 and ys.min() - y0 < 1 and y1 - ys.max() < 1
-    np.testing.assert_allclose(boxes[0, 0], [9.3 - 2.5, 11.6 - 2.5, 9.3 + 2.5, 11.6 + 2.5], rtol=1e-6)
+    np.testing.assert_allclose(
+        boxes[0, 0], [9.3 - 2.5, 11.6 - 2.5, 9.3 + 2.5, 11.6 + 2.5], rtol=1e-6
+    )
 
 
 def test_invisible_items_render_empty_and_have_no_box():

@@ -31,6 +31,14 @@ def small_config(*extra):
     return configs.load(CONFIG, [*SMALL, *extra])
 
 
+def train_args(workdir, *extra):
+    """`lmjax train` arguments of the small config."""
+    overrides = [*SMALL, *extra]
+    return ["train", f"--config={CONFIG}", f"--workdir={workdir}"] + [
+        f"--config.{o}" for o in overrides
+    ]
+
+
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
     """`(config, dataset, model, PromptSet)` of the small phantom's training split."""
@@ -56,7 +64,11 @@ def test_jitter_moves_landmark_sides_out_within_bounds():
     kind = jnp.array([[0] * 250 + [2] * 250])
     out = np.asarray(
         sam_steps.jitter_boxes(
-            jax.random.key(1), boxes, kind, jitter=jnp.array([2.0]), shift=jnp.array([0.5]),
+            jax.random.key(1),
+            boxes,
+            kind,
+            jitter=jnp.array([2.0]),
+            shift=jnp.array([0.5]),
             fraction=0.1,
         )  # fmt: skip
     )[0]
@@ -140,20 +152,22 @@ def test_oracle_path_recovers_landmarks_and_regions(prompts):
     assert np.isnan(pred["coords"]["soft"][absent]).all() and np.isnan(pred["iou"][absent]).all()
     report = sam_eval.score(pred, dataset)
     assert report["landmarks"]["soft"]["n"] == int((~absent[:, lm]).sum())
-    # Masks drawn in the 128-px model frame, upsampled to 256 px: patches nearly exact.
-    patches = report["regions"]["patches"]
-    assert patches["iou_mean"] > 0.85 and report["regions"]["outlines"]["iou_mean"] > 0.4
+    # Masks drawn in the 128-px model frame, upsampled to 256 px: patches nearly
+    # exact; a 2-mm stroke is 0.8 px wide there, and thresholding loses most of it.
+    assert report["regions"]["patches"]["iou_mean"] > 0.9
+    assert 0.1 < report["regions"]["outlines"]["iou_mean"] < 0.5
 
 
 def test_a_tiny_decoder_learns_on_cached_embeddings(prompts):
+    """Soft Dice (1 - the squared-Dice loss) rises within 50 steps on 4 images."""
     config, _, model, pset = prompts
     config = configs.load(
         CONFIG,
-        [*SMALL, "data.input_size=(128, 128)", "optim.learning_rate=1e-2", "sam.loss_frame=crop",
+        [*SMALL, "data.input_size=(128, 128)", "optim.learning_rate=3e-3",
          "optim.schedule=constant", "optim.warmup_steps=0"],
     )  # fmt: skip
-    tx = sam_decoder._optimizer(config)
-    graphdef, state = sam_decoder._state(config, model, tx)
+    tx = sam_data.decoder_optimizer(config)
+    graphdef, state = sam_data.decoder_state(config, model, tx)
     step = sam_steps.make_train_step(
         graphdef, tx, kinds=sam_eval.kind_ids(pset.kinds), k=8, fraction=0.1,
         losses={"dice": 1.0, "bce": 1.0}, loss_kwargs={"dice": {"squared": True}},
@@ -163,13 +177,10 @@ def test_a_tiny_decoder_learns_on_cached_embeddings(prompts):
     history = []
     for _ in range(50):
         state, m = step(state, batch)
-        history.append({k: float(v) for k, v in m.items()})
-    first = np.mean([h["loss"] for h in history[:5]])
-    last = np.mean([h["loss"] for h in history[-5:]])
-    assert last < 0.8 * first, (first, last)
-    assert np.mean([h["dice_score"] for h in history[-5:]]) > np.mean(
-        [h["dice_score"] for h in history[:5]]
-    ) + 0.1
+        history.append((float(m["loss"]), 1.0 - float(m["loss_dice"])))
+    first, last = np.mean(history[:5], axis=0), np.mean(history[-5:], axis=0)
+    assert last[0] < 0.85 * first[0], (first, last)
+    assert last[1] > first[1] + 0.05, (first, last)
 
 
 def test_trainer_registry_dispatches_by_task_mode():
@@ -186,8 +197,7 @@ def test_train_evaluate_export_and_resume(tmp_path, capsys):
     from tests.test_cli import run_cli
 
     wd = tmp_path / "run"
-    code, out, err = run_cli(capsys, "train", f"--config={CONFIG}", f"--workdir={wd}",
-                             *(f"--config.{o}" for o in SMALL))  # fmt: skip
+    code, out, err = run_cli(capsys, *train_args(wd))
     assert code == 0, err
     assert "training the SAM mask decoder" in out and "val (jittered GT boxes)" in out
     report = json.loads((wd / "eval.json").read_text())
@@ -212,8 +222,7 @@ def test_train_evaluate_export_and_resume(tmp_path, capsys):
     assert code == 0, err
     assert "jittered landmarks soft" in out and "oracle   landmarks binary" in out
     # more steps resume from the last checkpoint
-    code, out, err = run_cli(capsys, "train", f"--config={CONFIG}", f"--workdir={wd}",
-                             *(f"--config.{o}" for o in SMALL), "--config.train.steps=6")  # fmt: skip
+    code, out, err = run_cli(capsys, *train_args(wd, "train.steps=6"))
     assert code == 0, err
     assert "resumed from step 4" in out
 
@@ -221,7 +230,7 @@ def test_train_evaluate_export_and_resume(tmp_path, capsys):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.name=unet", "trains SAM"),
+        ("model.name=unet", "takes no option"),
         ("task.losses={'coord_l1': 1.0}", "coordinate loss"),
         ("sam.loss_frame=box", "unknown sam.loss_frame"),
         ("data.input_size=(64, 96)", "must be square"),
@@ -230,9 +239,14 @@ def test_train_evaluate_export_and_resume(tmp_path, capsys):
 def test_bad_configs_fail_in_one_line(tmp_path, capsys, override, message):
     from tests.test_cli import run_cli
 
-    code, _, err = run_cli(capsys, "train", f"--config={CONFIG}", f"--workdir={tmp_path}",
-                           *(f"--config.{o}" for o in SMALL), f"--config.{override}")  # fmt: skip
+    code, _, err = run_cli(capsys, *train_args(tmp_path, override))
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_sam_task_needs_the_sam_model(tmp_path):
+    config = configs.load("lmjax/configs/phantom.py:tiny", ["task.mode=sam_decoder"])
+    with pytest.raises(ValueError, match="trains SAM; model.name is 'unet'"):
+        sam_decoder.train(config, tmp_path, log=lambda _: None)
 
 
 def test_records_without_spacing_and_items_without_vertices_are_named(prompts):
