@@ -10,6 +10,7 @@ from __future__ import annotations
 import pathlib
 
 from lmjax import configs
+from lmjax.task import HEADS
 from lmjax.train import checkpoint as ckpt_lib
 from lmjax.train.setup import build, load_landmark_set
 
@@ -38,6 +39,11 @@ def restore_trained(workdir: str | pathlib.Path, *, which: str = "best"):
     if not ckpt_lib.has_checkpoint(workdir):
         raise FileNotFoundError(f"{workdir}: no checkpoint found; train with lmjax train first")
     config = read_config(workdir)
+    if config.task.mode not in HEADS:
+        raise ValueError(
+            f"{workdir}: trained with task.mode {config.task.mode!r}, whose model needs "
+            "prompts; this command restores map-head runs (lmjax evaluate scores it)"
+        )
     landmark_set = load_landmark_set(workdir, config)
     mesh, state, _, eval_step, _ = build(
         config, landmark_set.num_landmarks, landmark_set, pretrained=False
