@@ -13,6 +13,8 @@ with its own key, the same geometry and photometric operations as
                than a flat-gather sampler, see experiments/results/device_augment_cpu).
   landmarks    moved by the same matrix; a landmark pushed past the pixel edges
                becomes invisible (NaN), as on the host.
+  vertices     `item_vertices` / `vertex_valid`, when the batch has them, moved by
+               the same matrix and relabelled like the landmarks; kept outside.
   photometric  brightness, contrast, gamma, blur, noise, clip to [0, 1], coarse
                dropout, in the host's order, on [0, 1] images.
   normalise    `(image - pixel_norm[0]) / pixel_norm[1]` when the batch carries
@@ -134,6 +136,28 @@ def move_landmarks(
     return jnp.where(vis[:, None], pts, jnp.nan), vis
 
 
+def move_vertices(
+    vertices: jax.Array,
+    valid: jax.Array,
+    matrix: jax.Array,
+    flipped: jax.Array,
+    permutation: np.ndarray | None,
+) -> tuple[jax.Array, jax.Array]:
+    """One example's item vertices `[K, V, 2]` through `matrix`, relabelled as
+    `move_landmarks` relabels landmarks.
+
+    Unlike landmarks, vertices beyond the image are kept (boxes clip later); only
+    padding (`valid [K, V]` False) is NaN. Returns `(vertices, valid)`.
+    """
+    v = apply_affine(vertices.astype(jnp.float32), matrix)
+    ok = valid.astype(bool)
+    if permutation is not None:
+        v = jnp.where(flipped, v[permutation], v)
+        ok = jnp.where(flipped, ok[permutation], ok)
+    ok = ok & jnp.all(jnp.isfinite(v), axis=-1)
+    return jnp.where(ok[..., None], v, jnp.nan), ok
+
+
 # ----------------------------------------------------------------- photometric
 
 
@@ -236,9 +260,11 @@ class DeviceAugment:
     The batch (`shard_batch` output) holds `image` float32 `[B, H, W, C]` in
     [0, 1], `landmarks` `[B, K, 2]`, `visible` `[B, K]`, optionally `pixel_norm`
     `[B, 2]` (offset, scale) applied after the photometric operations, and
-    optionally `region_mask` int `[B, H, W]` (warped by nearest sampling). Other
-    entries pass through. Example `i` draws from `example_keys(key, B)[i]`, so its
-    augmentation depends only on the key and its place in the global batch.
+    optionally `region_mask` int `[B, H, W]` (warped by nearest sampling), and
+    optionally `item_vertices` `[B, K, V, 2]` with `vertex_valid` `[B, K, V]`
+    (moved with the landmarks). Other entries pass through. Example `i` draws from
+    `example_keys(key, B)[i]`, so its augmentation depends only on the key and its
+    place in the global batch.
     """
 
     config: AugmentConfig
@@ -278,9 +304,14 @@ class DeviceAugment:
         photo_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(self.example_keys(key, n))
         perm = None if not self.config.flips else np.asarray(self.flip_permutation)
         mask = batch.get("region_mask")
+        geometry = None
+        if "item_vertices" in batch:
+            geometry = (batch["item_vertices"], batch["vertex_valid"])
 
-        def one(img, lm, vis, region, m, flipped, k):
+        def one(img, lm, vis, region, geom, m, flipped, k):
             lm, vis = move_landmarks(lm, vis, m, flipped, perm, hw)
+            if geom is not None:
+                geom = move_vertices(*geom, m, flipped, perm)
             img = warp_image(img[None].astype(jnp.float32), m[None], hw)[0]
             img = photometric(img, self.config, k)
             if region is not None:
@@ -290,10 +321,10 @@ class DeviceAugment:
                     known = (region >= 0) & (region < len(table))
                     swapped = table[jnp.clip(region, 0, len(table) - 1)]
                     region = jnp.where(flipped & known, swapped, region)
-            return img, lm, vis, region
+            return img, lm, vis, region, geom
 
-        img, lm, vis, region = jax.vmap(one)(
-            image, batch["landmarks"], batch["visible"], mask, matrices, flips, photo_keys
+        img, lm, vis, region, geometry = jax.vmap(one)(
+            image, batch["landmarks"], batch["visible"], mask, geometry, matrices, flips, photo_keys
         )
         if "pixel_norm" in batch:
             norm = batch["pixel_norm"].astype(jnp.float32)
@@ -302,4 +333,6 @@ class DeviceAugment:
         out.update(image=img.astype(image.dtype), landmarks=lm, visible=vis)
         if mask is not None:
             out["region_mask"] = region
+        if geometry is not None:
+            out["item_vertices"], out["vertex_valid"] = geometry
         return out

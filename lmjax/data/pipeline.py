@@ -16,6 +16,8 @@ Every batch is a dict of NumPy arrays (B = batch size, (H, W) = `input_size`):
     valid              bool    [B]           False only for evaluation padding
     region_mask        int32   [B, H, W]     only when the records have region masks
     pixel_norm         float32 [B, 2]        only with `defer_normalize`: (offset, scale)
+    item_vertices      float32 [B, K, V, 2]  only for sets with outlines or patches, and
+    vertex_valid       bool    [B, K, V]     moved like landmarks (`lmjax.data.item_geometry`)
 
 `to_original` inverts the composed affine (cache resize, fit, augmentation); it
 does not undo an elastic warp, which only training uses. After a flip, label k
@@ -50,6 +52,7 @@ from lmjax.data.augment import (
     sample_geometry,
     warp,
 )
+from lmjax.data.item_geometry import ItemGeometry, invert_field, vertex_entries
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
 
 FITS = ("resize", "letterbox")
@@ -123,6 +126,8 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
         self.with_masks: bool = options.pop("with_masks")
         self.defer_normalize: bool = options.pop("defer_normalize", False)
         self._memo: dict[int, cache.CachedImage] = {}
+        # None for landmark-only sets; `V` is fixed here, once per dataset.
+        self.geometry = ItemGeometry.of(self.records, dataset.landmark_set)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -156,14 +161,17 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
         to_input = affine.compose(fit_matrix(img.pixels.shape, self.input_hw, self.fit), geo.matrix)
         full = affine.compose(img.to_cache, to_input)
         pts = affine.apply(rec.landmarks, full).astype(np.float64)
+        verts = None
+        if self.geometry is not None:
+            verts = affine.apply(self.geometry.original(rec), full).astype(np.float64)
         if geo.field is not None:
-            moved, ok = geo.field.invert(pts)
+            pts, verts, ok = invert_field(geo.field, pts, verts)
             # A field that folds cannot move landmarks consistently: drop the warp.
             geo = Geometry(geo.matrix, geo.flipped, geo.field if ok else None)
-            pts = moved if ok else pts
         vis, original = rec.visible.copy(), rec.landmarks.copy()
         if geo.flipped:
             pts, vis, original = pts[self.perm], vis[self.perm], original[self.perm]
+            verts = None if verts is None else verts[self.perm]
         # Pixel edges bound the image: a landmark pushed out of it is not visible.
         inside = (pts >= -0.5).all(axis=1) & (pts[:, 0] <= w - 0.5) & (pts[:, 1] <= h - 0.5)
         vis &= inside
@@ -191,6 +199,8 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
         }
         if self.defer_normalize:
             out["pixel_norm"] = norm
+        if verts is not None:  # kept when the item is pushed out: boxes clip later
+            out.update(vertex_entries(verts))
         if self.with_masks:
             mask = cache.load_mask(rec.region_mask, cache_dir=self.cache_dir)  # type: ignore[arg-type]
             if mask.shape != img.original_hw:
@@ -220,6 +230,8 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
         }
         if self.defer_normalize:
             out["pixel_norm"] = np.array([0.0, 1.0], np.float32)
+        if self.geometry is not None:
+            out.update(self.geometry.padding())
         if self.with_masks:
             out["region_mask"] = np.zeros((h, w), np.int32)
         return out
@@ -291,7 +303,8 @@ def make_dataset(
 
     Raises:
       ValueError: for bad options, an empty slice, records of which only some have
-        region masks, or flips on a landmark set without left/right pairs.
+        region masks, flips on a landmark set without left/right pairs, or a
+        visible outline or patch without vertices (`LandmarkDataError`).
     """
     if fit not in FITS or normalize not in NORMALIZATIONS:
         raise ValueError(
