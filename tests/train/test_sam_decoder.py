@@ -200,6 +200,8 @@ def test_train_evaluate_export_and_resume(tmp_path, capsys):
     code, out, err = run_cli(capsys, *train_args(wd))
     assert code == 0, err
     assert "training the SAM mask decoder" in out and "val (jittered GT boxes)" in out
+    # the closing evaluation is lmjax evaluate's (the same function, on the test split)
+    assert "jittered landmarks soft" in out and "oracle   landmarks binary" in out
     report = json.loads((wd / "eval.json").read_text())
     assert set(report) >= {"jittered", "oracle", "mre", "unit", "split", "checkpoint_step"}
     assert set(report["oracle"]["landmarks"]) == {"soft", "binary", "box_centre"}
@@ -218,14 +220,23 @@ def test_train_evaluate_export_and_resume(tmp_path, capsys):
         nnx.state(view.mask_decoder).to_pure_dict(),
         nnx.state(exported.mask_decoder).to_pure_dict(),
     )
-    code, out, err = run_cli(capsys, "evaluate", f"--workdir={wd}", "--split=train")
-    assert code == 0, err
-    assert "jittered landmarks soft" in out and "oracle   landmarks binary" in out
     # predict needs prompts the run cannot make yet: refused in one line
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(image)
     code, _, err = run_cli(
-        capsys, "predict", f"--workdir={wd}", f"--output_dir={tmp_path / 'p'}", str(wd)
+        capsys, "predict", f"--workdir={wd}", f"--output_dir={tmp_path / 'p'}", str(image)
     )
     assert code == 2 and "needs prompts" in err, err
+    # items that are not the ones trained on: one line, exit 2
+    saved = (wd / "landmarks.json").read_text()
+    renamed = json.loads(saved)
+    renamed["names"][0] = "not_an_item"
+    (wd / "landmarks.json").write_text(json.dumps(renamed))
+    code, _, err = run_cli(capsys, "evaluate", f"--workdir={wd}", "--split=train")
+    assert code == 2 and "not the ones trained on" in err, err
+    (wd / "landmarks.json").write_text(saved)
     # more steps resume from the last checkpoint
     code, out, err = run_cli(capsys, *train_args(wd, "train.steps=6"))
     assert code == 0, err
