@@ -16,6 +16,7 @@ from lmjax.models import (  # noqa: F401  (register their models and weight tabl
     vgg,
     vit,
     weight_tables,
+    yolo,
 )
 from lmjax.models.ceph_unet import CephUNet
 from lmjax.models.fpn import CephFPN
