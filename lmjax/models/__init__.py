@@ -10,6 +10,7 @@ from lmjax.models import (  # noqa: F401  (register their models and weight tabl
     ceph_unet,
     fpn,
     hrnet,
+    point_detector,
     sam,
     swin_unetr,
     unet,
