@@ -37,6 +37,8 @@ def fake_batch(
         "landmarks": xy.astype(np.float32),
         "visible": np.ones((batch_size, num_landmarks), bool),
         "valid": np.ones((batch_size,), bool),
+        # 2-mm discs and strokes at 0.5 mm/px, for detection losses
+        "item_size_px": np.full((batch_size, 2), 4.0, np.float32),
     }
     if num_regions is not None:
         batch["region_mask"] = rng.integers(0, num_regions + 1, (batch_size, h, w), np.int32)

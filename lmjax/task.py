@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmjax.ops import centroids, extractors, targets
+from lmjax.ops.detection_losses import detection_term
 from lmjax.ops.geometry import resize_nearest
 from lmjax.ops.losses import deep_supervision, get_loss, loss_kind
 
@@ -119,6 +120,8 @@ class TaskSpec:
       none); needed by region losses.
     consistency_regions: where region losses read the regions: "predicted" (the
       model's `outputs["segmentation"]`, as the paper) or "label" (`region_mask`).
+    item_kinds: the kind of every item (`LandmarkSet.item_kinds`), which detection
+      losses draw ground-truth boxes by; None: all landmarks.
     """
 
     mode: str = "heatmap"
@@ -135,6 +138,7 @@ class TaskSpec:
     compute_dtype: str = "float32"
     landmark_regions: tuple[int, ...] | None = None
     consistency_regions: str = "predicted"
+    item_kinds: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _known("mode", self.mode, tuple(HEADS))
@@ -171,6 +175,11 @@ class TaskSpec:
         return seg or (self.uses_region_losses and self.consistency_regions == "predicted")
 
     @property
+    def needs_items(self) -> bool:
+        """Whether batches must carry item geometry and sizes (detection losses)."""
+        return "detection" in self._kinds()
+
+    @property
     def needs_region_mask(self) -> bool:
         """Whether batches must carry `region_mask` (the loop ships it only then)."""
         seg = "segmentation" in self._kinds()
@@ -186,9 +195,13 @@ class TaskSpec:
         return HEADS[self.mode]
 
 
-def task_spec(config, landmark_regions: tuple[int, ...] | None = None) -> TaskSpec:
+def task_spec(
+    config,
+    landmark_regions: tuple[int, ...] | None = None,
+    item_kinds: tuple[str, ...] | None = None,
+) -> TaskSpec:
     """The TaskSpec of a resolved `config.task`; `landmark_regions` (the landmark set's)
-    unless the config names them."""
+    unless the config names them, and the landmark set's `item_kinds`."""
     t = config.task
     regions = tuple(t.landmark_regions) or landmark_regions
     extractor_kwargs = dict(t.extractor_kwargs)
@@ -209,6 +222,7 @@ def task_spec(config, landmark_regions: tuple[int, ...] | None = None) -> TaskSp
         loss_kwargs={k: dict(v) for k, v in t.loss_kwargs.items()},
         landmark_regions=None if regions is None else tuple(regions),
         consistency_regions=t.consistency_regions,
+        item_kinds=None if item_kinds is None else tuple(item_kinds),
     )
 
 
@@ -352,6 +366,7 @@ LOSS_INPUTS: dict[str, Callable[..., jax.Array]] = {
     "segmentation": _segmentation_term,
     "coordinate": _coordinate_term,
     "region": _region_term,
+    "detection": detection_term,
 }
 
 

@@ -12,6 +12,8 @@ Every batch is a dict of NumPy arrays (B = batch size, (H, W) = `input_size`):
     to_original        float32 [B, 3, 3]     model-input -> original pixels
     original_landmarks float32 [B, K, 2]     annotations in the original frame
     spacing            float32 [B, 2]        (row_mm, col_mm); NaN when unknown
+    item_size_px       float32 [B, 2]        the set's disc radius and stroke width in
+                                             model-input pixels; NaN without a spacing
     index              int32   [B]           record index in `dataset.records`; -1 = padding
     valid              bool    [B]           False only for evaluation padding
     region_mask        int32   [B, H, W]     only when the records have region masks
@@ -117,6 +119,8 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
         self.perm = dataset.landmark_set.flip_permutation() if flips else None
         self.region_table = region_flip_table(dataset.landmark_set) if flips else None
         self.k = dataset.landmark_set.num_landmarks
+        self.radius_mm = dataset.landmark_set.radius_mm
+        self.width_mm = dataset.landmark_set.width_mm
         self.augment = augment
         self.input_hw: tuple[int, int] = tuple(options.pop("input_hw"))
         self.fit: str = options.pop("fit")
@@ -194,6 +198,7 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
             "to_original": np.linalg.inv(full).astype(np.float32),
             "original_landmarks": original.astype(np.float32),
             "spacing": np.asarray(img.spacing or (np.nan, np.nan), np.float32),
+            "item_size_px": self._item_size_px(img.spacing, full),
             "index": np.int32(index),
             "valid": np.bool_(True),
         }
@@ -215,6 +220,15 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
             out["region_mask"] = mask
         return out
 
+    def _item_size_px(self, spacing, full: np.ndarray) -> np.ndarray:
+        """(disc radius, stroke width) of the items in model-input pixels; NaN without a
+        spacing. The affine's mean scale: discs stay round."""
+        if not spacing:
+            return np.full((2,), np.nan, np.float32)
+        scale = float(np.sqrt(abs(np.linalg.det(full[:2, :2]))))
+        mm = (self.radius_mm, self.width_mm)
+        return np.asarray([v / float(np.mean(spacing)) * scale for v in mm], np.float32)
+
     def padding(self) -> dict[str, np.ndarray]:
         """An evaluation filler: no image, no landmarks, `valid = False`."""
         h, w = self.input_hw
@@ -225,6 +239,7 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
             "to_original": np.eye(3, dtype=np.float32),
             "original_landmarks": np.full((self.k, 2), np.nan, np.float32),
             "spacing": np.full((2,), np.nan, np.float32),
+            "item_size_px": np.full((2,), np.nan, np.float32),
             "index": np.int32(-1),
             "valid": np.bool_(False),
         }

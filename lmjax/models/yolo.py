@@ -35,6 +35,9 @@ Output contract, `model(images [B, H, W, C])` with H, W divisible by 32 ->
   "cls"      [B, A, nc] float32: class logits (sigmoid gives per-class scores)
   "anchors"  [A, 2] float32: anchor (x, y) = (col + 0.5, row + 0.5) * stride, input px
   "strides"  [A] float32: each anchor's stride (8, 16 or 32)
+  "boxes"    [B, nc, 4] each class's best box (per-class top-1; NaN when its score is
+             below `score_threshold`), "scores" [B, nc], "found" [B, nc], and
+             "coords" [B, nc, 2] the boxes' centres (the paper's pilot landmark)
 
 A = sum over levels of (H / s) (W / s); levels are concatenated in stride order (8,
 16, 32), each level's cells row-major (row outer, column inner), as Ultralytics
@@ -55,6 +58,7 @@ from lmjax.models.hrnet_blocks import upsample_nearest
 from lmjax.models.layers import Dtype
 from lmjax.models.registry import register_model
 from lmjax.models.yolo_blocks import C2PSA, SPPF, C3k2, Conv, DWConv, torch_conv_init
+from lmjax.ops.detection import top1_per_class
 
 REG_MAX = 16
 STRIDES = (8, 16, 32)
@@ -189,11 +193,13 @@ class YOLO11(nnx.Module):
         depth: float,
         width: float,
         max_channels: int,
+        score_threshold: float = 0.25,
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ) -> None:
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.score_threshold = float(score_threshold)
         ch = lambda c: make_divisible(min(c, max_channels) * width, 8)
         n = max(round(2 * depth), 1)  # every repeated layer of YOLO11 has base repeat 2
         self.nc = nc
@@ -242,7 +248,13 @@ class YOLO11(nnx.Module):
         p3 = m[16](m[15]([m[14](x), saved[4]]))
         p4 = m[19](m[18]([m[17](p3), saved[13]]))
         p5 = m[22](m[21]([m[20](p4), saved[10]]))
-        return m[23]([p3, p4, p5])
+        out = m[23]([p3, p4, p5])
+        # Every class occurs at most once: its best anchor is its detection (no NMS).
+        boxes, scores, found = top1_per_class(
+            jax.nn.sigmoid(out["cls"].astype(jnp.float32)), dfl_decode(out), self.score_threshold
+        )
+        centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+        return out | {"boxes": boxes, "scores": scores, "found": found, "coords": centre}
 
 
 def _hw(input_size: int | Sequence[int]) -> tuple[int, int]:
@@ -263,6 +275,7 @@ def build_yolo11(
     width: float | None = None,
     depth: float | None = None,
     max_channels: int | None = None,
+    score_threshold: float = 0.25,
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
 ) -> YOLO11:
@@ -281,6 +294,7 @@ def build_yolo11(
         depth=d if depth is None else depth,
         width=wd if width is None else width,
         max_channels=mc if max_channels is None else max_channels,
+        score_threshold=score_threshold,
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,

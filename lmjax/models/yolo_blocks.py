@@ -202,9 +202,11 @@ class C3k2(C2f):
 def max_pool_same(x: jax.Array, k: int) -> jax.Array:
     """k x k max pool, stride 1, padding k // 2 with -inf (PyTorch's MaxPool2d padding)."""
     pad = k // 2
+    # A Python scalar init lets JAX see the max monoid, which it can differentiate
+    # under jit (an array init cannot be linearised there).
     return jax.lax.reduce_window(
         x,
-        jnp.array(-jnp.inf, x.dtype),
+        -jnp.inf,
         jax.lax.max,
         (1, k, k, 1),
         (1, 1, 1, 1),

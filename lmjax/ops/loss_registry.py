@@ -10,6 +10,9 @@ The kind says what the training step feeds the loss (`lmjax.task` builds the inp
   coordinates (`outputs["coords"]`, else a differentiable extractor's).
 - "region": `fn(heatmap_logits, regions, visibility, *, landmark_regions, **kw) -> [B]`:
   landmarks against the regions (bones) they belong to.
+- "detection": `fn(outputs, boxes, valid, **kw) -> [B]`: a detector's outputs
+  against one ground-truth box per item, `[B, K, 4]` in model-input pixels
+  (`lmjax.ops.detection_losses`).
 
 Shared conventions (Optax style): one value per example, `visible` masks missing
 landmarks without NaNs reaching values or gradients, arithmetic in at least float32.
@@ -24,7 +27,7 @@ import jax.numpy as jnp
 from jax import Array
 
 LossFn = Callable[..., Array]
-LOSS_KINDS = ("map", "coordinate", "region")
+LOSS_KINDS = ("map", "coordinate", "region", "detection")
 LOSSES: dict[str, LossFn] = {}
 KINDS: dict[str, str] = {}
 

@@ -26,6 +26,7 @@ from lmjax.train.setup import (
     build,
     check_region_masks,
     device_keys,
+    has_geometry,
     load_splits,
     make_train_pipeline,
     save_landmark_set,
@@ -56,7 +57,11 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
     k = train_ds.landmark_set.num_landmarks
     save_landmark_set(workdir, train_ds.landmark_set)
     mesh, state, train_step, eval_step, optim = build(config, k, train_ds.landmark_set, log=log)
-    shipped = device_keys(task_spec(config), augment_on_device=augments_on_device(config))
+    shipped = device_keys(
+        task_spec(config),
+        augment_on_device=augments_on_device(config),
+        geometry=has_geometry(train_ds.landmark_set),
+    )
     check_region_masks(train_ds, shipped, config.task.losses)
     jax.set_mesh(mesh)
     batches = make_train_pipeline(config, train_ds, cache_dir=cache_dir)

@@ -14,14 +14,13 @@ The recipe (MedSAM's and the pelvis paper's, decoder only):
    resolution (`lmjax.train.sam_eval`).
 
 The workdir gets `config.json`, `landmarks.json`, checkpoints of the decoder
-(best by validation soft-centroid MRE, else mean IoU) and, at the end,
+(best by validation mask IoU over every item) and, at the end,
 `sam.safetensors`: the whole fine-tuned SAM in `segment_anything` names, which
 `lmjax.models.sam_convert.load_sam` (and segment_anything) read.
 """
 
 from __future__ import annotations
 
-import math
 import pathlib
 import time
 from typing import Any
@@ -59,11 +58,13 @@ def _check(config) -> None:
 
 
 def validate(config, predict, state, pset, dataset, prompts=("jittered",)) -> dict[str, Any]:
-    """`sam_eval.score` for each prompt set in `prompts`, plus headline `mre`/`iou` from
-    the first: soft-centroid MRE and mean outline/patch IoU.
+    """`sam_eval.score` for each prompt set in `prompts`, plus headlines from the first:
+    `mre` (soft centroid), `iou` (mean outline/patch IoU) and `mask_iou` (mean IoU
+    over every item, landmark discs included).
 
-    Validation (and checkpoint choice) reads jittered boxes: with exact oracle boxes
-    an empty mask's fallback, the box centre, is the answer itself.
+    Validation reads jittered boxes: with exact oracle boxes an empty mask's
+    fallback, the box centre, is the answer itself. Checkpoints are ranked by
+    `mask_iou`, never by MRE, which an empty mask (box-centre fallback) can win.
     """
     out: dict[str, Any] = {}
     for p in prompts:
@@ -77,13 +78,8 @@ def validate(config, predict, state, pset, dataset, prompts=("jittered",)) -> di
     out["mre"] = lm.get("mre", float("nan"))
     out["unit"] = lm.get("unit", "mm")
     out["iou"] = (head.get("regions") or {}).get("iou_mean")
+    out["mask_iou"] = head.get("mask_iou")
     return out
-
-
-def _score_for_checkpoint(report) -> float:
-    if math.isfinite(report["mre"]):
-        return report["mre"]
-    return -(report["iou"] or 0.0)  # no landmark items: rank by IoU
 
 
 def train(config, workdir, *, log=print) -> dict[str, Any]:
@@ -114,7 +110,7 @@ def train(config, workdir, *, log=print) -> dict[str, Any]:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log(f"training the SAM mask decoder ({n_params:,} parameters) on {len(train_set)} images, "
         f"{k} prompts each; encoder frozen, embeddings cached")  # fmt: skip
-    checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
+    checkpoints = _checkpointer(workdir, config)
     start = 0
     if checkpoints.latest_step() is not None:
         state, _, _, _ = checkpoints.restore(abstract_state=ckpt_lib.abstract_like(state))
@@ -147,14 +143,16 @@ def train(config, workdir, *, log=print) -> dict[str, Any]:
                 report = validate(config, predict, state, val_set, val_ds)
                 iou = "-" if report["iou"] is None else f"{report['iou']:.3f}"
                 log(f"step {step}  val (jittered GT boxes) MRE {report['mre']:.3f} "
-                    f"{report['unit']}  IoU {iou}")  # fmt: skip
-                history.write(step, "val", {"mre": report["mre"], "iou": report["iou"] or 0.0})
+                    f"{report['unit']}  outline/patch IoU {iou}  "
+                    f"mask IoU (all items) {report['mask_iou']:.3f}")  # fmt: skip
+                scalars = {k: report[k] or 0.0 for k in ("mre", "iou", "mask_iou")}
+                history.write(step, "val", scalars)
                 checkpoints.save(
                     step,
                     state,
                     data_state={"step": step},
                     config=config.to_dict(),
-                    metrics={"val_mre": _score_for_checkpoint(report)},
+                    metrics={"val_mask_iou": report["mask_iou"] or 0.0, "val_mre": report["mre"]},
                 )
     finally:
         checkpoints.wait()
@@ -180,6 +178,13 @@ def export(config, workdir, model, graphdef, state, *, log=print) -> pathlib.Pat
     return path
 
 
+def _checkpointer(workdir, config):
+    """Checkpoints ranked by validation mask IoU over every item (higher is better)."""
+    return ckpt_lib.Checkpointer(
+        workdir, max_to_keep=config.train.keep, best_metric="val_mask_iou", best_mode="max"
+    )
+
+
 def restore(workdir, *, which: str = "best"):
     """`(config, model, graphdef, state)` of the best (or "latest") checkpoint in `workdir`."""
     from lmjax.train.restore import read_config
@@ -189,7 +194,7 @@ def restore(workdir, *, which: str = "best"):
     config = read_config(workdir)
     model, _ = build_sam(config, log=lambda _: None)
     graphdef, state = decoder_state(config, model, decoder_optimizer(config))
-    checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
+    checkpoints = _checkpointer(workdir, config)
     try:
         step = "best" if which == "best" and checkpoints.best_step() is not None else None
         state, _, _, _ = checkpoints.restore(step, abstract_state=ckpt_lib.abstract_like(state))
@@ -248,12 +253,14 @@ def format_report(report: dict[str, Any]) -> str:
                 f"  {p:8s} landmarks {reading:10s} MRE {s['mre']:.3f} {s['unit']}  "
                 f"median {s['median']:.3f}  SD {s['sd']:.3f}  SDR@2 {s['sdr'].get('2', 0):.1f}%"
             )
-        g = r.get("regions")
-        if g and g["n"]:
-            lines.append(
-                f"  {p:8s} outlines/patches IoU mean {g['iou_mean']:.3f}  "
-                f"median {g['iou_median']:.3f}  SD {g['iou_sd']:.3f}  (n {g['n']})"
-            )
+        masks = [("landmark discs", r.get("landmark_masks"))]
+        masks += [(kd, (r.get("regions") or {}).get(kd)) for kd in ("outlines", "patches")]
+        for what, g in masks:
+            if g and g["n"]:
+                lines.append(
+                    f"  {p:8s} {what:14s} IoU mean {g['iou_mean']:.3f}  "
+                    f"median {g['iou_median']:.3f}  SD {g['iou_sd']:.3f}  (n {g['n']})"
+                )
     return "\n".join(lines)
 
 

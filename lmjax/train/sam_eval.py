@@ -45,14 +45,15 @@ def prompt_boxes(pset, i: int, kinds, *, prompts: str, fraction: float, seed: in
 
 
 @partial(jax.jit, static_argnames=("input_hw", "original_hw", "side"))
-def _region_iou(low, vertices, vertex_valid, kind, width, *, input_hw, original_hw, side):
-    """IoU `[P]` of thresholded logits `[P, h, w]` upsampled to the original image."""
+def _mask_iou(low, vertices, vertex_valid, kind, radius, width, *, input_hw, original_hw, side):
+    """IoU `[P]` of thresholded logits `[P, h, w]` upsampled to the original image with
+    the items' masks drawn there (landmark discs included)."""
     logits = postprocess_masks(
         low[..., None], image_size=side, input_size=input_hw, original_size=original_hw
     )[..., 0]
     pred = logits > 0  # [P, H0, W0]
     target = item_masks(
-        vertices[None], vertex_valid[None], kind, shape=original_hw, radius=0.0, width=width
+        vertices[None], vertex_valid[None], kind, shape=original_hw, radius=radius, width=width
     )[0]
     target = jnp.moveaxis(target, -1, 0) > 0.5
     inter = jnp.sum(pred & target, axis=(1, 2))
@@ -61,11 +62,11 @@ def _region_iou(low, vertices, vertex_valid, kind, width, *, input_hw, original_
 
 
 def predict_images(predict, state, pset, *, chunk: int, prompts: str, fraction: float, seed=0):
-    """Per image: landmarks (each reading) in original pixels `[N, K, 2]` and region IoU
-    `[N, K]` (NaN where not an outline/patch or absent), plus predicted IoU."""
+    """Per image: landmarks (each reading) in original pixels `[N, K, 2]`, mask IoU
+    `[N, K]` at the original resolution for every item (landmark discs too; NaN where
+    absent), the decoder's predicted IoU, and whether the soft reading found a mask."""
     n, k = pset.visible.shape
     kinds = kind_ids(pset.kinds)
-    region = np.asarray([kd != "landmark" for kd in pset.kinds])
     coords = {r: np.full((n, k, 2), np.nan, np.float32) for r in LANDMARK_READINGS}
     iou = np.full((n, k), np.nan, np.float32)
     score = np.full((n, k), np.nan, np.float32)
@@ -93,19 +94,19 @@ def predict_images(predict, state, pset, *, chunk: int, prompts: str, fraction: 
             coords[r][i] = np.where(ok[:, None], xy, np.nan)
         found[i] = ok & out["found_soft"]
         score[i] = np.where(ok, out["iou"], np.nan)
-        todo = np.flatnonzero(ok & region)
-        if todo.size:
-            got = _region_iou(
-                jnp.asarray(out["lowres"][todo]),
-                jnp.asarray(pset.vertices_original[i, todo]),
-                jnp.isfinite(jnp.asarray(pset.vertices_original[i, todo])).all(-1),
-                kinds[todo],
-                float(pset.width_original[i]),
-                input_hw=tuple(int(v) for v in pset.input_hw[i]),
-                original_hw=tuple(int(v) for v in pset.original_hw[i]),
-                side=pset.side,
-            )
-            iou[i, todo] = np.asarray(got)
+        # Every item at once (a fixed shape: one compile per image size).
+        got = _mask_iou(
+            jnp.asarray(out["lowres"]),
+            jnp.asarray(pset.vertices_original[i]),
+            jnp.isfinite(jnp.asarray(pset.vertices_original[i])).all(-1),
+            kinds,
+            float(pset.radius_original[i]),
+            float(pset.width_original[i]),
+            input_hw=tuple(int(v) for v in pset.input_hw[i]),
+            original_hw=tuple(int(v) for v in pset.original_hw[i]),
+            side=pset.side,
+        )
+        iou[i] = np.where(ok, np.asarray(got), np.nan)
     return {"coords": coords, "iou": iou, "predicted_iou": score, "found": found}
 
 
@@ -155,6 +156,9 @@ def score(pred, dataset, *, thresholds=metrics.DEFAULT_THRESHOLDS) -> dict[str, 
         out["soft_fallbacks"] = int(
             (np.stack([r.visible for r in dataset.records])[:, lm] & ~pred["found"][:, lm]).sum()
         )
+    if lm:
+        out["landmark_masks"] = _region_summary(pred["iou"], dataset, lm)
+    out["mask_iou"] = _region_summary(pred["iou"], dataset, list(range(len(kinds))))["iou_mean"]
     if rg:
         out["regions"] = _region_summary(pred["iou"], dataset, rg)
         for kd, plural in (("outline", "outlines"), ("patch", "patches")):

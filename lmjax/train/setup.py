@@ -30,6 +30,8 @@ from lmjax.train.step import make_eval_step, make_train_step
 DEVICE_KEYS = ("image", "landmarks", "visible", "valid")
 REGION_KEYS = ("region_mask",)  # shipped only when the task's losses read them
 NORM_KEYS = ("pixel_norm",)  # shipped when the step augments (and then normalises)
+ITEM_KEYS = ("item_size_px",)  # shipped for detection losses
+GEOMETRY_KEYS = ("item_vertices", "vertex_valid")  # ... when the set has outlines/patches
 LANDMARKS_FILE = "landmarks.json"
 
 
@@ -74,14 +76,25 @@ def load_splits(config) -> tuple[Dataset, Dataset, Dataset | None]:
     return train, val, test
 
 
-def device_keys(task: TaskSpec, *, augment_on_device: bool = False) -> tuple[str, ...]:
+def device_keys(
+    task: TaskSpec, *, augment_on_device: bool = False, geometry: bool = False
+) -> tuple[str, ...]:
     """The batch entries the train step reads: `DEVICE_KEYS`, plus `REGION_KEYS` if
-    needed, plus `NORM_KEYS` when the step augments."""
+    needed, plus `NORM_KEYS` when the step augments, plus `ITEM_KEYS` (and, with
+    `geometry`, i.e. outlines or patches in the set, `GEOMETRY_KEYS`) for detection."""
+    items = task.needs_items
     return (
         DEVICE_KEYS
         + (REGION_KEYS if task.needs_region_mask else ())
         + (NORM_KEYS if augment_on_device else ())
+        + (ITEM_KEYS if items else ())
+        + (GEOMETRY_KEYS if items and geometry else ())
     )
+
+
+def has_geometry(landmark_set: LandmarkSet | None) -> bool:
+    """Whether the set has outlines or patches (batches then carry their vertices)."""
+    return landmark_set is not None and any(k != "landmark" for k in landmark_set.item_kinds)
 
 
 def augments_on_device(config) -> bool:
@@ -174,7 +187,11 @@ def build(
     kwargs = {k: v for k, v in config.model.to_dict().items() if k not in skip}
     if config.task.compute_dtype == "bfloat16":
         kwargs.setdefault("dtype", jax.numpy.bfloat16)
-    task = task_spec(config, None if landmark_set is None else landmark_set.regions)
+    task = task_spec(
+        config,
+        None if landmark_set is None else landmark_set.regions,
+        None if landmark_set is None else landmark_set.item_kinds,
+    )
     if task.needs_segmentation and "num_regions" not in kwargs:
         if landmark_set is None or not landmark_set.num_regions:
             raise ValueError(

@@ -120,6 +120,22 @@ def test_tiny_forward_is_finite_and_anchors_are_cell_centres():
     np.testing.assert_allclose(head.cv3[1][2].bias[...], math.log(5 / nc / 40**2), rtol=1e-6)
     model.train()  # batch statistics path
     assert bool(jnp.all(jnp.isfinite(apply(model, images)["cls"])))
+    # Per-class top-1 decoding: the best anchor's box, NaN below the threshold.
+    out = apply(model, images)
+    assert out["boxes"].shape == (2, nc, 4) and out["coords"].shape == (2, nc, 2)
+    found = np.asarray(out["found"])
+    np.testing.assert_array_equal(np.isfinite(np.asarray(out["boxes"])).all(-1), found)
+    np.testing.assert_array_equal(found, np.asarray(out["scores"]) >= model.score_threshold)
+    # Gradients under jit in training mode (the SPPF max pools included).
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params):
+        return nnx.merge(graphdef, params, rest, copy=True)(images)["cls"].sum()
+
+    grad = jax.jit(jax.grad(loss))
+
+    norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grad(params))]
+    assert all(np.isfinite(norms)) and sum(norms) > 0
 
 
 def test_dwconv_groups_and_batch_norm_settings():
