@@ -146,7 +146,7 @@ def test_every_experiment_config_resolves():
         "isbi2015_vgg.py": ["unet", "regression_cpu", "seg_regression_smoke"],
         "phantom_hrnet.py": ["proposed", "mse_cpu", "proposed_soft_cpu"],
         "pelvis_sam_decoder.py": ["tiny", "medsam"],
-        "pelvis_detector.py": ["tiny", "paper"],
+        "pelvis_detector.py": ["tiny", "paper", "heatmap"],
     }
     assert set(args) == {p.name for p in EXPERIMENTS.glob("*.py")}
     for name, variants in args.items():

@@ -14,6 +14,9 @@ Arguments:
           channels, 256 px (the phantom's size), batch 8, 400 steps, the
           minimum-box floor on (16 px, the stride of P4) so that 2-mm landmark
           boxes (3.2 px here) get anchors.
+  heatmap the per-class heatmap detector (CenterNet-style, `heatmap_detector`) on a
+          U-Net (16 features, 5 levels) in YOLO's place, at 256 px: focal loss on
+          centre heatmaps plus L1 on log box sizes; not the paper's detector.
   paper   YOLO11-n at 640 px, AdamW at Ultralytics' automatic rate for these classes
           (0.002 * 5 / (4 + nc)), weight decay 5e-4, no flips, the floor off; about
           300 epochs of 80 training images at batch 16 (1500 steps).
@@ -38,8 +41,8 @@ NUM_CLASSES = pelvis_phantom_item_set().num_landmarks
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    if arg not in ("tiny", "paper"):
-        raise ValueError(f"argument must be tiny or paper, got {arg!r}")
+    if arg not in ("tiny", "paper", "heatmap"):
+        raise ValueError(f"argument must be tiny, paper or heatmap, got {arg!r}")
     c = base.get_config()
     c.paper = (
         "pelvis paper (Stansfield et al. 2025), the YOLO11 detector; deviations in "
@@ -66,7 +69,25 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 50
     c.optim.clip_norm = 10.0
 
-    if arg == "tiny":
+    if arg == "heatmap":
+        c.data.input_size = (256, 256)
+        c.model = ml_collections.ConfigDict()
+        c.model.name = "heatmap_detector"
+        for key, field in base.MODEL_FIELDS.items():
+            if key != "name":
+                c.model[key] = field.default
+        c.model.backbone = "unet"
+        c.model.backbone_options = {"features": 16, "num_levels": 5, "upsample": "resize"}
+        c.model.score_threshold = 0.3
+        c.task.losses = {"centernet": 1.0}
+        c.optim.name = "adam"
+        c.optim.weight_decay = 0.0
+        c.optim.learning_rate = 2e-3
+        c.optim.warmup_steps = 20
+        c.train.steps = 400
+        c.train.batch_size = 8
+        c.train.eval_every = 100
+    elif arg == "tiny":
         c.data.input_size = (256, 256)
         c.model.width = 0.125
         c.model.depth = 0.33

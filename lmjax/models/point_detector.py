@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lmjax.models.registry import build_model, builder_options, register_model
+from lmjax.ops.point_detection import decode
 
 # Attribute path from a backbone to its output conv(s) (a conv or a list of them), whose
 # bias receives the heat prior. Checked when used: a path that does not lead to convs with
@@ -71,23 +72,33 @@ def _map_scale(backbone: nnx.Module, size: tuple[int, int], in_channels: int) ->
 
 
 class HeatmapDetector(nnx.Module):
-    """`images [B, H, W, Cin] -> {"heat", "size", "heatmaps"}`.
+    """`images [B, H, W, Cin] -> {"heat", "size", "heatmaps", "boxes", ...}`.
 
     - `"heat"`: `[B, h, w, C]` per-class centre logits;
     - `"size"`: `[B, h, w, 2]` predicted `log(w, h)` of the box, in input pixels;
-    - `"heatmaps"`: the same array as `"heat"`, for tooling that looks for maps.
+    - `"heatmaps"`: the same array as `"heat"`, for tooling that looks for maps;
+    - `"boxes"` `[B, C, 4]`, `"scores"`, `"found"` `[B, C]`: `decode`'s per-class
+      top-1 (NaN below `score_threshold`), `"coords"` `[B, C, 2]` the box centres;
+    - `"map_scale"`: `scale` below, for the loss.
 
     `h, w = H * scale, W * scale` with `scale` (map pixels per input pixel) the
     backbone's: 1 for the U-Net, 1/4 for ViTPose. Pass it to the loss and decoder.
     """
 
     def __init__(
-        self, backbone: nnx.Module, num_classes: int, *, scale: float, heat_offset: float
+        self,
+        backbone: nnx.Module,
+        num_classes: int,
+        *,
+        scale: float,
+        heat_offset: float,
+        score_threshold: float = 0.3,
     ) -> None:
         self.backbone = backbone
         self.num_classes = num_classes
         self.scale = scale
         self.heat_offset = heat_offset
+        self.score_threshold = float(score_threshold)
 
     def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
         maps = self.backbone(images)["heatmaps"]
@@ -95,7 +106,18 @@ class HeatmapDetector(nnx.Module):
         if self.heat_offset:
             heat = heat + self.heat_offset
         size = maps[..., self.num_classes :]
-        return {"heat": heat, "size": size, "heatmaps": heat}
+        boxes, scores, found = decode(heat, size, self.scale, threshold=self.score_threshold)
+        centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+        return {
+            "heat": heat,
+            "size": size,
+            "heatmaps": heat,
+            "map_scale": self.scale,  # map pixels per input pixel (a Python float)
+            "boxes": boxes,
+            "scores": scores,
+            "found": found,
+            "coords": centre,
+        }
 
 
 @register_model("heatmap_detector")
@@ -108,6 +130,7 @@ def build_heatmap_detector(
     backbone: str = "unet",
     backbone_options: Mapping[str, Any] | None = None,
     heat_prior: float = 0.01,
+    score_threshold: float = 0.3,
 ) -> HeatmapDetector:
     """A heatmap detector for `num_outputs` classes on the registered model `backbone`.
 
@@ -149,4 +172,10 @@ def build_heatmap_detector(
     if convs:
         for conv in convs:
             conv.bias[...] = conv.bias[...].at[:num_outputs].set(prior)
-    return HeatmapDetector(net, num_outputs, scale=scale, heat_offset=0.0 if convs else prior)
+    return HeatmapDetector(
+        net,
+        num_outputs,
+        scale=scale,
+        heat_offset=0.0 if convs else prior,
+        score_threshold=score_threshold,
+    )

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from lmjax.ops import detection
+from lmjax.ops import detection, point_detection
 from lmjax.ops.item_masks import item_boxes_by_kind, kind_ids
 from lmjax.ops.loss_registry import register_loss
 
@@ -81,3 +81,23 @@ def yolo_loss(
         return loss
 
     return jax.vmap(one)(outputs["box_dist"], outputs["cls"], labels, safe, valid)
+
+
+@register_loss("centernet", kind="detection")
+def centernet_loss(
+    outputs: Mapping[str, jax.Array],
+    boxes: jax.Array,
+    valid: jax.Array,
+    *,
+    size_weight: float = 0.1,
+    min_sigma: float = 1.0,
+) -> jax.Array:
+    """The heatmap detector's loss per image `[B]`: penalty-reduced focal loss on
+    per-class centre heatmaps plus `size_weight` x L1 on log box sizes
+    (`lmjax.ops.point_detection.detector_loss`)."""
+    safe = jnp.where(valid[..., None], boxes, jnp.nan)
+    loss, _ = point_detection.detector_loss(
+        outputs, safe, valid, size_weight=size_weight, scale=outputs["map_scale"],
+        min_sigma=min_sigma,
+    )  # fmt: skip
+    return loss

@@ -166,6 +166,12 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.embeddings)
 
+    def subset(self, idx) -> PromptSet:
+        """The prompt set of images `idx` only."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        keep = {"kinds", "side"}
+        return PromptSet(**{k: v if k in keep else v[idx] for k, v in fields.items()})
+
     def batch(self, idx) -> dict[str, np.ndarray]:
         """The train step's inputs for images `idx`."""
         keys = ("embeddings", "vertices", "vertex_valid", "visible", "radius", "width")
