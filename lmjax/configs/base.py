@@ -146,7 +146,7 @@ SAM = {
     "shift_mm": Field(0.5, "landmark boxes: the whole box moves by U(-shift_mm, shift_mm)"),
     "jitter_fraction": Field(0.1, "outline/patch boxes: each side moves out by U(0, f) x size"),
     "loss_frame": Field(
-        "lowres", "loss on the decoder's low-res logits, or crop: 64x64 over 1.5x each box"
+        "lowres", "loss on the decoder's low-res logits; crop: also on 64x64 over 1.5x each box"
     ),
     "embed_batch": Field(4, "images per encoder call when filling the embedding cache"),
     "eval_prompts": Field(32, "prompts per decoder call at evaluation (padded, one compile)"),

@@ -137,10 +137,11 @@ def decoder_loss(
     """`(loss, terms)`: the configured losses of K sampled, jittered prompts per image.
 
     `loss_frame` "lowres" scores the decoder's logits as they come (4x the token
-    grid), against item masks drawn at that resolution; "crop" resamples them on a
-    `crop_grid` lattice over a square window 1.5x each prompt's box and draws the
-    targets there, so a 2-mm landmark covers a good part of its window instead of
-    a few low-resolution pixels.
+    grid), against item masks drawn at that resolution; "crop" adds the same losses
+    on a `crop_grid` lattice over a square window 1.5x each prompt's box (logits
+    resampled, targets drawn there), so that a 2-mm landmark covers a good part of
+    its window instead of a few low-resolution pixels. `dice_score` is then the
+    windows'.
     """
     k_items, k_jitter = jax.random.split(key)
     idx, valid = sample_prompts(k_items, batch["visible"], k)
@@ -156,27 +157,33 @@ def decoder_loss(
     logits = jnp.where(valid[:, None, None, :], logits, 0.0)  # NaN rows of padded prompts
     scale = logits.shape[1] / model.image_size[0]
     sizes = jnp.stack(jnp.broadcast_arrays(radius, width))
+    if loss_frame not in FRAMES:
+        raise ValueError(f"unknown sam.loss_frame {loss_frame!r}; known: {', '.join(FRAMES)}")
+
+    def scored(logits, vertices, sizes):
+        target = item_masks(
+            vertices, vv, kind, shape=logits.shape[1:3], radius=sizes[0], width=sizes[1],
+            visible=valid, soft=True,
+        )  # fmt: skip
+        terms = {
+            n: jnp.mean(get_loss(n)(logits, target, visible=valid, **loss_kwargs.get(n, {})))
+            for n in losses
+        }
+        hard = (logits > 0).astype(jnp.float32)
+        inter = jnp.sum(hard * (target > 0.5), axis=(1, 2))
+        total = jnp.sum(hard, axis=(1, 2)) + jnp.sum(target > 0.5, axis=(1, 2))
+        dice = jnp.where(total > 0, 2 * inter / jnp.maximum(total, 1.0), 1.0)
+        terms["dice_score"] = jnp.sum(jnp.where(valid, dice, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+        return terms
+
+    # The whole low-res mask is always scored: without it nothing outside the windows
+    # is ever told to stay empty.
+    terms = scored(logits, *to_mask_frame(v, sizes, scale))
     if loss_frame == "crop":
         windows = crop_windows(jnp.where(valid[..., None], boxes, 0.0))
-        logits = sample_windows(logits, windows, crop_grid, scale)
-        mv, sizes = to_window_frame(v, sizes, windows, crop_grid)
-    elif loss_frame == "lowres":
-        mv, sizes = to_mask_frame(v, sizes, scale)
-    else:
-        raise ValueError(f"unknown sam.loss_frame {loss_frame!r}; known: {', '.join(FRAMES)}")
-    target = item_masks(
-        mv, vv, kind, shape=logits.shape[1:3], radius=sizes[0], width=sizes[1], visible=valid,
-        soft=True,
-    )  # fmt: skip
-    terms = {
-        name: jnp.mean(get_loss(name)(logits, target, visible=valid, **loss_kwargs.get(name, {})))
-        for name in losses
-    }
-    hard = (logits > 0).astype(jnp.float32)
-    inter = jnp.sum(hard * (target > 0.5), axis=(1, 2))
-    total = jnp.sum(hard, axis=(1, 2)) + jnp.sum(target > 0.5, axis=(1, 2))
-    dice = jnp.where(total > 0, 2 * inter / jnp.maximum(total, 1.0), 1.0)
-    terms["dice_score"] = jnp.sum(jnp.where(valid, dice, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+        window_logits = sample_windows(logits, windows, crop_grid, scale)
+        crop = scored(window_logits, *to_window_frame(v, sizes, windows, crop_grid))
+        terms = {n: terms[n] + crop[n] for n in losses} | {"dice_score": crop["dice_score"]}
     loss = sum(losses[name] * terms[name] for name in losses)
     return loss, terms
 
