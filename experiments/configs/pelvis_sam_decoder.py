@@ -12,7 +12,8 @@ Arguments:
           minutes: ViT width 32, depth 3, 2 heads, patch 8, window 4, global
           attention in the last block, prompt width 64, decoder MLP 128; input
           256 px (the phantom's size, 1.25 mm/px; 2.5 mm/px masks); the loss
-          on 64 x 64 windows over each box (`sam.loss_frame=crop`).
+          on the low-res masks plus 64 x 64 windows over each box
+          (`sam.loss_frame=crop`).
   medsam  the paper's shapes: SAM ViT-B at 1024 px. It needs the user's weights,
           converted once: `lmjax convert medsam_vit_b.pth medsam.safetensors
           --preprocessing=medsam`, then `--config.model.pretrained=medsam.safetensors`.
@@ -30,7 +31,7 @@ U(-0.5, 0.5) mm; regions U(0, 10 %) of the box), cosine learning rate from 1e-4.
 Deviations from the paper, all forced or deliberate:
 - prompts are jittered ground-truth boxes, never the detector's (no detector yet);
 - the loss is computed on the decoder's low-res logits (256 x 256 for ViT-B;
-  `tiny`: on 64 x 64 windows over 1.5x each box), against anti-aliased disc and
+  `tiny`: plus 64 x 64 windows over 1.5x each box), against anti-aliased disc and
   stroke targets (soft coverage), not binary masks upsampled to 1024;
 - the paper's loss, learning rate, epochs, jitter and outline width are unstated;
   the values here are the stated recipe's above, outline width 2 mm;
@@ -81,7 +82,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.model.decoder_mlp_dim = 128
         c.model.iou_head_hidden_dim = 64
         # A random encoder's embeddings give the low-res loss almost nothing to work
-        # with on 2-mm discs (Dice stayed 0 for 300 steps); box windows do.
+        # with on 2-mm discs (Dice stayed 0 for 300 steps); box windows added do.
         c.sam.loss_frame = "crop"
         c.optim.learning_rate = 3e-3  # random weights learn slowly at MedSAM's 1e-4
         c.optim.warmup_steps = 20
