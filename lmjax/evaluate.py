@@ -71,7 +71,7 @@ def predict_dataset(
     coords = np.full((n, k, 2), np.nan, np.float32)
     conf = np.zeros((n, k), np.float32)
     filled = np.zeros((n,), bool)
-    batches = _eval_batches(
+    batches = eval_batches(
         dataset, input_size, batch_size, fit=fit, normalize=normalize, cache_dir=cache_dir
     )
     for batch in batches:
@@ -86,7 +86,7 @@ def predict_dataset(
     return coords, conf
 
 
-def _eval_batches(dataset: Dataset, input_size, batch_size: int, **kw):
+def eval_batches(dataset: Dataset, input_size, batch_size: int, **kw):
     """This process's share of `dataset` in evaluation batches (see `predict_dataset`)."""
     import jax
 
@@ -128,7 +128,7 @@ def segmentation_overlap(
     n, k = len(dataset.records), dataset.landmark_set.num_landmarks
     counts = np.full((n, k, 2), np.nan, np.float32)
     filled = np.zeros((n,), bool)
-    batches = _eval_batches(
+    batches = eval_batches(
         dataset, input_size, batch_size, fit=fit, normalize=normalize, cache_dir=cache_dir
     )
     for batch in batches:

@@ -82,7 +82,7 @@ TASK = {
     "mode": Field(
         "heatmap",
         "heatmap, segmentation or coordinate (lmjax.task.HEADS), or a task with its own "
-        "trainer (lmjax.train.trainers: sam_decoder)",
+        "trainer (lmjax.train.trainers: sam_decoder, cascade)",
     ),
     "target": Field("", "gaussian, circle or square; empty: the head's (circle for segmentation)"),
     "sigma": Field(2.0, "Gaussian target sigma in model-input pixels"),
@@ -152,6 +152,19 @@ SAM = {
     "eval_prompts": Field(32, "prompts per decoder call at evaluation (padded, one compile)"),
 }
 
+# The detector -> SAM cascade (task.mode "cascade", lmjax.train.cascade): a detector
+# stage, then SAM's decoder fine-tuned on its boxes; other tasks ignore this section.
+CASCADE = {
+    "detector": Field(
+        "", "trained detector workdir, or a config PATH[:ARG] trained into <workdir>/detector"
+    ),
+    "p_detector": Field(0.5, "share of training prompts that are the detector's boxes"),
+    "match_growth": Field(
+        3.0, "a detector box trains only if its centre is inside the true box grown this much"
+    ),
+    "landmark_reading": Field("soft", "landmarks predict writes: soft, binary or box_centre"),
+}
+
 SECTIONS: dict[str, dict[str, Field]] = {
     "data": DATA,
     "model": MODEL_FIELDS,
@@ -159,6 +172,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
     "optim": OPTIM,
     "train": TRAIN,
     "sam": SAM,
+    "cascade": CASCADE,
 }
 
 

@@ -119,6 +119,12 @@ def evaluate_workdir(
     segmentation = segmentation_report(config, eval_step, mesh, state, dataset)
     if segmentation is not None:
         report["segmentation"] = segmentation
+    if task_spec(config).needs_items:  # a detector: detection rate, box IoU
+        from lmjax.detection_metrics import detection_report
+        from lmjax.train.detections import detect_dataset
+
+        boxes, _ = detect_dataset(config, eval_step, mesh, state, dataset)
+        report["detection"] = detection_report(boxes, np.isfinite(boxes).all(-1), dataset)
     report = {
         "split": name,
         "ground_truth": config.data.ground_truth,
@@ -128,6 +134,10 @@ def evaluate_workdir(
     }
     log(f"{dataset.name} {name}  ({config.model.name}, step {int(state.step)})")
     log(evaluation.format_report(report))
+    if "detection" in report:
+        from lmjax.detection_metrics import format_detection
+
+        log(format_detection(report["detection"]))
     for mname, m in report.get("measurements", {}).get("classifications", {}).items():
         if m.get("n"):
             log(f"{mname}: class accuracy {m['accuracy']:.3f}  macro F1 {m['macro']['f1']:.3f}")

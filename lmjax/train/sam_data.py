@@ -162,6 +162,8 @@ class PromptSet:
     width_original: np.ndarray  # [N]
     kinds: tuple[str, ...]
     side: int  # the model input side S
+    # [N, K, 4] a detector's per-class boxes in the model frame, NaN where not found
+    detector_boxes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.embeddings)
@@ -170,12 +172,33 @@ class PromptSet:
         """The prompt set of images `idx` only."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         keep = {"kinds", "side"}
-        return PromptSet(**{k: v if k in keep else v[idx] for k, v in fields.items()})
+        return PromptSet(
+            **{k: v if k in keep or v is None else v[idx] for k, v in fields.items()}
+        )
 
     def batch(self, idx) -> dict[str, np.ndarray]:
-        """The train step's inputs for images `idx`."""
+        """The train step's inputs for images `idx` (with `detector_boxes` if set)."""
         keys = ("embeddings", "vertices", "vertex_valid", "visible", "radius", "width")
-        return {k: getattr(self, k)[idx] for k in (*keys, "jitter", "shift")}
+        out = {k: getattr(self, k)[idx] for k in (*keys, "jitter", "shift")}
+        if self.detector_boxes is not None:
+            out["detector_boxes"] = self.detector_boxes[idx].astype(np.float32)
+        return out
+
+    def with_detector_boxes(self, boxes_original: np.ndarray) -> PromptSet:
+        """A copy whose `detector_boxes` are `boxes_original [N, K, 4]` (original
+        pixels, NaN where not found) moved to the model frame."""
+        boxes_original = np.asarray(boxes_original, np.float64)
+        if boxes_original.shape != (*self.visible.shape, 4):
+            raise ValueError(
+                f"detector boxes {boxes_original.shape} do not match {len(self)} images "
+                f"of {self.visible.shape[1]} items"
+            )
+        moved = np.full(boxes_original.shape, np.nan)
+        for i, b in enumerate(boxes_original):
+            inv = np.linalg.inv(self.to_original[i])
+            lo, hi = affine.apply(b[:, :2], inv), affine.apply(b[:, 2:], inv)
+            moved[i] = np.concatenate([np.minimum(lo, hi), np.maximum(lo, hi)], axis=-1)
+        return dataclasses.replace(self, detector_boxes=moved.astype(np.float32))
 
 
 def _mm_to_model_px(value_mm: float, spacing, from_original: np.ndarray) -> float:

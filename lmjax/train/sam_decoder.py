@@ -82,9 +82,14 @@ def validate(config, predict, state, pset, dataset, prompts=("jittered",)) -> di
     return out
 
 
-def train(config, workdir, *, log=print) -> dict[str, Any]:
+def train(config, workdir, *, log=print, detect=None) -> dict[str, Any]:
     """Fine-tunes the decoder into `workdir` (resuming a run there); returns the last
-    validation report."""
+    validation report.
+
+    `detect(dataset, split) -> boxes [N, K, 4]` (original pixels, NaN where not
+    found), the cascade's detector: its boxes then join the training prompts
+    (`cascade.p_detector`) and are the validation prompts.
+    """
     config = configs.resolve(config)
     _check(config)
     workdir = pathlib.Path(workdir)
@@ -97,6 +102,11 @@ def train(config, workdir, *, log=print) -> dict[str, Any]:
     cache = embedding_cache(config, workdir, weights_id)
     train_set = prompt_set(train_ds, config, cache, model, log=log)
     val_set = prompt_set(val_ds, config, cache, model, log=log)
+    prompts, p_detector = ("jittered",), 0.0
+    if detect is not None:
+        train_set = train_set.with_detector_boxes(detect(train_ds, "train"))
+        val_set = val_set.with_detector_boxes(detect(val_ds, "val"))
+        prompts, p_detector = ("detector",), config.cascade.p_detector
     tx = decoder_optimizer(config)
     graphdef, state = decoder_state(config, model, tx)
     k = min(config.sam.prompts_per_image, len(train_set.kinds))
@@ -104,7 +114,8 @@ def train(config, workdir, *, log=print) -> dict[str, Any]:
         graphdef, tx, kinds=sam_eval.kind_ids(train_set.kinds), k=k,
         fraction=config.sam.jitter_fraction, losses=dict(config.task.losses),
         loss_kwargs={n: dict(v) for n, v in config.task.loss_kwargs.items()},
-        loss_frame=config.sam.loss_frame,
+        loss_frame=config.sam.loss_frame, p_detector=p_detector,
+        match_growth=config.cascade.match_growth,
     )  # fmt: skip
     predict = sam_steps.make_predict_step(graphdef)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -140,11 +151,13 @@ def train(config, workdir, *, log=print) -> dict[str, Any]:
                 history.write(step, "train", {**values, "prompts_per_s": rate})
                 t0 = time.perf_counter()
             if step % config.train.eval_every == 0 or last:
-                report = validate(config, predict, state, val_set, val_ds)
-                iou = "-" if report["iou"] is None else f"{report['iou']:.3f}"
-                log(f"step {step}  val (jittered GT boxes) MRE {report['mre']:.3f} "
+                report = validate(config, predict, state, val_set, val_ds, prompts)
+                iou, mask_iou = (
+                    "-" if report[k] is None else f"{report[k]:.3f}" for k in ("iou", "mask_iou")
+                )
+                log(f"step {step}  val ({prompts[0]} boxes) MRE {report['mre']:.3f} "
                     f"{report['unit']}  outline/patch IoU {iou}  "
-                    f"mask IoU (all items) {report['mask_iou']:.3f}")  # fmt: skip
+                    f"mask IoU (all items) {mask_iou}")  # fmt: skip
                 scalars = {k: report[k] or 0.0 for k in ("mre", "iou", "mask_iou")}
                 history.write(step, "val", scalars)
                 checkpoints.save(
@@ -204,9 +217,11 @@ def restore(workdir, *, which: str = "best"):
 
 
 def evaluate_workdir(
-    workdir, *, split=None, data_dir=None, ground_truth=None, log=print
+    workdir, *, split=None, data_dir=None, ground_truth=None, log=print, detect=None
 ) -> dict[str, Any]:
-    """`lmjax evaluate` of a SAM decoder run: oracle and jittered ground-truth boxes."""
+    """`lmjax evaluate` of a SAM decoder run: oracle and jittered ground-truth boxes;
+    with `detect` (a cascade's detector, `lmjax.train.cascade.detector`) its boxes
+    first, and its detection report."""
     from lmjax.train.evaluation import dataset_for_split
     from lmjax.train.sam_data import embedding_cache as cache_for
 
@@ -226,16 +241,25 @@ def evaluate_workdir(
     _, weights_id = build_sam(config, log=lambda _: None)
     pset = prompt_set(dataset, config, cache_for(config, workdir, weights_id), model, log=log)
     predict = sam_steps.make_predict_step(graphdef)
-    report = validate(config, predict, state, pset, dataset, prompts=sam_eval.PROMPTS)
+    prompts, extra = sam_eval.PROMPTS, {}
+    described = {
+        "oracle": "ground-truth boxes (the box around each item's drawn mask)",
+        "jittered": "ground-truth boxes jittered as in training (fixed seed)",
+    }
+    if detect is not None:
+        boxes = detect(dataset, name)
+        pset = pset.with_detector_boxes(boxes)
+        prompts = sam_eval.CASCADE_PROMPTS
+        described = {"detector": f"the detector's per-class boxes ({detect.workdir})"} | described
+        extra = {"detection": detect.report(boxes, dataset)}
+    report = validate(config, predict, state, pset, dataset, prompts=prompts)
     report = {
         "split": name,
         "model": "sam",
-        "task": MODE,
+        "task": config.task.mode,
         "checkpoint_step": int(state.step),
-        "prompts": {
-            "oracle": "ground-truth boxes (the box around each item's drawn mask)",
-            "jittered": "ground-truth boxes jittered as in training (fixed seed)",
-        },
+        "prompts": described,
+        **extra,
         **report,
     }
     log(format_report(report))
@@ -243,15 +267,26 @@ def evaluate_workdir(
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"SAM decoder on {report['split']} (step {report['checkpoint_step']})"]
-    for p in sam_eval.PROMPTS:
+    title = "cascade" if report.get("task") == "cascade" else "SAM decoder"
+    lines = [f"{title} on {report['split']} (step {report['checkpoint_step']})"]
+    if "detection" in report:
+        from lmjax.detection_metrics import format_detection
+
+        lines.append(format_detection(report["detection"]))
+    for p in sam_eval.CASCADE_PROMPTS:
         if p not in report:
             continue
         r = report[p]
         for reading, s in r.get("landmarks", {}).items():
+            miss = f" (missed {s['missed']})" if s["missed"] else ""
             lines.append(
-                f"  {p:8s} landmarks {reading:10s} MRE {s['mre']:.3f} {s['unit']}  "
+                f"  {p:8s} landmarks {reading:10s} MRE {s['mre']:.3f} {s['unit']}{miss}  "
                 f"median {s['median']:.3f}  SD {s['sd']:.3f}  SDR@2 {s['sdr'].get('2', 0):.1f}%"
+                + (
+                    f", with misses {s['sdr_with_misses'].get('2', 0):.1f}%"
+                    if s["missed"]
+                    else ""
+                )
             )
         masks = [("landmark discs", r.get("landmark_masks"))]
         masks += [(kd, (r.get("regions") or {}).get(kd)) for kd in ("outlines", "patches")]

@@ -19,16 +19,27 @@ import numpy as np
 
 from lmjax import metrics
 from lmjax.data import affine
+from lmjax.detection_metrics import sdr_with_misses
 from lmjax.models.sam import postprocess_masks
 from lmjax.ops.item_masks import KIND_IDS, item_boxes_by_kind, item_masks, kind_ids
 from lmjax.train.sam_steps import jitter_boxes
 
 LANDMARK_READINGS = ("soft", "binary", "box_centre")
 PROMPTS = ("jittered", "oracle")  # the first is the headline
+CASCADE_PROMPTS = ("detector", "jittered", "oracle")
 
 
 def prompt_boxes(pset, i: int, kinds, *, prompts: str, fraction: float, seed: int):
-    """`(boxes [K, 4], valid [K])` of image `i` in the model frame."""
+    """`(boxes [K, 4], valid [K])` of image `i` in the model frame: the detector's
+    ("detector", valid where it found the class), else the true boxes, exact
+    ("oracle") or jittered with a key fixed by `seed` and `i` ("jittered")."""
+    if prompts == "detector":
+        if pset.detector_boxes is None:
+            raise ValueError("prompts 'detector' need a PromptSet with detector_boxes")
+        boxes = np.asarray(pset.detector_boxes[i], np.float32)
+        return boxes, np.isfinite(boxes).all(axis=-1)
+    if prompts not in ("oracle", "jittered"):
+        raise ValueError(f"unknown prompts {prompts!r}: detector, jittered or oracle")
     b = pset.batch([i])
     boxes = item_boxes_by_kind(
         b["vertices"], b["vertex_valid"], kinds, radius=b["radius"][:, None],
@@ -106,7 +117,9 @@ def predict_images(predict, state, pset, *, chunk: int, prompts: str, fraction: 
             original_hw=tuple(int(v) for v in pset.original_hw[i]),
             side=pset.side,
         )
-        iou[i] = np.where(ok, np.asarray(got), np.nan)
+        # Identified items only: a miss is counted by the detection rate, and an
+        # absent item found anyway has no mask to overlap.
+        iou[i] = np.where(ok & pset.visible[i], np.asarray(got), np.nan)
     return {"coords": coords, "iou": iou, "predicted_iou": score, "found": found}
 
 
@@ -119,6 +132,7 @@ def _landmark_summary(coords, dataset, columns, thresholds) -> dict[str, Any]:
         "unit": unit,
         **{k: s[k] for k in ("n", "missed", "mre", "sd", "median", "iqr", "p95")},
         "sdr": {f"{t:g}": s[metrics.sdr_key(t)] for t in thresholds},
+        "sdr_with_misses": sdr_with_misses(errors, thresholds),
         "per_landmark": metrics.per_landmark(errors, names, unit=unit, thresholds=thresholds),
     }
 

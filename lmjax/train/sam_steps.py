@@ -133,6 +133,8 @@ def decoder_loss(
     loss_frame: str = "lowres",
     crop_grid: int = CROP_GRID,
     jitter: bool = True,
+    p_detector: float = 0.0,
+    match_growth: float = 3.0,
 ):
     """`(loss, terms)`: the configured losses of K sampled, jittered prompts per image.
 
@@ -142,16 +144,31 @@ def decoder_loss(
     resampled, targets drawn there), so that a 2-mm landmark covers a good part of
     its window instead of a few low-resolution pixels. `dice_score` is then the
     windows'.
+
+    With `batch["detector_boxes"]` (the cascade), each prompt is, with probability
+    `p_detector`, the detector's box for its item instead of the jittered true one:
+    the boxes the decoder meets at inference. Only detector boxes whose centre lies
+    inside the true box grown `match_growth` times take part; a box on the wrong
+    structure would teach the decoder to ignore its prompt.
     """
     k_items, k_jitter = jax.random.split(key)
     idx, valid = sample_prompts(k_items, batch["visible"], k)
     v, vv, kind = gather_items(batch, idx, kinds)
     radius, width = batch["radius"][:, None], batch["width"][:, None]
     boxes = item_boxes_by_kind(v, vv, kind, radius=radius, width=width, visible=valid)
+    true = boxes
     if jitter:
         boxes = jitter_boxes(
             k_jitter, boxes, kind, jitter=batch["jitter"], shift=batch["shift"], fraction=fraction
         )
+    if "detector_boxes" in batch and p_detector > 0:
+        det = jnp.take_along_axis(batch["detector_boxes"], idx[..., None], axis=1)
+        centre = lambda b: (b[..., :2] + b[..., 2:]) / 2
+        reach = (true[..., 2:] - true[..., :2]) / 2 * match_growth
+        near = jnp.all(jnp.abs(centre(det) - centre(true)) <= reach, axis=-1)
+        pick = jax.random.uniform(jax.random.fold_in(key, 2), near.shape) < p_detector
+        use = near & pick & jnp.all(jnp.isfinite(det), axis=-1)
+        boxes = jnp.where(use[..., None], jnp.nan_to_num(det), boxes)
     out = model.decode(batch["embeddings"], boxes, box_valid=valid)
     logits = jnp.moveaxis(out["masks"][..., 0], 1, -1)  # [B, h, w, K]
     logits = jnp.where(valid[:, None, None, :], logits, 0.0)  # NaN rows of padded prompts
@@ -198,6 +215,8 @@ def make_train_step(
     losses: Mapping[str, float],
     loss_kwargs: Mapping[str, Mapping] | None = None,
     loss_frame: str = "lowres",
+    p_detector: float = 0.0,
+    match_growth: float = 3.0,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The jitted `train_step(state, batch) -> (state, metrics)` (state donated).
 
@@ -219,7 +238,8 @@ def make_train_step(
             model = nnx.merge(graphdef, params, state.model_state, copy=True)
             return decoder_loss(
                 model, batch, key, kinds=kinds, k=k, fraction=fraction, losses=losses,
-                loss_kwargs=kw, loss_frame=loss_frame,
+                loss_kwargs=kw, loss_frame=loss_frame, p_detector=p_detector,
+                match_growth=match_growth,
             )  # fmt: skip
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

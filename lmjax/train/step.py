@@ -131,7 +131,8 @@ def make_eval_step(
     (mode "segmentation", `outputs["heatmaps"]`), the result adds `overlap`
     `[B, K, 2]`: pixel counts of intersection and union of each predicted mask
     (sigmoid above 0.5) with the target mask rendered as in training, at the
-    maps' resolution.
+    maps' resolution. A detector's result adds `boxes [B, K, 4]` (NaN where not
+    found) and `scores [B, K]`, its confidence.
     """
     dtype = DTYPES[task.compute_dtype]
 
@@ -150,6 +151,10 @@ def make_eval_step(
         else:
             conf = jnp.ones(outputs["coords"].shape[:-1], jnp.float32)
         coords = outputs["coords"].astype(jnp.float32) if "coords" in outputs else coords
+        if "boxes" in outputs:  # detectors: per-class top-1 boxes and their scores
+            extra["boxes"] = outputs["boxes"].astype(jnp.float32)
+            extra["scores"] = outputs["scores"].astype(jnp.float32)
+            conf = extra["scores"]
         return {"coords": coords, "confidence": conf, **extra}
 
     data = data_sharding(mesh)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 # Modules whose import registers a trainer (imported lazily: they pull in models).
-_BUILTIN = ("lmjax.train.sam_decoder",)
+_BUILTIN = ("lmjax.train.sam_decoder", "lmjax.train.cascade")
 
 
 class Trainer(NamedTuple):

@@ -1,0 +1,55 @@
+"""A trained detector's per-class boxes on a dataset, in the original image.
+
+The detector's eval step (`lmjax.train.step.make_eval_step`) returns per-class
+top-1 boxes in model-input pixels; they come back to the original image through
+each image's `to_original` affine (all four corners, so any affine fit works).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lmjax import parallel
+from lmjax.data import affine
+from lmjax.data.types import Dataset
+from lmjax.evaluate import eval_batches
+
+
+def detect_dataset(config, eval_step, mesh, state, dataset: Dataset, *, cache_dir=None):
+    """`(boxes [N, K, 4], scores [N, K])`: boxes in original pixels, NaN where the
+    class was not found. One process only (the cascade's stages run on one host).
+
+    Raises:
+      ValueError: the model is not a detector (its eval step returns no boxes).
+    """
+    n, k = len(dataset.records), dataset.landmark_set.num_landmarks
+    boxes = np.full((n, k, 4), np.nan, np.float64)
+    scores = np.zeros((n, k), np.float32)
+    batches = eval_batches(
+        dataset,
+        tuple(config.data.input_size),
+        config.train.batch_size,
+        fit=config.data.fit,
+        normalize=config.data.normalize,
+        cache_dir=cache_dir,
+    )
+    for batch in batches:
+        images = parallel.shard_batch({"image": batch["image"].astype(np.float32)}, mesh)
+        out = parallel.host_rows(eval_step(state, images), mesh)
+        if "boxes" not in out:
+            raise ValueError(
+                f"model {config.model.name!r} is not a detector: its outputs have no boxes"
+            )
+        for i in np.flatnonzero(batch["valid"]):
+            idx = int(batch["index"][i])
+            b = np.asarray(out["boxes"][i], np.float64)
+            corners = np.stack(
+                [b[:, [0, 1]], b[:, [2, 1]], b[:, [0, 3]], b[:, [2, 3]]], axis=1
+            )  # [K, 4, 2]
+            moved = affine.apply(corners.reshape(-1, 2), batch["to_original"][i]).reshape(k, 4, 2)
+            boxes[idx] = np.concatenate([moved.min(1), moved.max(1)], axis=-1)
+            scores[idx] = np.asarray(out["scores"][i])
+    return boxes, scores
+
+
+__all__ = ["detect_dataset"]
