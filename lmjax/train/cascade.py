@@ -79,7 +79,9 @@ def detector_stage(config, workdir, *, log=print, train: bool = True) -> pathlib
         return folder.resolve()
     det_config = configs.load(spec)
     if det_config.task.mode == MODE or det_config.model.name == "sam":
-        raise ValueError(f"cascade.detector {spec}: a {det_config.model.name} config, not a detector")
+        raise ValueError(
+            f"cascade.detector {spec}: a {det_config.model.name} config, not a detector"
+        )
     if _finished(folder, det_config.train.steps):
         log(f"detector stage: finished in {folder}")
     else:
@@ -170,4 +172,12 @@ def evaluate_workdir(
 
 register_trainer(MODE, Trainer(train=train, evaluate=evaluate_workdir))
 
-__all__ = ["MODE", "check", "detector", "detector_dir", "detector_stage", "evaluate_workdir", "train"]
+__all__ = [
+    "MODE",
+    "check",
+    "detector",
+    "detector_dir",
+    "detector_stage",
+    "evaluate_workdir",
+    "train",
+]

@@ -172,9 +172,7 @@ class PromptSet:
         """The prompt set of images `idx` only."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         keep = {"kinds", "side"}
-        return PromptSet(
-            **{k: v if k in keep or v is None else v[idx] for k, v in fields.items()}
-        )
+        return PromptSet(**{k: v if k in keep or v is None else v[idx] for k, v in fields.items()})
 
     def batch(self, idx) -> dict[str, np.ndarray]:
         """The train step's inputs for images `idx` (with `detector_boxes` if set)."""

@@ -282,11 +282,7 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(
                 f"  {p:8s} landmarks {reading:10s} MRE {s['mre']:.3f} {s['unit']}{miss}  "
                 f"median {s['median']:.3f}  SD {s['sd']:.3f}  SDR@2 {s['sdr'].get('2', 0):.1f}%"
-                + (
-                    f", with misses {s['sdr_with_misses'].get('2', 0):.1f}%"
-                    if s["missed"]
-                    else ""
-                )
+                + (f", with misses {s['sdr_with_misses'].get('2', 0):.1f}%" if s["missed"] else "")
             )
         masks = [("landmark discs", r.get("landmark_masks"))]
         masks += [(kd, (r.get("regions") or {}).get(kd)) for kd in ("outlines", "patches")]
