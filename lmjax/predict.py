@@ -104,18 +104,28 @@ def measurement_lines(measured: dict[str, Any]) -> list[str]:
     return lines
 
 
-def overlay(grey: np.ndarray, coords: np.ndarray, lines: list[str] = ()) -> Image.Image:
-    """RGB uint8 `[H, W]` image with landmark k circled and numbered k + 1 and the
+def overlay(
+    grey: np.ndarray, coords: np.ndarray, lines: list[str] = (), regions: list[dict] = ()
+) -> Image.Image:
+    """RGB uint8 `[H, W]` image with landmark k circled and numbered k + 1, outlines
+    and patches (`regions`: `{"kind", "points"}`) drawn as lines, and the
     measurement `lines` in the top-left corner; downscaled (points too) to at most
     MAX_OVERLAY_SIDE."""
     pic = Image.fromarray(grey).convert("RGB")
     src_hw = grey.shape[:2]
     dst_hw = cache_hw(src_hw, MAX_OVERLAY_SIDE)
+    scale = affine.resize(src_hw, dst_hw)
     if dst_hw != src_hw:
         pic = pic.resize(dst_hw[::-1], Image.BILINEAR)
-        coords = affine.apply(coords, affine.resize(src_hw, dst_hw))
+        coords = affine.apply(coords, scale)
     draw = ImageDraw.Draw(pic)
     r = max(2, max(dst_hw) // 200)
+    for k, region in enumerate(regions):
+        points = [tuple(p) for p in affine.apply(np.asarray(region["points"]), scale).tolist()]
+        if region["kind"] == "patch" and len(points) > 2:
+            points.append(points[0])
+        if len(points) > 1:
+            draw.line(points, fill=_COLOURS[(k + 2) % len(_COLOURS)], width=max(1, r // 2))
     font = ImageFont.load_default(size=max(10, 3 * r))
     for k, (x, y) in enumerate(np.asarray(coords, np.float64)):
         if np.isfinite(x) and np.isfinite(y):
@@ -139,9 +149,12 @@ def write_outputs(
     conf: np.ndarray,
     lset: LandmarkSet,
     measured: dict[str, Any],
+    regions: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Writes `<stem>.json`, `.png`, `.labelme.json` for `coords` `[K, 2]` (original
-    pixels, NaN where the model gave none); returns the JSON."""
+    pixels, NaN where the model gave none) and, from a cascade, `regions` (outline
+    polylines and patch polygons: `{"name", "kind", "points", "score", ...}`, kept
+    in the JSON under "regions", LabelMe linestrips and polygons); returns the JSON."""
     landmarks = []
     for name, (x, y), c in zip(lset.names, coords.tolist(), conf.tolist(), strict=True):
         ok = bool(np.isfinite(x) and np.isfinite(y))
@@ -160,12 +173,19 @@ def write_outputs(
         "measurements": measured,
         "warnings": list(rad.warnings),
     }
+    if regions is not None:
+        doc["regions"] = regions
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=2))
     grey = image_io.to_display_uint8(rad)
-    overlay(grey, coords, measurement_lines(measured)).save(out / f"{stem}.png")
+    overlay(grey, coords, measurement_lines(measured), regions or ()).save(out / f"{stem}.png")
     review, rel = out / f"{stem}.labelme.json", _relative(path, out)
-    # LabelMe resolves imagePath against the folder of the JSON file.
-    write_labelme(review, coords, lset.names, image_path=rel, image_hw=rad.shape, scores=conf)
+    # LabelMe resolves imagePath against the folder of the JSON file. Outlines and
+    # patches are their shapes there, not points.
+    points = np.where(np.array([k == "landmark" for k in lset.item_kinds])[:, None], coords, np.nan)
+    write_labelme(
+        review, points, lset.names, image_path=rel, image_hw=rad.shape, scores=conf,
+        regions=regions,
+    )  # fmt: skip
     # LabelMe opens images with Pillow and shows them unwindowed: DICOM fails and
     # deeper than 8-bit images look black, so those get the windowed image embedded.
     try:
@@ -179,6 +199,41 @@ def write_outputs(
         doc_lm["imageData"] = base64.b64encode(png.getvalue()).decode("ascii")
         review.write_text(json.dumps(doc_lm, indent=2))
     return doc
+
+
+def _model(workdir, flip_tta: bool):
+    """`(infer, landmark_set, config)` of a trained workdir: `infer(dataset, batch) ->
+    (coords, confidence, regions)`; regions per image are None for map-head models."""
+    from lmjax.train.restore import read_config
+    from lmjax.train.trainers import trainer_for
+
+    config = read_config(workdir)
+    custom = trainer_for(config).predictor
+    if custom is not None:
+        if flip_tta:
+            raise LandmarkDataError(f"flip TTA is not available for task.mode {config.task.mode!r}")
+        model = custom(workdir)
+        return (lambda dataset, _: model(dataset)), model.landmark_set, config
+    config, mesh, state, eval_step = restore_trained(workdir)
+    lset = setup.load_landmark_set(workdir, config)
+    predict = predictor(eval_step, mesh, [state], task_spec(config))
+    if flip_tta and not lset.flip_pairs:
+        raise LandmarkDataError(f"flip TTA: landmark set {lset.name!r} has no left/right pairs")
+    if (flip_tta or config.train.flip_tta) and lset.flip_pairs:
+        predict = evaluate.with_flip_tta(predict, lset.flip_permutation())
+
+    def infer(dataset, batch):
+        coords, conf = evaluate.predict_dataset(
+            predict,
+            dataset,
+            input_size=tuple(config.data.input_size),
+            batch_size=batch,
+            fit=config.data.fit,
+            normalize=config.data.normalize,
+        )
+        return coords, conf, [None] * len(coords)
+
+    return infer, lset, config
 
 
 def run_predict(
@@ -214,13 +269,7 @@ def run_predict(
     for name in (f"{s}{ext}" for s in stems for ext in (".json", ".png", ".labelme.json")):
         if (out / name).resolve() in sources:
             raise LandmarkDataError(f"{out / name}: the output would overwrite an input image")
-    config, mesh, state, eval_step = restore_trained(workdir)
-    lset = setup.load_landmark_set(workdir, config)
-    predict = predictor(eval_step, mesh, [state], task_spec(config))
-    if flip_tta and not lset.flip_pairs:
-        raise LandmarkDataError(f"flip TTA: landmark set {lset.name!r} has no left/right pairs")
-    if (flip_tta or config.train.flip_tta) and lset.flip_pairs:
-        predict = evaluate.with_flip_tta(predict, lset.flip_permutation())
+    infer, lset, config = _model(workdir, flip_tta)
     n = jax.device_count()  # the batch is split over the devices
     batch = -(-(batch_size or config.train.batch_size) // n) * n
     out.mkdir(parents=True, exist_ok=True)
@@ -234,26 +283,21 @@ def run_predict(
             ok = [r for r in read if isinstance(r, Radiograph)]
             # The bit depth gives the unit-range scaling of the file-based cache.
             records = [Record(r.pixels, nan, None, meta={"bit_depth": r.bit_depth}) for r in ok]
-            coords, conf = evaluate.predict_dataset(
-                predict,
-                Dataset(lset, records),
-                input_size=tuple(config.data.input_size),
-                batch_size=batch,
-                fit=config.data.fit,
-                normalize=config.data.normalize,
-            )
+            coords, conf, regions = infer(Dataset(lset, records), batch)
             # Rounded once, so the JSON, LabelMe and CSV files hold the same numbers.
             coords, conf = np.round(coords.astype(float), 3), np.round(conf.astype(float), 4)
             spacing = np.array([r.spacing or (np.nan, np.nan) for r in ok]).reshape(-1, 2)
             measured = measure_dataset(coords, spacing, lset, [r.path for r in ok])
-            done = iter(zip(coords, conf, measured, strict=True))
+            done = iter(zip(coords, conf, measured, regions, strict=True))
             for path, stem, r in zip(files[s : s + batch], stems[s : s + batch], read, strict=True):
                 if isinstance(r, LandmarkDataError):
                     print(f"lmjax predict: skipped: {r}", file=sys.stderr)
                     results.append({"image": str(path), "error": str(r)})
                     continue
-                xy, c, m = next(done)
-                results.append(write_outputs(out, stem, path, r, xy, c, lset, m["measurements"]))
+                xy, c, m, shapes = next(done)
+                results.append(
+                    write_outputs(out, stem, path, r, xy, c, lset, m["measurements"], shapes)
+                )
                 rows.append((_relative(path, out), xy, r.spacing or (np.nan, np.nan)))
     if not rows:
         errors = [r["error"] for r in results]

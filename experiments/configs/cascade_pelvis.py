@@ -19,9 +19,10 @@ workdir as one model.
 
 Arguments (each also names its detector stage as `ARG.detector`):
   tiny     (default) 2 CPU cores: `pelvis_detector.py:tiny` (YOLO11, width 0.125,
-           256 px, minimum-box floor 16 px) and `pelvis_sam_decoder.py:tiny`
-           (random frozen encoder, 256 px), K = 17 (every phantom item), half of
-           the prompts the detector's; soft centroid.
+           256 px, minimum-box floor 16 px) for 3000 steps and
+           `pelvis_sam_decoder.py:tiny` (random frozen encoder, 256 px) for 800,
+           K = 17 (every phantom item), half of the prompts the detector's; soft
+           centroid.
   heatmap  as tiny with the per-class heatmap detector (`pelvis_detector.py:heatmap`).
   paper    the paper's: YOLO11-n at 640 px without the floor, MedSAM ViT-B at
            1024 px (`--config.model.pretrained=medsam.safetensors`, converted
@@ -61,6 +62,10 @@ def _detector(arg: str) -> ml_collections.ConfigDict:
         c.task.loss_kwargs = {"yolo": {"min_box_side": 16.0}}
     if arg in ("paper", "full"):
         c.train.steps = 1500
+    if arg == "tiny":
+        # 400 steps find outlines and patches but no 3-px landmark box (score < 0.25)
+        c.train.steps = 3000
+        c.train.eval_every = 500
     return c
 
 
@@ -85,7 +90,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.cascade.detector = f"{HERE / 'cascade_pelvis.py'}:{base_arg}.detector"
     if base_arg in ("tiny", "heatmap"):
         c.sam.prompts_per_image = 17
-        c.train.steps = 1000
+        c.train.steps = 800
+        c.train.eval_every = 200
     elif base_arg == "paper":
         c.sam.prompts_per_image = 90
         c.cascade.p_detector = 0.0

@@ -72,3 +72,15 @@ def apply(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     points = np.asarray(points, np.float64)
     m = np.asarray(matrix, np.float64)
     return (points @ m[:2, :2].T + m[:2, 2]).astype(np.float32)
+
+
+def apply_boxes(boxes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """`(x0, y0, x1, y1)` boxes `[..., 4]` through a 3x3 matrix: the box around the
+    four mapped corners (exact for the axis-aligned fits); NaN stays NaN."""
+    b = np.asarray(boxes, np.float64)
+    corners = np.stack(
+        [b[..., [0, 1]], b[..., [2, 1]], b[..., [0, 3]], b[..., [2, 3]]], axis=-2
+    )  # [..., 4, 2]
+    m = np.asarray(matrix, np.float64)
+    moved = corners @ m[:2, :2].T + m[:2, 2]
+    return np.concatenate([moved.min(-2), moved.max(-2)], axis=-1).astype(np.float32)

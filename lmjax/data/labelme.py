@@ -229,11 +229,14 @@ def write_labelme(
     image_path: str,
     image_hw: tuple[int, int],
     scores: np.ndarray | None = None,
+    regions: list[dict] | None = None,
 ) -> None:
     """Writes landmarks as LabelMe point shapes; missing landmarks are left out.
 
     `scores` (per landmark) go into each shape's `description` so a reviewer can
-    see which predictions to check first.
+    see which predictions to check first. `regions` (`{"name", "kind", "points"}`,
+    optional "score") become linestrips (outlines) and polygons (patches), which
+    this reader takes back as the same items.
     """
     shapes = []
     for k, name in enumerate(landmark_names):
@@ -249,6 +252,17 @@ def write_labelme(
             "flags": {},
         }
         shapes.append(shape)
+    for region in regions or ():
+        shapes.append(
+            {
+                "label": region["name"],
+                "points": [[float(x), float(y)] for x, y in region["points"]],
+                "group_id": None,
+                "description": f"score={region['score']:.4f}" if "score" in region else "",
+                "shape_type": "linestrip" if region["kind"] == "outline" else "polygon",
+                "flags": {},
+            }
+        )
     doc = {
         "version": LABELME_VERSION,
         "flags": {},

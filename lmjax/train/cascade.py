@@ -170,7 +170,13 @@ def evaluate_workdir(
     )
 
 
-register_trainer(MODE, Trainer(train=train, evaluate=evaluate_workdir))
+def _predictor(workdir, **kw):
+    from lmjax.train.cascade_predict import CascadePredictor
+
+    return CascadePredictor(workdir, **kw)
+
+
+register_trainer(MODE, Trainer(train=train, evaluate=evaluate_workdir, predictor=_predictor))
 
 __all__ = [
     "MODE",

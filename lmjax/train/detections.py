@@ -42,12 +42,7 @@ def detect_dataset(config, eval_step, mesh, state, dataset: Dataset, *, cache_di
             )
         for i in np.flatnonzero(batch["valid"]):
             idx = int(batch["index"][i])
-            b = np.asarray(out["boxes"][i], np.float64)
-            corners = np.stack(
-                [b[:, [0, 1]], b[:, [2, 1]], b[:, [0, 3]], b[:, [2, 3]]], axis=1
-            )  # [K, 4, 2]
-            moved = affine.apply(corners.reshape(-1, 2), batch["to_original"][i]).reshape(k, 4, 2)
-            boxes[idx] = np.concatenate([moved.min(1), moved.max(1)], axis=-1)
+            boxes[idx] = affine.apply_boxes(out["boxes"][i], batch["to_original"][i])
             scores[idx] = np.asarray(out["scores"][i])
     return boxes, scores
 

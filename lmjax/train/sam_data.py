@@ -191,12 +191,13 @@ class PromptSet:
                 f"detector boxes {boxes_original.shape} do not match {len(self)} images "
                 f"of {self.visible.shape[1]} items"
             )
-        moved = np.full(boxes_original.shape, np.nan)
-        for i, b in enumerate(boxes_original):
-            inv = np.linalg.inv(self.to_original[i])
-            lo, hi = affine.apply(b[:, :2], inv), affine.apply(b[:, 2:], inv)
-            moved[i] = np.concatenate([np.minimum(lo, hi), np.maximum(lo, hi)], axis=-1)
-        return dataclasses.replace(self, detector_boxes=moved.astype(np.float32))
+        moved = np.stack(
+            [
+                affine.apply_boxes(b, np.linalg.inv(m))
+                for b, m in zip(boxes_original, self.to_original, strict=True)
+            ]
+        )
+        return dataclasses.replace(self, detector_boxes=moved)
 
 
 def _mm_to_model_px(value_mm: float, spacing, from_original: np.ndarray) -> float:

@@ -72,6 +72,27 @@ def _mask_iou(low, vertices, vertex_valid, kind, radius, width, *, input_hw, ori
     return jnp.where(union > 0, inter / jnp.maximum(union, 1), jnp.nan)
 
 
+def segment(predict, state, embedding, boxes, valid, *, chunk: int) -> dict[str, np.ndarray]:
+    """The predict step's outputs for one image's prompts `boxes [K, 4]` (model frame,
+    `valid [K]`), `chunk` at a time, padded so that every call has one shape."""
+    k = len(boxes)
+    pad = -(-k // chunk) * chunk
+    boxes = np.concatenate([boxes, np.full((pad - k, 4), np.nan, np.float32)])
+    valid = np.concatenate([valid, np.zeros(pad - k, bool)])
+    outs = [
+        jax.device_get(
+            predict(
+                state,
+                embedding[None],
+                boxes[None, s : s + chunk],
+                valid[None, s : s + chunk],
+            )  # fmt: skip
+        )
+        for s in range(0, pad, chunk)
+    ]
+    return {key: np.concatenate([o[key][0] for o in outs])[:k] for key in outs[0]}
+
+
 def predict_images(predict, state, pset, *, chunk: int, prompts: str, fraction: float, seed=0):
     """Per image: landmarks (each reading) in original pixels `[N, K, 2]`, mask IoU
     `[N, K]` at the original resolution for every item (landmark discs too; NaN where
@@ -82,24 +103,10 @@ def predict_images(predict, state, pset, *, chunk: int, prompts: str, fraction: 
     iou = np.full((n, k), np.nan, np.float32)
     score = np.full((n, k), np.nan, np.float32)
     found = np.zeros((n, k), bool)
-    pad = -(-k // chunk) * chunk
     for i in range(n):
         boxes, valid = prompt_boxes(pset, i, kinds, prompts=prompts, fraction=fraction, seed=seed)
-        boxes = np.concatenate([boxes, np.full((pad - k, 4), np.nan, np.float32)])
-        valid = np.concatenate([valid, np.zeros(pad - k, bool)])
-        outs = [
-            jax.device_get(
-                predict(
-                    state,
-                    pset.embeddings[i : i + 1],
-                    boxes[None, s : s + chunk],
-                    valid[None, s : s + chunk],
-                )  # fmt: skip
-            )
-            for s in range(0, pad, chunk)
-        ]
-        out = {key: np.concatenate([o[key][0] for o in outs])[:k] for key in outs[0]}
-        ok = valid[:k]
+        out = segment(predict, state, pset.embeddings[i], boxes, valid, chunk=chunk)
+        ok = valid
         for r in LANDMARK_READINGS:
             xy = affine.apply(out[r].astype(np.float64), pset.to_original[i])
             coords[r][i] = np.where(ok[:, None], xy, np.nan)
@@ -182,4 +189,4 @@ def score(pred, dataset, *, thresholds=metrics.DEFAULT_THRESHOLDS) -> dict[str, 
     return out
 
 
-__all__ = ["KIND_IDS", "PROMPTS", "predict_images", "score"]
+__all__ = ["KIND_IDS", "PROMPTS", "predict_images", "score", "segment"]

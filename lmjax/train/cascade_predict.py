@@ -1,0 +1,132 @@
+"""A finished cascade as one model for new images: detector -> per-class boxes -> SAM
+prompts -> masks -> landmarks, outline polylines and patch polygons, all in the
+original image's pixels (what `lmjax predict` writes for a cascade workdir)."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmjax.data import affine
+from lmjax.data.embedding_cache import EmbeddingCache
+from lmjax.data.mask_shapes import outline_polyline, patch_polygon
+from lmjax.data.sam_preprocess import input_hw
+from lmjax.data.types import Dataset
+from lmjax.models.sam import postprocess_masks
+
+
+class CascadePredictor:
+    """`predictor(dataset) -> (coords [N, K, 2], confidence [N, K], regions)` for a
+    cascade workdir; `regions[i]` lists image i's outlines and patches as
+    `{"name", "kind", "points" [[x, y], ...], "score", "predicted_iou"}`.
+
+    Landmarks are `cascade.landmark_reading` of the masks (soft centroid by
+    default); confidence is the detector's class score, 0 where not found (NaN
+    coordinates). Embeddings of new images go to a temporary folder, never to the
+    workdir's cache.
+
+    Raises:
+      ValueError: the detector's classes are not the items the decoder was trained on.
+    """
+
+    def __init__(self, workdir, *, log=None):
+        from lmjax.train import cascade, sam_decoder, sam_steps
+        from lmjax.train.restore import restore_trained
+        from lmjax.train.setup import load_landmark_set
+
+        self.config, self.model, graphdef, self.state = sam_decoder.restore(workdir)
+        self.landmark_set = load_landmark_set(workdir, self.config)
+        det_dir = cascade.detector_dir(workdir)
+        self.detector = restore_trained(det_dir)
+        classes = load_landmark_set(det_dir, self.detector[0]).names
+        if tuple(classes) != tuple(self.landmark_set.names):
+            raise ValueError(
+                f"{det_dir}: the detector's classes ({', '.join(classes[:3])}, ...) are not "
+                f"the cascade's items ({', '.join(self.landmark_set.names[:3])}, ...)"
+            )
+        self.predict = sam_steps.make_predict_step(graphdef)
+        self.log = log
+
+    def __call__(self, dataset: Dataset):
+        from lmjax.train.detections import detect_dataset
+        from lmjax.train.sam_data import input_side
+
+        config, kinds = self.config, self.landmark_set.item_kinds
+        boxes, scores = detect_dataset(*_det_args(self.detector), dataset)
+        side = input_side(config)
+        prep = {
+            "mode": config.sam.preprocess,
+            "resample": config.sam.resample,
+            "input_size": side,
+            "in_channels": 3,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = EmbeddingCache(tmp, weights_id="predict", preprocessing=prep)
+            embeddings, metas = cache.embed_dataset(
+                self.model, dataset.records, batch_size=config.sam.embed_batch, log=self.log,
+                return_meta=True,
+            )  # fmt: skip
+        n, k = boxes.shape[:2]
+        coords = np.full((n, k, 2), np.nan, np.float32)
+        conf = np.zeros((n, k), np.float32)
+        regions: list[list[dict[str, Any]]] = []
+        rg = [j for j, kd in enumerate(kinds) if kd != "landmark"]
+        for i, meta in enumerate(metas):
+            to_original = np.asarray(meta["to_original"], np.float64)
+            prompts = affine.apply_boxes(boxes[i], np.linalg.inv(to_original))
+            valid = np.isfinite(prompts).all(-1)
+            out = _segment(self.predict, self.state, embeddings[i], prompts, valid, config)
+            xy = affine.apply(out[config.cascade.landmark_reading].astype(np.float64), to_original)
+            coords[i] = np.where(valid[:, None], xy, np.nan)
+            conf[i] = np.where(valid, scores[i], 0.0)
+            hw = tuple(int(v) for v in meta["original_hw"])
+            regions.append(
+                _regions(out, valid, rg, kinds, self.landmark_set.names, scores[i], hw, side)
+            )
+        return coords, conf, regions
+
+
+def _det_args(restored):
+    config, mesh, state, eval_step = restored
+    return config, eval_step, mesh, state
+
+
+def _segment(predict, state, embedding, prompts, valid, config):
+    from lmjax.train.sam_eval import segment
+
+    return segment(predict, state, embedding, prompts, valid, chunk=config.sam.eval_prompts)
+
+
+def _regions(out, valid, columns, kinds, names, scores, hw, side) -> list[dict[str, Any]]:
+    found = [j for j in columns if valid[j]]
+    if not found:
+        return []
+    low = jnp.asarray(out["lowres"][found])[..., None]
+    masks = np.asarray(
+        jax.jit(postprocess_masks, static_argnames=("image_size", "input_size", "original_size"))(
+            low, image_size=side, input_size=input_hw(hw, side), original_size=hw
+        )[..., 0]
+        > 0
+    )
+    shapes = []
+    for m, j in zip(masks, found, strict=True):
+        shape = outline_polyline if kinds[j] == "outline" else patch_polygon
+        points = shape(m)
+        if len(points):
+            shapes.append(
+                {
+                    "name": names[j],
+                    "kind": kinds[j],
+                    "points": np.round(points.astype(float), 2).tolist(),
+                    "score": round(float(scores[j]), 4),
+                    "predicted_iou": round(float(out["iou"][j]), 4),
+                }
+            )
+    return shapes
+
+
+__all__ = ["CascadePredictor"]
