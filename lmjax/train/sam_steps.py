@@ -74,6 +74,18 @@ def jitter_boxes(
     return boxes + jnp.where((kind == LANDMARK)[..., None], landmark, region)
 
 
+def mix_detector_boxes(key, boxes, true, detector, *, p: float, growth: float) -> jax.Array:
+    """`boxes [..., 4]` with each replaced, with probability `p`, by the detector's box
+    for the same item, where that one was found and its centre lies inside the
+    `true` box grown `growth` times (about its centre)."""
+    centre = lambda b: (b[..., :2] + b[..., 2:]) / 2
+    reach = (true[..., 2:] - true[..., :2]) / 2 * growth
+    near = jnp.all(jnp.abs(centre(detector) - centre(true)) <= reach, axis=-1)
+    pick = jax.random.uniform(key, near.shape) < p
+    use = near & pick & jnp.all(jnp.isfinite(detector), axis=-1)
+    return jnp.where(use[..., None], jnp.nan_to_num(detector), boxes)
+
+
 def gather_items(batch: Mapping[str, jax.Array], idx: jax.Array, kinds: jax.Array):
     """Geometry of items `idx [B, K]`: `(vertices, vertex_valid, kind)`."""
     v = jnp.take_along_axis(batch["vertices"], idx[..., None, None], axis=1)
@@ -163,12 +175,9 @@ def decoder_loss(
         )
     if "detector_boxes" in batch and p_detector > 0:
         det = jnp.take_along_axis(batch["detector_boxes"], idx[..., None], axis=1)
-        centre = lambda b: (b[..., :2] + b[..., 2:]) / 2
-        reach = (true[..., 2:] - true[..., :2]) / 2 * match_growth
-        near = jnp.all(jnp.abs(centre(det) - centre(true)) <= reach, axis=-1)
-        pick = jax.random.uniform(jax.random.fold_in(key, 2), near.shape) < p_detector
-        use = near & pick & jnp.all(jnp.isfinite(det), axis=-1)
-        boxes = jnp.where(use[..., None], jnp.nan_to_num(det), boxes)
+        boxes = mix_detector_boxes(
+            jax.random.fold_in(key, 2), boxes, true, det, p=p_detector, growth=match_growth
+        )
     out = model.decode(batch["embeddings"], boxes, box_valid=valid)
     logits = jnp.moveaxis(out["masks"][..., 0], 1, -1)  # [B, h, w, K]
     logits = jnp.where(valid[:, None, None, :], logits, 0.0)  # NaN rows of padded prompts
