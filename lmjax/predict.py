@@ -204,11 +204,11 @@ def write_outputs(
 def _model(workdir, flip_tta: bool):
     """`(infer, landmark_set, config)` of a trained workdir: `infer(dataset, batch) ->
     (coords, confidence, regions)`; regions per image are None for map-head models."""
+    from lmjax.train.predictors import predictor_for
     from lmjax.train.restore import read_config
-    from lmjax.train.trainers import trainer_for
 
     config = read_config(workdir)
-    custom = trainer_for(config).predictor
+    custom = predictor_for(config.task.mode)
     if custom is not None:
         if flip_tta:
             raise LandmarkDataError(f"flip TTA is not available for task.mode {config.task.mode!r}")

@@ -147,6 +147,10 @@ def test_every_experiment_config_resolves():
         "phantom_hrnet.py": ["proposed", "mse_cpu", "proposed_soft_cpu"],
         "pelvis_sam_decoder.py": ["tiny", "medsam"],
         "pelvis_detector.py": ["tiny", "paper", "heatmap"],
+        "cascade_pelvis.py": [
+            *("tiny", "heatmap", "paper", "full"),
+            *("tiny.detector", "heatmap.detector", "paper.detector", "full.detector"),
+        ],
     }
     assert set(args) == {p.name for p in EXPERIMENTS.glob("*.py")}
     for name, variants in args.items():

@@ -26,11 +26,10 @@ import numpy as np
 from lmjax import configs
 from lmjax.train import checkpoint as ckpt_lib
 from lmjax.train import sam_decoder, sam_eval
+from lmjax.train.cascade_predict import DETECTOR_FOLDER, STATE_FILE, detector_dir
 from lmjax.train.trainers import Trainer, register_trainer, trainer_for
 
 MODE = "cascade"
-STATE_FILE = "cascade.json"
-DETECTOR_FOLDER = "detector"
 
 
 def check(config) -> None:
@@ -143,17 +142,6 @@ def train(config, workdir, *, log=print) -> dict[str, Any]:
     return sam_decoder.train(config, workdir, log=log, detect=logged)
 
 
-def detector_dir(workdir) -> pathlib.Path:
-    """The detector workdir a finished cascade run recorded."""
-    path = pathlib.Path(workdir) / STATE_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; is {workdir} a cascade run?")
-    det_dir = pathlib.Path(json.loads(path.read_text())["detector"])
-    if not ckpt_lib.has_checkpoint(det_dir):
-        raise FileNotFoundError(f"{det_dir}: the cascade's detector has no checkpoint")
-    return det_dir
-
-
 def evaluate_workdir(
     workdir, *, split=None, data_dir=None, ground_truth=None, log=print
 ) -> dict[str, Any]:
@@ -170,13 +158,7 @@ def evaluate_workdir(
     )
 
 
-def _predictor(workdir, **kw):
-    from lmjax.train.cascade_predict import CascadePredictor
-
-    return CascadePredictor(workdir, **kw)
-
-
-register_trainer(MODE, Trainer(train=train, evaluate=evaluate_workdir, predictor=_predictor))
+register_trainer(MODE, Trainer(train=train, evaluate=evaluate_workdir))
 
 __all__ = [
     "MODE",

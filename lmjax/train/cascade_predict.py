@@ -4,6 +4,8 @@ original image's pixels (what `lmjax predict` writes for a cascade workdir)."""
 
 from __future__ import annotations
 
+import json
+import pathlib
 import tempfile
 from typing import Any
 
@@ -17,12 +19,30 @@ from lmjax.data.mask_shapes import outline_polyline, patch_polygon
 from lmjax.data.sam_preprocess import input_hw
 from lmjax.data.types import Dataset
 from lmjax.models.sam import postprocess_masks
+from lmjax.train import checkpoint as ckpt_lib
+from lmjax.train.predictors import register_predictor
+
+MODE = "cascade"
+STATE_FILE = "cascade.json"  # the detector's workdir, written by the cascade's training
+DETECTOR_FOLDER = "detector"
+
+
+def detector_dir(workdir) -> pathlib.Path:
+    """The detector workdir a cascade run recorded."""
+    path = pathlib.Path(workdir) / STATE_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; is {workdir} a cascade run?")
+    det_dir = pathlib.Path(json.loads(path.read_text())["detector"])
+    if not ckpt_lib.has_checkpoint(det_dir):
+        raise FileNotFoundError(f"{det_dir}: the cascade's detector has no checkpoint")
+    return det_dir
 
 
 class CascadePredictor:
-    """`predictor(dataset) -> (coords [N, K, 2], confidence [N, K], regions)` for a
-    cascade workdir; `regions[i]` lists image i's outlines and patches as
-    `{"name", "kind", "points" [[x, y], ...], "score", "predicted_iou"}`.
+    """`predictor(dataset) -> (coords [N, K, 2], confidence [N, K], regions)` of a
+    cascade workdir and its detector's `det_dir`; `regions[i]` lists image i's
+    outlines and patches as `{"name", "kind", "points" [[x, y], ...], "score",
+    "predicted_iou"}`.
 
     Landmarks are `cascade.landmark_reading` of the masks (soft centroid by
     default); confidence is the detector's class score, 0 where not found (NaN
@@ -33,14 +53,13 @@ class CascadePredictor:
       ValueError: the detector's classes are not the items the decoder was trained on.
     """
 
-    def __init__(self, workdir, *, log=None):
-        from lmjax.train import cascade, sam_decoder, sam_steps
+    def __init__(self, workdir, det_dir, *, log=None):
+        from lmjax.train import sam_data, sam_steps
         from lmjax.train.restore import restore_trained
         from lmjax.train.setup import load_landmark_set
 
-        self.config, self.model, graphdef, self.state = sam_decoder.restore(workdir)
+        self.config, self.model, graphdef, self.state = sam_data.restore(workdir)
         self.landmark_set = load_landmark_set(workdir, self.config)
-        det_dir = cascade.detector_dir(workdir)
         self.detector = restore_trained(det_dir)
         classes = load_landmark_set(det_dir, self.detector[0]).names
         if tuple(classes) != tuple(self.landmark_set.names):
@@ -129,4 +148,11 @@ def _regions(out, valid, columns, kinds, names, scores, hw, side) -> list[dict[s
     return shapes
 
 
-__all__ = ["CascadePredictor"]
+def predictor(workdir, **kw) -> CascadePredictor:
+    """The finished cascade in `workdir` as one model."""
+    return CascadePredictor(workdir, detector_dir(workdir), **kw)
+
+
+register_predictor(MODE, predictor)
+
+__all__ = ["CascadePredictor", "detector_dir", "predictor"]

@@ -263,3 +263,31 @@ def prompt_set(dataset: Dataset, config, cache: EmbeddingCache, model: Sam, *, l
         kinds=tuple(ls.item_kinds),
         side=side,
     )
+
+
+def checkpointer(workdir, config):
+    """Checkpoints ranked by validation mask IoU over every item (higher is better)."""
+    from lmjax.train import checkpoint as ckpt_lib
+
+    return ckpt_lib.Checkpointer(
+        workdir, max_to_keep=config.train.keep, best_metric="val_mask_iou", best_mode="max"
+    )
+
+
+def restore(workdir, *, which: str = "best"):
+    """`(config, model, graphdef, state)` of the best (or "latest") checkpoint in `workdir`."""
+    from lmjax.train import checkpoint as ckpt_lib
+    from lmjax.train.restore import read_config
+
+    if not ckpt_lib.has_checkpoint(workdir):
+        raise FileNotFoundError(f"{workdir}: no checkpoint found; train with lmjax train first")
+    config = read_config(workdir)
+    model, _ = build_sam(config, log=lambda _: None)
+    graphdef, state = decoder_state(config, model, decoder_optimizer(config))
+    checkpoints = checkpointer(workdir, config)
+    try:
+        step = "best" if which == "best" and checkpoints.best_step() is not None else None
+        state, _, _, _ = checkpoints.restore(step, abstract_state=ckpt_lib.abstract_like(state))
+    finally:
+        checkpoints.close()
+    return config, model, graphdef, state

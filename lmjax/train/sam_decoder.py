@@ -36,15 +36,18 @@ from lmjax.train.logs import RunLog
 from lmjax.train.loop import TrainingError
 from lmjax.train.sam_data import (
     build_sam,
+    checkpointer,
     decoder_optimizer,
     decoder_state,
     embedding_cache,
     prompt_set,
+    restore,
 )
 from lmjax.train.setup import load_landmark_set, load_splits, save_landmark_set
 from lmjax.train.trainers import Trainer, register_trainer
 
 MODE = "sam_decoder"
+_PROMPT_NAMES = {"jittered": "jittered GT", "oracle": "exact GT", "detector": "detector"}
 EXPORT_FILE = "sam.safetensors"
 REPORT_FILE = "eval.json"
 
@@ -121,7 +124,7 @@ def train(config, workdir, *, log=print, detect=None) -> dict[str, Any]:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log(f"training the SAM mask decoder ({n_params:,} parameters) on {len(train_set)} images, "
         f"{k} prompts each; encoder frozen, embeddings cached")  # fmt: skip
-    checkpoints = _checkpointer(workdir, config)
+    checkpoints = checkpointer(workdir, config)
     start = 0
     if checkpoints.latest_step() is not None:
         state, _, _, _ = checkpoints.restore(abstract_state=ckpt_lib.abstract_like(state))
@@ -155,7 +158,7 @@ def train(config, workdir, *, log=print, detect=None) -> dict[str, Any]:
                 iou, mask_iou = (
                     "-" if report[k] is None else f"{report[k]:.3f}" for k in ("iou", "mask_iou")
                 )
-                log(f"step {step}  val ({prompts[0]} boxes) MRE {report['mre']:.3f} "
+                log(f"step {step}  val ({_PROMPT_NAMES[prompts[0]]} boxes) MRE {report['mre']:.3f} "
                     f"{report['unit']}  outline/patch IoU {iou}  "
                     f"mask IoU (all items) {mask_iou}")  # fmt: skip
                 scalars = {k: report[k] or 0.0 for k in ("mre", "iou", "mask_iou")}
@@ -189,31 +192,6 @@ def export(config, workdir, model, graphdef, state, *, log=print) -> pathlib.Pat
     tmp.replace(path)
     log(f"wrote {path} (segment_anything layout)")
     return path
-
-
-def _checkpointer(workdir, config):
-    """Checkpoints ranked by validation mask IoU over every item (higher is better)."""
-    return ckpt_lib.Checkpointer(
-        workdir, max_to_keep=config.train.keep, best_metric="val_mask_iou", best_mode="max"
-    )
-
-
-def restore(workdir, *, which: str = "best"):
-    """`(config, model, graphdef, state)` of the best (or "latest") checkpoint in `workdir`."""
-    from lmjax.train.restore import read_config
-
-    if not ckpt_lib.has_checkpoint(workdir):
-        raise FileNotFoundError(f"{workdir}: no checkpoint found; train with lmjax train first")
-    config = read_config(workdir)
-    model, _ = build_sam(config, log=lambda _: None)
-    graphdef, state = decoder_state(config, model, decoder_optimizer(config))
-    checkpoints = _checkpointer(workdir, config)
-    try:
-        step = "best" if which == "best" and checkpoints.best_step() is not None else None
-        state, _, _, _ = checkpoints.restore(step, abstract_state=ckpt_lib.abstract_like(state))
-    finally:
-        checkpoints.close()
-    return config, model, graphdef, state
 
 
 def evaluate_workdir(

@@ -31,9 +31,6 @@ class Trainer(NamedTuple):
     # (config, *, device_memory_gb) -> report with "fits"
     compile_check: Callable[..., dict[str, Any]] | None = None
     format_compile_check: Callable[[dict[str, Any]], str] | None = None
-    # (workdir) -> a callable `dataset -> (coords, confidence, regions)` with a
-    # `landmark_set`, for `lmjax predict`; None: the map heads' predictor
-    predictor: Callable[..., Any] | None = None
 
 
 TRAINERS: dict[str, Trainer] = {}

@@ -152,7 +152,7 @@ def test_a_cascade_trains_evaluates_and_predicts(cascade_run, capsys, monkeypatc
         "lmjax.train.detections.detect_dataset",
         lambda *a, **k: (truth, np.isfinite(truth).all(-1).astype(np.float32)),
     )
-    predictor = cascade_predict.CascadePredictor(wd)
+    predictor = cascade_predict.predictor(wd)
     coords, conf, regions = predictor(test)
     _, model, graphdef, state = sam_decoder.restore(wd)
     _, weights_id = sam_data.build_sam(config, log=lambda _: None)
