@@ -151,6 +151,7 @@ def test_every_experiment_config_resolves():
             *("tiny", "heatmap", "paper", "full"),
             *("tiny.detector", "heatmap.detector", "paper.detector", "full.detector"),
         ],
+        "cascade_isbi2015.py": ["cpu", "smoke", "cpu.detector", "smoke.detector"],
     }
     assert set(args) == {p.name for p in EXPERIMENTS.glob("*.py")}
     for name, variants in args.items():

@@ -64,20 +64,30 @@ def _pixels(image: str | os.PathLike | np.ndarray | Record) -> np.ndarray:
     return read_radiograph(image).pixels
 
 
-def _jitted_embed(model) -> Callable[[np.ndarray], Any]:
-    import jax
+def _embed(graphdef, state, images):
     import jax.numpy as jnp
     from flax import nnx
 
-    graphdef, state = nnx.split(model)
-
     # The bf16 cast happens on device: half the transfer, and the same rounding
     # (nearest-even) as ml_dtypes would apply on the host.
-    @jax.jit
-    def run(state, images):
-        return nnx.merge(graphdef, state).embed(images).astype(jnp.bfloat16)
+    return nnx.merge(graphdef, state).embed(images).astype(jnp.bfloat16)
 
-    return lambda images: run(state, images)
+
+_embed_jit = None
+
+
+def _jitted_embed(model) -> Callable[[np.ndarray], Any]:
+    """`images -> bf16 embeddings` of `model`'s current weights. One jitted function
+    for all calls, the graph static: a second call with the same model shape reuses
+    the compiled program (`lmjax predict` calls this once per batch of files)."""
+    import jax
+    from flax import nnx
+
+    global _embed_jit
+    if _embed_jit is None:
+        _embed_jit = jax.jit(_embed, static_argnums=0)
+    graphdef, state = nnx.split(model)
+    return lambda images: _embed_jit(graphdef, state, images)
 
 
 class EmbeddingCache:

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
+from scipy import sparse
+from scipy.sparse import csgraph
 from skimage import measure, morphology
 
 # Vertices closer than this (pixels) to the simplified line are dropped.
@@ -29,20 +29,21 @@ def patch_polygon(mask: np.ndarray, tolerance: float = TOLERANCE) -> np.ndarray:
     return contour[:, ::-1].astype(np.float32)
 
 
-def _farthest(start: tuple[int, int], pixels: set) -> tuple[tuple[int, int], dict]:
-    """The skeleton pixel farthest from `start` (8-connected steps) and the BFS parents."""
-    parent = {start: None}
-    queue, last = deque([start]), start
-    while queue:
-        last = queue.popleft()
-        y, x = last
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                nxt = (y + dy, x + dx)
-                if nxt in pixels and nxt not in parent:
-                    parent[nxt] = last
-                    queue.append(nxt)
-    return last, parent
+def _skeleton_graph(skeleton: np.ndarray):
+    """`(ys, xs, graph)`: the skeleton's pixels and their 8-neighbour adjacency."""
+    ys, xs = np.nonzero(skeleton)
+    index = np.full(skeleton.shape, -1, np.int64)
+    index[ys, xs] = np.arange(len(ys))
+    rows, cols = [], []
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # each undirected edge once
+        ny, nx = ys + dy, xs + dx
+        ok = (ny < skeleton.shape[0]) & (nx >= 0) & (nx < skeleton.shape[1])
+        ok[ok] = skeleton[ny[ok], nx[ok]]
+        rows.append(index[ys[ok], xs[ok]])
+        cols.append(index[ny[ok], nx[ok]])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    graph = sparse.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(ys), len(ys)))
+    return ys, xs, graph.tocsr()
 
 
 def outline_polyline(mask: np.ndarray, tolerance: float = TOLERANCE) -> np.ndarray:
@@ -55,17 +56,17 @@ def outline_polyline(mask: np.ndarray, tolerance: float = TOLERANCE) -> np.ndarr
     labels = measure.label(mask, connectivity=2)
     largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
     skeleton = morphology.skeletonize(largest)
-    pixels = set(zip(*np.nonzero(skeleton), strict=True))
-    if not pixels:
+    ys, xs, graph = _skeleton_graph(skeleton)
+    if not len(ys):
         return np.zeros((0, 2), np.float32)
     # Two sweeps of breadth-first search find the ends of the longest path in a tree.
-    end, _ = _farthest(next(iter(pixels)), pixels)
-    other, parent = _farthest(end, pixels)
-    path, node = [], other
-    while node is not None:
+    end = csgraph.breadth_first_order(graph, 0, directed=False, return_predecessors=False)[-1]
+    order, parent = csgraph.breadth_first_order(graph, end, directed=False)
+    path, node = [], order[-1]
+    while node >= 0:
         path.append(node)
         node = parent[node]
-    line = np.asarray(path, np.float64)
+    line = np.stack([ys[path], xs[path]], axis=-1).astype(np.float64)
     if len(line) > 2:
         line = measure.approximate_polygon(line, tolerance)
     return line[:, ::-1].astype(np.float32)

@@ -158,7 +158,27 @@ def evaluate_workdir(
     )
 
 
-register_trainer(MODE, Trainer(train=train, evaluate=evaluate_workdir))
+def _benchmark(config, **kw):
+    from lmjax.cascade_benchmark import benchmark_cascade
+
+    return benchmark_cascade(config, **kw)
+
+
+def _format_benchmark(result):
+    from lmjax.cascade_benchmark import format_cascade_benchmark
+
+    return format_cascade_benchmark(result)
+
+
+register_trainer(
+    MODE,
+    Trainer(
+        train=train,
+        evaluate=evaluate_workdir,
+        benchmark=_benchmark,
+        format_benchmark=_format_benchmark,
+    ),
+)
 
 __all__ = [
     "MODE",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pathlib
 import tempfile
+import time
 from typing import Any
 
 import jax
@@ -49,33 +50,49 @@ class CascadePredictor:
     coordinates). Embeddings of new images go to a temporary folder, never to the
     workdir's cache.
 
-    Raises:
-      ValueError: the detector's classes are not the items the decoder was trained on.
+    `from_workdir` raises ValueError when the detector's classes are not the items
+    the decoder was trained on.
     """
 
-    def __init__(self, workdir, det_dir, *, log=None):
-        from lmjax.train import sam_data, sam_steps
+    def __init__(self, config, sam, decoder, landmark_set, detector, *, log=None):
+        """`sam`: the SAM model (its encoder embeds); `decoder`: `(graphdef, state)` of
+        its trained `PromptedDecoder`; `detector`: `restore_trained`'s
+        `(config, mesh, state, eval_step)`."""
+        from lmjax.train import sam_steps
+
+        self.config, self.model, self.landmark_set = config, sam, landmark_set
+        graphdef, self.state = decoder
+        self.detector = detector
+        self.predict = sam_steps.make_predict_step(graphdef)
+        self.log = log
+        # Seconds spent per stage over all calls (what `lmjax benchmark` reports).
+        self.timings = dict.fromkeys(("detector", "encoder", "decoder"), 0.0)
+
+    @classmethod
+    def from_workdir(cls, workdir, det_dir, *, log=None) -> CascadePredictor:
+        from lmjax.train import sam_data
         from lmjax.train.restore import restore_trained
         from lmjax.train.setup import load_landmark_set
 
-        self.config, self.model, graphdef, self.state = sam_data.restore(workdir)
-        self.landmark_set = load_landmark_set(workdir, self.config)
-        self.detector = restore_trained(det_dir)
-        classes = load_landmark_set(det_dir, self.detector[0]).names
-        if tuple(classes) != tuple(self.landmark_set.names):
+        config, model, graphdef, state = sam_data.restore(workdir)
+        landmark_set = load_landmark_set(workdir, config)
+        detector = restore_trained(det_dir)
+        classes = load_landmark_set(det_dir, detector[0]).names
+        if tuple(classes) != tuple(landmark_set.names):
             raise ValueError(
                 f"{det_dir}: the detector's classes ({', '.join(classes[:3])}, ...) are not "
-                f"the cascade's items ({', '.join(self.landmark_set.names[:3])}, ...)"
+                f"the cascade's items ({', '.join(landmark_set.names[:3])}, ...)"
             )
-        self.predict = sam_steps.make_predict_step(graphdef)
-        self.log = log
+        return cls(config, model, (graphdef, state), landmark_set, detector, log=log)
 
     def __call__(self, dataset: Dataset):
         from lmjax.train.detections import detect_dataset
         from lmjax.train.sam_data import input_side
 
         config, kinds = self.config, self.landmark_set.item_kinds
+        t0 = time.perf_counter()
         boxes, scores = detect_dataset(*_det_args(self.detector), dataset)
+        t1 = time.perf_counter()
         side = input_side(config)
         prep = {
             "mode": config.sam.preprocess,
@@ -89,6 +106,7 @@ class CascadePredictor:
                 self.model, dataset.records, batch_size=config.sam.embed_batch, log=self.log,
                 return_meta=True,
             )  # fmt: skip
+        t2 = time.perf_counter()
         n, k = boxes.shape[:2]
         coords = np.full((n, k, 2), np.nan, np.float32)
         conf = np.zeros((n, k), np.float32)
@@ -106,6 +124,9 @@ class CascadePredictor:
             regions.append(
                 _regions(out, valid, rg, kinds, self.landmark_set.names, scores[i], hw, side)
             )
+        t3 = time.perf_counter()
+        for stage, seconds in zip(self.timings, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            self.timings[stage] += seconds
         return coords, conf, regions
 
 
@@ -120,19 +141,24 @@ def _segment(predict, state, embedding, prompts, valid, config):
     return segment(predict, state, embedding, prompts, valid, chunk=config.sam.eval_prompts)
 
 
+_postprocess = jax.jit(
+    postprocess_masks, static_argnames=("image_size", "input_size", "original_size")
+)
+
+
 def _regions(out, valid, columns, kinds, names, scores, hw, side) -> list[dict[str, Any]]:
-    found = [j for j in columns if valid[j]]
-    if not found:
+    if not any(valid[j] for j in columns):
         return []
-    low = jnp.asarray(out["lowres"][found])[..., None]
+    # Every region column at once: one shape, so one compile per image size.
+    low = jnp.asarray(np.nan_to_num(out["lowres"][columns], nan=-1e4))[..., None]
     masks = np.asarray(
-        jax.jit(postprocess_masks, static_argnames=("image_size", "input_size", "original_size"))(
-            low, image_size=side, input_size=input_hw(hw, side), original_size=hw
-        )[..., 0]
+        _postprocess(low, image_size=side, input_size=input_hw(hw, side), original_size=hw)[..., 0]
         > 0
     )
     shapes = []
-    for m, j in zip(masks, found, strict=True):
+    for m, j in zip(masks, columns, strict=True):
+        if not valid[j]:
+            continue
         shape = outline_polyline if kinds[j] == "outline" else patch_polygon
         points = shape(m)
         if len(points):
@@ -150,7 +176,7 @@ def _regions(out, valid, columns, kinds, names, scores, hw, side) -> list[dict[s
 
 def predictor(workdir, **kw) -> CascadePredictor:
     """The finished cascade in `workdir` as one model."""
-    return CascadePredictor(workdir, detector_dir(workdir), **kw)
+    return CascadePredictor.from_workdir(workdir, detector_dir(workdir), **kw)
 
 
 register_predictor(MODE, predictor)

@@ -191,6 +191,14 @@ def test_a_cascade_trains_evaluates_and_predicts(cascade_run, capsys, monkeypatc
 
     # a detector whose classes are not the data's items: one line, exit 2
     monkeypatch.undo()
+    # the whole-cascade benchmark prompts every item (score threshold 0)
+    from lmjax.cascade_benchmark import benchmark_cascade, format_cascade_benchmark
+
+    bench = benchmark_cascade(config, steps=2, warmup=1)
+    assert bench["images"] == 2 and bench["images_per_s"] > 0
+    assert bench["prompts_per_image"] == len(predictor.landmark_set.names)
+    assert set(bench["stages_s_per_image"]) == {"detector", "encoder", "decoder"}
+    assert "images/s" in format_cascade_benchmark(bench)
     saved = (det / "landmarks.json").read_text()
     renamed = json.loads(saved)
     renamed["names"][0] = "not_an_item"
