@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -163,7 +164,43 @@ def build(
     pretrained: bool = True,
     log=print,
 ):
-    """Model, optimizer, state and compiled steps on a mesh of all devices.
+    """`(mesh, state, train_step, eval_step, optim)`: `build_state`'s model and
+    optimizer with their compiled steps (see there)."""
+    parts = build_state(config, num_landmarks, landmark_set, pretrained=pretrained, log=log)
+    config = resolve(config)
+    train_step = make_train_step(
+        parts.graphdef,
+        parts.task,
+        parts.tx,
+        parts.mesh,
+        schedule=parts.schedule,
+        augment=device_augment(config, landmark_set),
+        trainable=parts.trainable,
+    )
+    eval_step = make_eval_step(parts.graphdef, parts.task, parts.mesh)
+    return parts.mesh, parts.state, train_step, eval_step, parts.optim
+
+
+class Built(NamedTuple):
+    mesh: Any
+    graphdef: nnx.GraphDef
+    state: Any
+    tx: Any
+    schedule: Any
+    task: Any
+    optim: OptimConfig
+    trainable: Any  # path -> bool, or None: every parameter trains
+
+
+def build_state(
+    config,
+    num_landmarks: int,
+    landmark_set: LandmarkSet | None = None,
+    *,
+    pretrained: bool = True,
+    log=print,
+) -> Built:
+    """Model, optimizer and state on a mesh of all devices (no compiled steps).
 
     `landmark_set` gives region losses their `landmark_regions` and, when the task
     needs a segmentation output and `config.model` does not set `num_regions`, the
@@ -222,18 +259,8 @@ def build(
         optim, lr_scale=lr_scale, trainable=None if paths is None else paths.__contains__
     )
     graphdef, state = create_train_state(model, tx, config.train.seed, mesh=mesh)
-    augment = device_augment(config, landmark_set)
-    train_step = make_train_step(
-        graphdef,
-        task,
-        tx,
-        mesh,
-        schedule=schedule,
-        augment=augment,
-        trainable=None if paths is None else paths.__contains__,
-    )
-    eval_step = make_eval_step(graphdef, task, mesh)
-    return mesh, state, train_step, eval_step, optim
+    trainable = None if paths is None else paths.__contains__
+    return Built(mesh, graphdef, state, tx, schedule, task, optim, trainable)
 
 
 def save_landmark_set(workdir: pathlib.Path, landmark_set: LandmarkSet) -> None:

@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from skimage import draw
 
@@ -226,3 +227,96 @@ def test_bad_cascade_configs_fail_in_one_line(tmp_path, capsys, override, messag
         capsys, "train", f"--config={CONFIG}", f"--workdir={tmp_path}", f"--config.{override}"
     )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.fixture(scope="module")
+def joint_parts(tmp_path_factory):
+    """A random heatmap detector (every class found) and a tiny SAM decoder on the
+    same two phantom images, with one joint batch."""
+    from lmjax import configs
+    from lmjax.evaluate import eval_batches
+    from lmjax.train import sam_data
+    from lmjax.train.setup import build_state, load_splits
+
+    small = ["data.input_size=(64, 64)", "data.phantom_size=12", "train.batch_size=2"]
+    det_config = configs.load(
+        f"{CONFIG}:heatmap.detector",
+        [
+            *small,
+            "model.score_threshold=0.0",
+            "model.backbone_options={'features': 4, 'num_levels': 3, 'upsample': 'resize'}",
+        ],
+    )
+    sam_config = configs.load(CONFIG, [*small, "sam.prompts_per_image=6"])
+    train, _, _ = load_splits(sam_config)
+    lset = train.landmark_set
+    det = build_state(det_config, lset.num_landmarks, lset, pretrained=False, log=lambda _: None)
+    batch = next(iter(eval_batches(train, (64, 64), 2, fit="resize", normalize="zscore")))
+    model, weights_id = sam_data.build_sam(sam_config, log=lambda _: None)
+    cache = sam_data.embedding_cache(sam_config, tmp_path_factory.mktemp("joint"), weights_id)
+    pset = sam_data.prompt_set(train, sam_config, cache, model, log=None)
+    tx = sam_data.decoder_optimizer(sam_config)
+    dec_graphdef, dec_state = sam_data.decoder_state(sam_config, model, tx)
+    idx = np.asarray(batch["index"][:2])
+    joint = {k: np.asarray(v)[:2] for k, v in batch.items() if k != "valid"}
+    joint |= {f"sam_{k}": v for k, v in pset.batch(idx).items()}
+    joint["det_to_sam"] = np.stack(
+        [np.linalg.inv(pset.to_original[i]) @ batch["to_original"][j] for j, i in enumerate(idx)]
+    ).astype(np.float32)
+    seg = dict(
+        kinds=jnp.asarray(sam_eval_kinds(pset)), k=6, fraction=0.1,
+        losses={"dice": 1.0, "bce": 1.0}, loss_kwargs={"dice": {"squared": True}},
+    )  # fmt: skip
+    return det, (dec_graphdef, dec_state, tx), joint, seg
+
+
+def sam_eval_kinds(pset):
+    from lmjax.ops.item_masks import kind_ids
+
+    return kind_ids(pset.kinds)
+
+
+def test_segmentation_error_reaches_the_detector_through_its_boxes(joint_parts):
+    from lmjax.train.cascade_joint import boxes_through, joint_loss
+
+    det, (dec_graphdef, dec_state, _), batch, seg = joint_parts
+    m = jnp.asarray(batch["det_to_sam"])
+    boxes = jnp.array([[[1.0, 2.0, 5.0, 9.0]], [[0.0, 0.0, 3.0, 3.0]]])
+    np.testing.assert_allclose(
+        boxes_through(boxes, m), np.stack([affine.apply_boxes(b, mi) for b, mi in zip(boxes, m, strict=True)]),
+        rtol=1e-5, atol=1e-4,
+    )  # fmt: skip
+
+    @jax.jit
+    def seg_grad_norm(params, growth):
+        fn = lambda p: joint_loss(
+            p, dec_state.params, det.state, dec_state, batch, jax.random.key(0),
+            det_graphdef=det.graphdef, dec_graphdef=dec_graphdef, task=det.task, lam=1.0,
+            seg={**seg, "match_growth": growth},
+        )[1]["segmentation"]  # fmt: skip
+        return optax.tree.norm(jax.grad(fn)(params))
+
+    seg_grad = lambda growth: float(seg_grad_norm(det.state.params, jnp.float32(growth)))
+
+    # boxes used as prompts: the mask loss has a gradient on the detector's weights;
+    # none used (no box near its item): exactly none
+    assert seg_grad(1e6) > 0
+    assert seg_grad(1e-6) == 0
+
+
+def test_the_joint_step_lowers_the_combined_loss(joint_parts):
+    from lmjax.train.cascade_joint import make_joint_step
+
+    det, (dec_graphdef, dec_state, tx), batch, seg = joint_parts
+    step = make_joint_step(
+        det.graphdef, optax.adam(1e-3), dec_graphdef, tx, task=det.task, lam=1.0,
+        match_growth=1e6, **seg,
+    )  # fmt: skip
+    det_state = det.state.replace(opt_state=optax.adam(1e-3).init(det.state.params))
+    det_state, dec_state = jax.tree.map(jnp.copy, (det_state, dec_state))
+    losses = []
+    for _ in range(15):
+        det_state, dec_state, metrics = step(det_state, dec_state, batch)
+        assert metrics["skipped"] == 0 and metrics["detector_grad_norm"] > 0
+        losses.append(float(metrics["loss"]))
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
