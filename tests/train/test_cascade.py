@@ -282,8 +282,9 @@ def test_segmentation_error_reaches_the_detector_through_its_boxes(joint_parts):
     det, (dec_graphdef, dec_state, _), batch, seg = joint_parts
     m = jnp.asarray(batch["det_to_sam"])
     boxes = jnp.array([[[1.0, 2.0, 5.0, 9.0]], [[0.0, 0.0, 3.0, 3.0]]])
+    expected = np.stack([affine.apply_boxes(b, mi) for b, mi in zip(boxes, m, strict=True)])
     np.testing.assert_allclose(
-        boxes_through(boxes, m), np.stack([affine.apply_boxes(b, mi) for b, mi in zip(boxes, m, strict=True)]),
+        boxes_through(boxes, m), expected,
         rtol=1e-5, atol=1e-4,
     )  # fmt: skip
 
