@@ -163,6 +163,8 @@ CASCADE = {
         3.0, "a detector box trains only if its centre is inside the true box grown this much"
     ),
     "landmark_reading": Field("soft", "landmarks predict writes: soft, binary or box_centre"),
+    "joint_steps": Field(0, "end-to-end steps of detector and decoder after the stages; 0: off"),
+    "joint_weight": Field(1.0, "weight of the mask loss beside the detection loss there"),
 }
 
 SECTIONS: dict[str, dict[str, Field]] = {

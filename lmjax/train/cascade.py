@@ -42,6 +42,8 @@ def check(config) -> None:
         )
     if not 0.0 <= c.p_detector <= 1.0:
         raise ValueError(f"cascade.p_detector must be in [0, 1], got {c.p_detector}")
+    if c.joint_steps < 0:
+        raise ValueError(f"cascade.joint_steps must be >= 0, got {c.joint_steps}")
     if c.match_growth <= 0:
         raise ValueError(f"cascade.match_growth must be > 0, got {c.match_growth}")
     if c.landmark_reading not in sam_eval.LANDMARK_READINGS:
@@ -139,7 +141,13 @@ def train(config, workdir, *, log=print) -> dict[str, Any]:
         log(f"detector on {split}:\n" + detect.format(detect.report(boxes, dataset)))
         return boxes
 
-    return sam_decoder.train(config, workdir, log=log, detect=logged)
+    report = sam_decoder.train(config, workdir, log=log, detect=logged)
+    if config.cascade.joint_steps > 0:
+        from lmjax.train.cascade_joint import run_joint_stage
+
+        joint = run_joint_stage(config, workdir, det_dir, log=log)
+        log(f"joint stage done: evaluate or predict with --workdir={joint}")
+    return report
 
 
 def evaluate_workdir(

@@ -17,11 +17,14 @@ steps.
 
 from __future__ import annotations
 
+import json
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -119,4 +122,108 @@ def make_joint_step(
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-__all__ = ["boxes_through", "joint_loss", "make_joint_step"]
+JOINT_FOLDER = "joint"
+
+
+def _detector_frame(det_config, dataset) -> dict[str, np.ndarray]:
+    """Every record of `dataset` at the detector's input (no augmentation): the
+    detection loss's keys and `to_original`, stacked in record order."""
+    from lmjax.evaluate import eval_batches
+
+    keys = ("image", "landmarks", "visible", "item_size_px", "item_vertices", "vertex_valid")
+    rows: dict[str, list] = {}
+    batches = eval_batches(
+        dataset, tuple(det_config.data.input_size), det_config.train.batch_size,
+        fit=det_config.data.fit, normalize=det_config.data.normalize,
+    )  # fmt: skip
+    order = []
+    for batch in batches:
+        ok = np.flatnonzero(batch["valid"])
+        order += [int(i) for i in batch["index"][ok]]
+        for key in (*keys, "to_original"):
+            if key in batch:
+                rows.setdefault(key, []).append(np.asarray(batch[key])[ok])
+    inverse = np.argsort(order)
+    return {k: np.concatenate(v)[inverse] for k, v in rows.items()}
+
+
+def run_joint_stage(config, workdir, det_dir, *, log=print) -> pathlib.Path:
+    """`cascade.joint_steps` joint steps from the staged cascade in `workdir` (its best
+    decoder) and `det_dir` (its detector); writes a complete cascade run to
+    `<workdir>/joint` (decoder checkpoint, and the joint detector in
+    `<workdir>/joint/detector`), which evaluates and predicts like the staged one.
+    Returns that folder."""
+    from lmjax import configs
+    from lmjax.ops.item_masks import kind_ids
+    from lmjax.train import checkpoint as ckpt_lib
+    from lmjax.train import sam_data
+    from lmjax.train.cascade_predict import DETECTOR_FOLDER, STATE_FILE
+    from lmjax.train.restore import read_config
+    from lmjax.train.setup import build_state, load_landmark_set, load_splits, save_landmark_set
+
+    out = pathlib.Path(workdir) / JOINT_FOLDER
+    det_out = out / DETECTOR_FOLDER
+    steps = config.cascade.joint_steps
+    det_config = read_config(det_dir)
+    lset = load_landmark_set(det_dir, det_config)
+    det = build_state(det_config, lset.num_landmarks, lset, pretrained=False, log=lambda _: None)
+    source = ckpt_lib.Checkpointer(det_dir, max_to_keep=det_config.train.keep)
+    try:
+        which = "best" if source.best_step() is not None else None
+        det_state, _, _, _ = source.restore(which, abstract_state=ckpt_lib.abstract_like(det.state))
+    finally:
+        source.close()
+    _, model, dec_graphdef, dec_state = sam_data.restore(workdir)
+    tx = sam_data.decoder_optimizer(config)
+    train_ds, _, _ = load_splits(config)
+    weights_id = sam_data.build_sam(config, log=lambda _: None)[1]
+    cache = sam_data.embedding_cache(config, workdir, weights_id)
+    pset = sam_data.prompt_set(train_ds, config, cache, model, log=log)
+    frame = _detector_frame(det_config, train_ds)
+    det_to_sam = np.stack(
+        [
+            np.linalg.inv(m) @ d
+            for m, d in zip(pset.to_original, frame.pop("to_original"), strict=True)
+        ]
+    ).astype(np.float32)
+    k_max = config.sam.prompts_per_image
+    step_fn = make_joint_step(
+        det.graphdef, det.tx, dec_graphdef, tx, task=det.task, lam=config.cascade.joint_weight,
+        kinds=jnp.asarray(kind_ids(pset.kinds)), k=min(k_max, len(pset.kinds)),
+        fraction=config.sam.jitter_fraction, losses=dict(config.task.losses),
+        loss_kwargs={n: dict(v) for n, v in config.task.loss_kwargs.items()},
+        loss_frame=config.sam.loss_frame, match_growth=config.cascade.match_growth,
+    )  # fmt: skip
+    log(f"joint stage: {steps} steps of detector and decoder end to end into {out}")
+    for step in range(1, steps + 1):
+        rng = np.random.default_rng([config.train.seed, 7, step])
+        idx = np.sort(
+            rng.choice(
+                len(pset), config.train.batch_size, replace=len(pset) < config.train.batch_size
+            )
+        )
+        batch = {k: v[idx] for k, v in frame.items()} | {"det_to_sam": det_to_sam[idx]}
+        batch |= {f"{SAM_PREFIX}{k}": v for k, v in pset.batch(idx).items()}
+        det_state, dec_state, metrics = step_fn(det_state, dec_state, batch)
+        if step % config.train.log_every == 0 or step == steps:
+            m = {n: float(v) for n, v in jax.device_get(metrics).items()}
+            log(f"joint step {step}/{steps}  loss {m['loss']:.4f}  detection {m['detection']:.4f}  "
+                f"segmentation {m['segmentation']:.4f}  skipped {m['skipped']:.0f}")  # fmt: skip
+    for folder, cfg, state, ckpt in (
+        (det_out, det_config, det_state, ckpt_lib.Checkpointer(det_out, max_to_keep=1)),
+        (out, config, dec_state, sam_data.checkpointer(out, config)),
+    ):
+        folder.mkdir(parents=True, exist_ok=True)
+        configs.save_json(cfg, folder)
+        save_landmark_set(folder, lset)
+        try:
+            ckpt.save(int(state.step), state, data_state={"step": int(state.step)},
+                      config=cfg.to_dict(), metrics={})  # fmt: skip
+        finally:
+            ckpt.wait()
+            ckpt.close()
+    (out / STATE_FILE).write_text(json.dumps({"detector": str(det_out.resolve())}, indent=2))
+    return out
+
+
+__all__ = ["boxes_through", "joint_loss", "make_joint_step", "run_joint_stage"]

@@ -121,7 +121,8 @@ def cascade_run(tmp_path_factory):
     ]  # fmt: skip
     cas_args = [
         "train", f"--config={CONFIG}", f"--workdir={wd}", f"--config.cascade.detector={det}",
-        "--config.sam.prompts_per_image=6", *(f"--config.{o}" for o in SMALL),
+        "--config.sam.prompts_per_image=6", "--config.cascade.joint_steps=2",
+        *(f"--config.{o}" for o in SMALL),
     ]  # fmt: skip
     return root, det, wd, det_args, cas_args, run_cli
 
@@ -140,6 +141,12 @@ def test_a_cascade_trains_evaluates_and_predicts(cascade_run, capsys, monkeypatc
     assert set(report["detection"]) >= {"all", "landmarks", "outlines", "patches", "per_item"}
     assert "sdr_with_misses" in report["oracle"]["landmarks"]["soft"]
     assert json.loads((wd / "cascade.json").read_text())["detector"] == str(det.resolve())
+    # the joint stage wrote a second cascade (both models after joint steps) that evaluates
+    assert "joint step 2/2" in out
+    joint = wd / "joint"
+    assert json.loads((joint / "cascade.json").read_text())["detector"].endswith("joint/detector")
+    code, out, err = run_cli(capsys, "evaluate", f"--workdir={joint}", "--split=val")
+    assert code == 0 and "detector landmarks detected" in out, err
 
     # With the detector replaced by ground truth, the cascade is the oracle path.
     from lmjax.train import cascade_predict, sam_data, sam_decoder, sam_eval, sam_steps
