@@ -328,3 +328,13 @@ def test_the_joint_step_lowers_the_combined_loss(joint_parts):
         assert metrics["skipped"] == 0 and metrics["detector_grad_norm"] > 0
         losses.append(float(metrics["loss"]))
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+
+
+def test_detector_boxes_are_clipped_to_the_image_and_dropped_outside_it():
+    from lmjax.train.detections import _inside
+
+    boxes = np.array([[-5.0, 10, 20, 30], [70, 70, 90, 90], [10, 10, 12, 12]])
+    got = _inside(boxes, 64, 64)
+    np.testing.assert_array_equal(got[0], [0, 10, 20, 30])
+    assert np.isnan(got[1]).all()  # wholly outside: not found
+    np.testing.assert_array_equal(got[2], boxes[2])
