@@ -31,6 +31,10 @@ Arguments (each also names its detector stage as `ARG.detector`):
   full     recommended: YOLO11-n at 1024 px with the floor (stride 16), MedSAM ViT-B,
            K = 32, half the prompts the detector's, the soft centroid.
 
+`--config.cascade.joint_steps=N` adds the joint stage (not in the paper): N steps
+that train detector and decoder end to end, the detector's boxes reaching the
+prompt encoder differentiably, written as a second cascade run to `DIR/joint`.
+
 Deviations from the paper in `paper`:
 - the phantom instead of the paper's 100 private radiographs (point `data.data_dir`
   at a LabelMe or COCO item set for real data);
