@@ -172,7 +172,7 @@ def top1_per_class(
     return jnp.where(found[..., None], picked, jnp.nan), best, found
 
 
-def _floor_sides(boxes: jax.Array, min_side: float) -> jax.Array:
+def floor_sides(boxes: jax.Array, min_side: float) -> jax.Array:
     """Widens box sides shorter than `min_side` to `min_side`, about the box centre."""
     centre = (boxes[..., :2] + boxes[..., 2:]) / 2
     half = jnp.maximum(boxes[..., 2:] - boxes[..., :2], min_side) / 2
@@ -225,7 +225,7 @@ def task_aligned_assign(
     scores, pred_boxes, gt_boxes = map(jax.lax.stop_gradient, (scores, pred_boxes, gt_boxes))
     _, num_anchors, num_classes = scores.shape
     valid = gt_valid.astype(bool)[..., None]  # [B, M, 1]
-    cand = gt_boxes if min_box_side is None else _floor_sides(gt_boxes, min_box_side)
+    cand = gt_boxes if min_box_side is None else floor_sides(gt_boxes, min_box_side)
     lo = jnp.minimum(*jnp.moveaxis(anchors - cand[:, :, None, :2], -1, 0))  # [B, M, A]
     hi = jnp.minimum(*jnp.moveaxis(cand[:, :, None, 2:] - anchors, -1, 0))
     in_gt = (jnp.minimum(lo, hi) > eps) & valid  # centre strictly inside
