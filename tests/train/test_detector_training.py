@@ -48,8 +48,9 @@ def test_ground_truth_boxes_come_from_the_item_geometry(batch_and_set):
 
 
 def test_a_tiny_heatmap_detector_learns_on_the_phantom():
-    """Each class's best box (threshold 0: always reported) moves towards its item
-    within 60 steps of the generic train step."""
+    """Each class's best box (threshold 0: always reported) moves towards its item,
+    and the share of items scored above the detection threshold rises, within 60
+    steps of the generic train step."""
     overrides = [
         "model.backbone_options={'features': 8, 'num_levels': 3, 'upsample': 'resize'}",
         "model.score_threshold=0.0",
@@ -67,13 +68,16 @@ def test_a_tiny_heatmap_detector_learns_on_the_phantom():
     boxes, valid = map(np.asarray, batch_item_boxes(batch, ls.item_kinds))
     gt = (boxes[..., :2] + boxes[..., 2:]) / 2
 
-    def centre_error(state):
-        coords = np.asarray(eval_step(state, batch)["coords"])
-        return float(np.mean(np.linalg.norm(coords - gt, axis=-1)[valid]))
+    def centre_error_and_rate(state):
+        out = eval_step(state, batch)
+        coords, scores = np.asarray(out["coords"]), np.asarray(out["scores"])
+        error = float(np.mean(np.linalg.norm(coords - gt, axis=-1)[valid]))
+        return error, float(np.mean(scores[valid] >= 0.3))  # the config's threshold
 
-    before = centre_error(state)
+    before, rate_before = centre_error_and_rate(state)
     for _ in range(60):
         state, metrics = train_step(state, batch)
         assert np.isfinite(float(metrics["loss"]))
-    after = centre_error(state)
+    after, rate_after = centre_error_and_rate(state)
     assert after < 0.5 * before, (before, after)
+    assert rate_after > rate_before + 0.2, (rate_before, rate_after)
