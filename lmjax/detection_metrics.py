@@ -17,6 +17,7 @@ import numpy as np
 from lmjax import metrics
 from lmjax.data.items import item_vertices
 from lmjax.data.types import Dataset
+from lmjax.ops.item_masks import item_boxes_by_kind, kind_ids
 
 
 def true_boxes(dataset: Dataset) -> np.ndarray:
@@ -26,19 +27,14 @@ def true_boxes(dataset: Dataset) -> np.ndarray:
     an image's spacing (unknown spacing: the sizes are read as pixels)."""
     ls = dataset.landmark_set
     vertices, valid = item_vertices(dataset.records, ls)
-    n, k = vertices.shape[:2]
-    boxes = np.full((n, k, 4), np.nan, np.float64)
-    for i, r in enumerate(dataset.records):
-        mm_per_px = float(np.mean(r.spacing)) if r.spacing is not None else 1.0
-        for j, kind in enumerate(ls.item_kinds):
-            pts = vertices[i, j][valid[i, j]]
-            if kind == "landmark":
-                pts, pad = pts[:1], ls.radius_mm / mm_per_px
-            else:
-                pad = ls.width_mm / 2 / mm_per_px if kind == "outline" else 0.0
-            if len(pts):
-                boxes[i, j] = [*(pts.min(0) - pad), *(pts.max(0) + pad)]
-    return boxes
+    mm_per_px = np.array(
+        [float(np.mean(r.spacing)) if r.spacing is not None else 1.0 for r in dataset.records]
+    )[:, None]
+    boxes = item_boxes_by_kind(
+        vertices, valid, kind_ids(ls.item_kinds), radius=ls.radius_mm / mm_per_px,
+        width=ls.width_mm / mm_per_px,
+    )  # fmt: skip
+    return np.asarray(boxes, np.float64)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -91,9 +91,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         "experiments/configs/cascade_pelvis.py"
     )
     c.task.mode = "cascade"
-    c.cascade = ml_collections.ConfigDict(
-        {k: base.default_value(f) for k, f in base.CASCADE.items()}
-    )
+    c.cascade = base.get_config().cascade
     c.cascade.detector = f"{HERE / 'cascade_pelvis.py'}:{base_arg}.detector"
     if base_arg in ("tiny", "heatmap"):
         c.sam.prompts_per_image = 17

@@ -27,7 +27,7 @@ from lmjax import configs
 from lmjax.train import checkpoint as ckpt_lib
 from lmjax.train import sam_decoder, sam_eval
 from lmjax.train.cascade_predict import DETECTOR_FOLDER, STATE_FILE, detector_dir
-from lmjax.train.trainers import Trainer, register_trainer, trainer_for
+from lmjax.train.trainers import Trainer, lazy, register_trainer, trainer_for
 
 MODE = "cascade"
 
@@ -166,25 +166,13 @@ def evaluate_workdir(
     )
 
 
-def _benchmark(config, **kw):
-    from lmjax.cascade_benchmark import benchmark_cascade
-
-    return benchmark_cascade(config, **kw)
-
-
-def _format_benchmark(result):
-    from lmjax.cascade_benchmark import format_cascade_benchmark
-
-    return format_cascade_benchmark(result)
-
-
 register_trainer(
     MODE,
     Trainer(
         train=train,
         evaluate=evaluate_workdir,
-        benchmark=_benchmark,
-        format_benchmark=_format_benchmark,
+        benchmark=lazy("lmjax.cascade_benchmark", "benchmark_cascade"),
+        format_benchmark=lazy("lmjax.cascade_benchmark", "format_cascade_benchmark"),
     ),
 )
 

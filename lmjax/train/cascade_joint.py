@@ -168,11 +168,7 @@ def run_joint_stage(config, workdir, det_dir, *, log=print) -> pathlib.Path:
     lset = load_landmark_set(det_dir, det_config)
     det = build_state(det_config, lset.num_landmarks, lset, pretrained=False, log=lambda _: None)
     source = ckpt_lib.Checkpointer(det_dir, max_to_keep=det_config.train.keep)
-    try:
-        which = "best" if source.best_step() is not None else None
-        det_state, _, _, _ = source.restore(which, abstract_state=ckpt_lib.abstract_like(det.state))
-    finally:
-        source.close()
+    det_state = ckpt_lib.restore_state(source, det.state)
     _, model, dec_graphdef, dec_state = sam_data.restore(workdir)
     tx = sam_data.decoder_optimizer(config)
     train_ds, _, _ = load_splits(config)

@@ -238,6 +238,17 @@ def has_checkpoint(workdir: str | epath.PathLike) -> bool:
     return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
+def restore_state(checkpoints: Checkpointer, like: PyTree, *, which: str = "best") -> PyTree:
+    """The state of the best (or, with `which="latest"` or no ranked step, the
+    latest) checkpoint, shaped like the live `like`; closes `checkpoints`."""
+    try:
+        step = "best" if which == "best" and checkpoints.best_step() is not None else None
+        state, _, _, _ = checkpoints.restore(step, abstract_state=abstract_like(like))
+    finally:
+        checkpoints.close()
+    return state
+
+
 def restore_config(workdir: str | epath.PathLike) -> dict[str, Any] | None:
     """The config saved with the latest checkpoint in `workdir`, or None if there is none.
 

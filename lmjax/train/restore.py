@@ -49,9 +49,5 @@ def restore_trained(workdir: str | pathlib.Path, *, which: str = "best"):
         config, landmark_set.num_landmarks, landmark_set, pretrained=False
     )
     checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
-    try:
-        step = "best" if which == "best" and checkpoints.best_step() is not None else None
-        state, _, _, _ = checkpoints.restore(step, abstract_state=ckpt_lib.abstract_like(state))
-    finally:
-        checkpoints.close()
+    state = ckpt_lib.restore_state(checkpoints, state, which=which)
     return config, mesh, state, eval_step

@@ -284,10 +284,5 @@ def restore(workdir, *, which: str = "best"):
     config = read_config(workdir)
     model, _ = build_sam(config, log=lambda _: None)
     graphdef, state = decoder_state(config, model, decoder_optimizer(config))
-    checkpoints = checkpointer(workdir, config)
-    try:
-        step = "best" if which == "best" and checkpoints.best_step() is not None else None
-        state, _, _, _ = checkpoints.restore(step, abstract_state=ckpt_lib.abstract_like(state))
-    finally:
-        checkpoints.close()
+    state = ckpt_lib.restore_state(checkpointer(workdir, config), state, which=which)
     return config, model, graphdef, state

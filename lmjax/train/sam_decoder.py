@@ -44,7 +44,7 @@ from lmjax.train.sam_data import (
     restore,
 )
 from lmjax.train.setup import load_landmark_set, load_splits, save_landmark_set
-from lmjax.train.trainers import Trainer, register_trainer
+from lmjax.train.trainers import Trainer, lazy, register_trainer
 
 MODE = "sam_decoder"
 _PROMPT_NAMES = {"jittered": "jittered GT", "oracle": "exact GT", "detector": "detector"}
@@ -273,39 +273,15 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _benchmark(config, **kw):
-    from lmjax.sam_benchmark import benchmark_sam
-
-    return benchmark_sam(config, **kw)
-
-
-def _format_benchmark(result):
-    from lmjax.sam_benchmark import format_sam_benchmark
-
-    return format_sam_benchmark(result)
-
-
-def _compile_check(config, **kw):
-    from lmjax.sam_benchmark import compile_check_sam
-
-    return compile_check_sam(config, **kw)
-
-
-def _format_compile_check(result):
-    from lmjax.sam_benchmark import format_sam_compile_check
-
-    return format_sam_compile_check(result)
-
-
 register_trainer(
     MODE,
     Trainer(
         train=train,
         evaluate=evaluate_workdir,
-        benchmark=_benchmark,
-        format_benchmark=_format_benchmark,
-        compile_check=_compile_check,
-        format_compile_check=_format_compile_check,
+        benchmark=lazy("lmjax.sam_benchmark", "benchmark_sam"),
+        format_benchmark=lazy("lmjax.sam_benchmark", "format_sam_benchmark"),
+        compile_check=lazy("lmjax.sam_benchmark", "compile_check_sam"),
+        format_compile_check=lazy("lmjax.sam_benchmark", "format_sam_compile_check"),
     ),
 )
 

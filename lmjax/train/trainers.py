@@ -45,6 +45,16 @@ def register_trainer(mode: str, trainer: Trainer, *, override: bool = False) -> 
     return trainer
 
 
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """`module.name`, imported at its first call (benchmarks pull in heavy modules
+    that training does not need)."""
+
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    return call
+
+
 def _load_builtin() -> None:
     global _loaded
     if not _loaded:
