@@ -137,7 +137,8 @@ def test_override_typo_names_the_flag_and_the_nearest_field():
 
 def test_every_experiment_config_resolves():
     args = {
-        "isbi2015_unet_heatmap.py": ["cpu", "gpu", "smoke"],
+        "isbi2015_unet_heatmap.py": ["cpu", "kl_cpu", "gpu", "smoke"],
+        "isbi2015_pelvis_unet.py": ["cpu", "gpu", "smoke"],
         "isbi2015_unet_segmentation.py": ["cpu", "gpu", "smoke"],
         "isbi2015_ceph_seg.py": ["fpn", "unet_cpu", "fpn_smoke"],
         "isbi2015_hrnet.py": ["kl", "mse_cpu", "kl_smoke"],
@@ -158,6 +159,56 @@ def test_every_experiment_config_resolves():
         for arg in variants:
             config = configs.load(f"{EXPERIMENTS / name}:{arg}")
             assert config.paper, (name, arg)
+
+
+# The preset of each paper, and configs that name a paper but deviate in their
+# augmentation on purpose (the deviation is written in their docstrings).
+PAPER_PRESETS = {
+    "pelvis paper": "pelvis",
+    "cephalogram paper": "",
+    "lower-limb paper": "lower_limb",
+    "MedSapiens": "medsapiens",
+    "fluoroscopy paper": "fluoroscopy",
+}
+AUGMENT_DEVIATIONS = {
+    "pelvis_detector.py",  # YOLO's own recipe (brightness, contrast, affine), not the U-Net's
+    "pelvis_sam_decoder.py",  # cached embeddings: prompts are jittered instead
+    "cascade_pelvis.py",  # the same, and the detector config carries its own
+    "cascade_isbi2015.py",
+}
+
+
+@pytest.mark.parametrize(
+    "name, arg",
+    [
+        ("isbi2015_pelvis_unet.py", "cpu"),
+        ("isbi2015_unet_segmentation.py", "cpu"),
+        ("isbi2015_ceph_seg.py", "fpn"),
+        ("isbi2015_hrnet.py", "kl"),
+        ("isbi2015_swin_unetr.py", ""),
+        ("isbi2015_vit_lora.py", "b"),
+        ("isbi2015_vgg.py", "unet"),
+        ("phantom_hrnet.py", "proposed"),
+        ("isbi2015_unet_heatmap.py", "cpu"),
+        ("pelvis_detector.py", "paper"),
+    ],
+)
+def test_configs_that_name_a_paper_use_its_augmentation(name, arg):
+    config = configs.load(f"{EXPERIMENTS / name}:{arg}")
+    papers = [p for p in PAPER_PRESETS if config.paper.startswith(p)]
+    if not papers:  # lmjax's own recipe says so, and uses lmjax's preset
+        assert config.paper.startswith("none: lmjax's") and config.data.augment == "default"
+    elif name not in AUGMENT_DEVIATIONS:
+        assert config.data.augment == PAPER_PRESETS[papers[0]], config.paper
+
+
+def test_the_pelvis_paper_unet_is_the_papers_network():
+    config = configs.load(f"{EXPERIMENTS / 'isbi2015_pelvis_unet.py'}:gpu")
+    m, t = config.model, config.task
+    assert m.name == "unet" and m.upsample == "transpose" and m.features == 32
+    assert m.num_deep_supervision == m.num_levels - 1 and t.deep_supervision  # every level
+    assert dict(t.losses) == {"heatmap_mse": 1.0} and t.target == "gaussian"
+    assert max(config.data.input_size) == 512
 
 
 def test_saved_config_round_trips_and_is_never_executed(tmp_path):

@@ -44,7 +44,7 @@ def _detector(arg: str):
         "YOLO11's place; see experiments/configs/cascade_isbi2015.py"
     )
     c.data.input_size = (256, 192)
-    c.data.augment = "pelvis"
+    c.data.augment = "default"
     c.model.backbone_options = {"features": 16, "num_levels": 6, "upsample": "resize"}
     c.optim.schedule = "cosine"
     c.train.steps = 800

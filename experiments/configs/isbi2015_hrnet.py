@@ -22,7 +22,7 @@ Arguments, `LOSS[_cpu|_smoke]` with LOSS `kl` (default) or `mse`:
 
 Guesses where the paper is silent are those of `phantom_hrnet.py` (He-normal init,
 decoder widths (W, W), one residual block per 2x upsampling, weight decay 1e-2).
-The ISBI augmentation is the heatmap config's ("pelvis" preset).
+The augmentation is the paper's Table 1 ("fluoroscopy" preset).
 """
 
 import pathlib
@@ -50,6 +50,7 @@ def get_config(arg: str = "kl") -> ml_collections.ConfigDict:
         f"{loss} heatmap loss, on ISBI 2015 (no bone masks: no segmentation decoder)"
     )
     c.data.normalize = "unit"  # the paper scales intensities to [0, 1]
+    c.data.augment = "fluoroscopy"
     c.model = ml_collections.ConfigDict(
         {
             "name": "hrnet",

@@ -5,8 +5,8 @@ The lower-limb paper's transformer alternative to its U-Net: MONAI's Swin-UNETR
 segmenting one disc per landmark with Dice-CE, trained with Adam at the learning
 rate of its Table 2 (1e-4, batch 4, 100 epochs: 135 training images / 4 = 34 steps
 an epoch). Coordinates come from Method 3 (pixels above the channel's min-max
-midpoint, largest component, probability-weighted centroid). Data, splits and
-augmentation are the heatmap config's. Arguments:
+midpoint, largest component, probability-weighted centroid). Data and splits are the
+heatmap config's; the augmentation is the paper's ("lower_limb" preset). Arguments:
 
   gpu    the paper's network at 640x512 (ISBI's aspect, 512 wide; both sides
          multiples of 64 as patch 4 and four merges need), r = 15 px scaled to the
@@ -53,6 +53,7 @@ def get_config(arg: str = "cpu"):
         "lower-limb paper: Swin-UNETR (patch 4, feature 96, depths 2-2-18-2) segmenting "
         "circle masks (r=15 at 512), Dice-CE, Method 3 coordinates (ISBI 2015)"
     )
+    c.data.augment = "lower_limb"
     c.model = ml_collections.ConfigDict(
         {
             "name": "swin_unetr",

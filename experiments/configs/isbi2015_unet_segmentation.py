@@ -33,6 +33,7 @@ def get_config(arg: str = "cpu"):
         "lower-limb paper: U-Net segmentation of circle masks (r=15 at 512x512), "
         "Dice-CE, Method 3 coordinates (ISBI 2015)"
     )
+    c.data.augment = "lower_limb"
     c.task.mode = "segmentation"
     c.task.target = "circle"
     c.task.radius = 15.0 * c.data.input_size[0] / 512

@@ -19,7 +19,7 @@ hyperparameters in Tables 1-2, the comparison in Table 4):
 
 All three: 3 x 512 x 512 input, Adam with layer-wise learning-rate decay, learning
 rate 1e-5, batch 4, 25 epochs (Table 2, U-Net), the paper's augmentation (p = 0.5:
-rotation +-10 deg, scale +-0.1, translation +-0.1; the "pelvis" preset), intensities
+rotation +-10 deg, scale +-0.1, translation +-0.1; the "lower_limb" preset), intensities
 in [0, 1]. The MSE is on coordinates divided by the input size (`coord_mse` with
 `scale = (W, H)`), i.e. on normalised coordinates.
 
@@ -96,7 +96,7 @@ def get_config(arg: str = "unet"):
         "II-E/F, Tables 1-2 and 4), on ISBI 2015"
     )
     c.data.input_size = (PAPER_SIZE, PAPER_SIZE)
-    c.data.augment = "pelvis"  # the paper's affine group at p = 0.5
+    c.data.augment = "lower_limb"  # the paper's affine group at p = 0.5
     c.data.normalize = "unit"
 
     c.model = ml_collections.ConfigDict({"name": MODELS[model], "width": 1.0, "pretrained": ""})

@@ -27,9 +27,10 @@ Arguments:
 `lmjax evaluate` reports the box centres as landmarks (the paper's 8-landmark pilot)
 in mm, a class that is not found counting as missed.
 
-Deviations from the paper: the augmentation is lmjax's `pelvis` preset (rotation
-+-10 deg, scale 0.9-1.1, translation 10 %, p 0.5), not Ultralytics' HSV/mosaic
-defaults; no EMA of the weights; losses averaged per image.
+Deviations from the paper: the augmentation is lmjax's `default` preset (rotation
++-10 deg, scale 0.9-1.1, translation 10 %, p 0.5; no brightness or contrast, which
+the paper also varies), not Ultralytics' HSV/mosaic defaults; no EMA of the
+weights; losses averaged per image.
 """
 
 import ml_collections
@@ -50,7 +51,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     )
     c.data.format = "pelvis_phantom"
     c.data.phantom_size = 120
-    c.data.augment = "pelvis"
+    c.data.augment = "default"
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "yolo11"

@@ -63,16 +63,7 @@ def get_config(arg: str = "proposed") -> ml_collections.ConfigDict:
     )
     c.data.input_size = (128, 128) if cpu else (192, 192)
     c.data.normalize = "unit"  # the paper scales intensities to [0, 1]
-    del c.data["augment"]  # a preset name in the base config; a dict here
-    c.data.augment = {
-        "p_affine": 1.0,
-        "p_scale": 0.5,
-        "scale": (1.0, 1.3),
-        "p_rotation": 0.5,
-        "rotation": 9.74,  # 0.17 rad
-        "p_gamma": 0.5,
-        "gamma": (0.7, 1.5),
-    }
+    c.data.augment = "fluoroscopy"  # Table 1, each step at p = 0.5
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "hrnet"

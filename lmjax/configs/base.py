@@ -52,7 +52,7 @@ DATA = {
     "fit": Field("resize", "resize (stretch) or letterbox (keep aspect, pad)"),
     "normalize": Field("zscore", "intensities: zscore per image or unit (divide by bit depth)"),
     "augment": Field(
-        "pelvis",
+        "default",
         "augmentation preset or AugmentConfig fields (lmjax.data.augment); empty: none",
         (str, dict),
     ),

@@ -18,6 +18,8 @@ from scipy import ndimage
 
 from lmjax.data import affine
 
+GAMMA_SAMPLING = ("log_uniform", "uniform")
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -37,12 +39,16 @@ class AugmentConfig:
       p_shear, shear: horizontal shear by U(-shear, shear) degrees.
       p_flip: horizontal flip; swaps the landmark set's declared left/right pairs
         (a set without pairs refuses flips when the pipeline is built).
+      p_flip_paired: flip probability that applies only to a set with declared
+        pairs and is dropped for one without (`resolved_for`).
       p_elastic, elastic_alpha, elastic_grid: smooth displacement drawn as
         N(0, elastic_alpha) output pixels on `elastic_grid` x `elastic_grid`
         cubic B-spline control points.
       p_brightness, brightness: add U(-brightness, brightness).
       p_contrast, contrast: scale about the image mean by U(contrast).
-      p_gamma, gamma: `x ** g` with g log-uniform in `gamma`.
+      p_gamma, gamma, gamma_sampling: `x ** g` with g drawn from `gamma`,
+        `log_uniform` (g and 1/g equally likely) or `uniform` (as MONAI's
+        RandAdjustContrast).
       p_noise, noise_std: Gaussian noise with std U(noise_std).
       p_blur, blur_sigma: Gaussian blur with sigma U(blur_sigma) pixels.
       p_dropout, dropout_holes, dropout_size: set U{holes} boxes to 0, each side
@@ -59,6 +65,7 @@ class AugmentConfig:
     p_shear: float = 0.0
     shear: float = 0.0
     p_flip: float = 0.0
+    p_flip_paired: float = 0.0
     p_elastic: float = 0.0
     elastic_alpha: float = 0.0
     elastic_grid: int = 5
@@ -68,6 +75,7 @@ class AugmentConfig:
     contrast: tuple[float, float] = (1.0, 1.0)
     p_gamma: float = 0.0
     gamma: tuple[float, float] = (1.0, 1.0)
+    gamma_sampling: str = "log_uniform"
     p_noise: float = 0.0
     noise_std: tuple[float, float] = (0.0, 0.0)
     p_blur: float = 0.0
@@ -87,6 +95,10 @@ class AugmentConfig:
                     raise ValueError(f"AugmentConfig.{f.name}={v} is not a (low, high) range")
         if self.elastic_grid < 2 or self.gamma[0] <= 0:
             raise ValueError("AugmentConfig needs elastic_grid >= 2 and gamma > 0")
+        if self.gamma_sampling not in GAMMA_SAMPLING:
+            raise ValueError(
+                f"AugmentConfig.gamma_sampling={self.gamma_sampling!r}; known: {GAMMA_SAMPLING}"
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AugmentConfig:
@@ -107,10 +119,31 @@ class AugmentConfig:
     def flips(self) -> bool:
         return self.p_flip > 0.0
 
+    def resolved_for(self, flip_pairs) -> AugmentConfig:
+        """This config for a landmark set: `p_flip_paired` becomes `p_flip` when the
+        set declares pairs and is dropped when it does not."""
+        if self.p_flip_paired == 0.0:
+            return self
+        return dataclasses.replace(
+            self, p_flip=self.p_flip_paired if flip_pairs else self.p_flip, p_flip_paired=0.0
+        )
 
+    def gamma_draw(self, u, exp=math.exp):
+        """Gamma for a uniform draw `u` in [0, 1); `exp` is `jnp.exp` on the device."""
+        lo, hi = self.gamma
+        if self.gamma_sampling == "uniform":
+            return lo + (hi - lo) * u
+        # Log-uniform so that gamma and 1/gamma are equally likely in symmetric ranges.
+        return exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
+
+
+# Each preset names its source. A paper's name promises that paper's recipe; where
+# the paper leaves a range out, the value is lmjax's and says so.
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
-    # Pelvis recipe: one affine group at p=0.5.
-    "pelvis": AugmentConfig(
+    # lmjax's own recipe: one affine group at p=0.5 (rotation +-10 deg, zoom 0.9-1.1,
+    # shift +-0.1 of the input). No flips; sets with left/right pairs opt in through
+    # `p_flip`. Numerically the recipe every earlier lmjax result was trained with.
+    "default": AugmentConfig(
         p_affine=0.5,
         p_rotation=1.0,
         rotation=10.0,
@@ -119,26 +152,64 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
         p_translation=1.0,
         translation=0.1,
     ),
-    # MedSapiens-style: zoom in up to 1.3, rotation +-0.17 rad, gamma. Add
-    # `p_flip` only for sets that declare pairs.
-    "medsapiens": AugmentConfig(
-        p_scale=1.0,
-        scale=(1.0, 1.3),
+    # Lower-limb paper (002, section III-B): "randomly (p = 0.5) applied affine
+    # transformations (rotation (+-10 deg), scaling (+-0.1), and translation
+    # (+-0.1))". MONAI's RandAffine draws all three together; translation is read
+    # as a fraction of the 512x512 input (the paper gives no unit).
+    "lower_limb": AugmentConfig(
+        p_affine=0.5,
         p_rotation=1.0,
+        rotation=10.0,
+        p_scale=1.0,
+        scale=(0.9, 1.1),
+        p_translation=1.0,
+        translation=0.1,
+    ),
+    # Pelvis paper (000, section 3.1): "rotation, translation, shearing and scaling
+    # but not reflection". It gives no ranges or probabilities; these are lmjax's:
+    # each step at p=0.5, rotation +-15 deg, shear +-10 deg, zoom 0.85-1.15,
+    # shift +-0.1 of the input.
+    "pelvis": AugmentConfig(
+        p_affine=1.0,
+        p_rotation=0.5,
+        rotation=15.0,
+        p_scale=0.5,
+        scale=(0.85, 1.15),
+        p_translation=0.5,
+        translation=0.1,
+        p_shear=0.5,
+        shear=10.0,
+    ),
+    # Fluoroscopy paper (004, Table 1), each "with a probability of 0.5": RandZoom
+    # 1.0-1.3, RandRotate (-0.17, 0.17) rad, RandAdjustContrast gamma in (0.7, 1.5),
+    # the gamma drawn uniformly as MONAI does.
+    "fluoroscopy": AugmentConfig(
+        p_affine=1.0,
+        p_scale=0.5,
+        scale=(1.0, 1.3),
+        p_rotation=0.5,
         rotation=math.degrees(0.17),
         p_gamma=0.5,
         gamma=(0.7, 1.5),
+        gamma_sampling="uniform",
     ),
-    "lower_limb": AugmentConfig(
-        p_flip=0.5,
+    # MedSapiens paper (003, Implementation Details): "random flips, photometric
+    # distortions, and coarse dropout". It gives no parameters; these follow
+    # MMPose's PhotometricDistortion (brightness +-32/255, contrast 0.5-1.5, each
+    # at p=0.5; the colour steps have no meaning on radiographs) and the Sapiens
+    # pose configs' CoarseDropout (one hole, 0.2-0.4 of each side), here at p=0.5.
+    # Flips only where the landmark set declares left/right pairs.
+    "medsapiens": AugmentConfig(
+        p_flip_paired=0.5,
         p_brightness=0.5,
-        brightness=0.2,
+        brightness=32 / 255,
         p_contrast=0.5,
-        contrast=(0.8, 1.2),
+        contrast=(0.5, 1.5),
         p_dropout=0.5,
+        dropout_holes=(1, 1),
+        dropout_size=(0.2, 0.4),
     ),
 }
-AUGMENT_PRESETS["default"] = AUGMENT_PRESETS["lower_limb"]
 
 
 def get_preset(name: str) -> AugmentConfig:
@@ -330,8 +401,7 @@ def photometric(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator)
         m = x.mean()
         x = (x - m) * rng.uniform(*cfg.contrast) + m
     if rng.random() < cfg.p_gamma:
-        # Log-uniform so that gamma and 1/gamma are equally likely in symmetric ranges.
-        g = math.exp(rng.uniform(math.log(cfg.gamma[0]), math.log(cfg.gamma[1])))
+        g = cfg.gamma_draw(rng.random())
         x = np.clip(x, 0.0, 1.0) ** np.float32(g)
     if rng.random() < cfg.p_blur:
         x = ndimage.gaussian_filter(x, rng.uniform(*cfg.blur_sigma))

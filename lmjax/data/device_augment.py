@@ -34,7 +34,6 @@ operation with probability 0 costs nothing.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 
 import jax
@@ -225,9 +224,7 @@ def photometric(image: jax.Array, cfg: AugmentConfig, key: jax.Array) -> jax.Arr
         c = jax.random.uniform(k_c, (), minval=cfg.contrast[0], maxval=cfg.contrast[1])
         x = maybe(1, cfg.p_contrast, (x - x.mean()) * c + x.mean())
     if cfg.p_gamma > 0:
-        # Log-uniform, as on the host: gamma and 1/gamma equally likely.
-        lo, hi = math.log(cfg.gamma[0]), math.log(cfg.gamma[1])
-        g = jnp.exp(jax.random.uniform(k_g, (), minval=lo, maxval=hi))
+        g = cfg.gamma_draw(jax.random.uniform(k_g, ()), exp=jnp.exp)
         x = maybe(2, cfg.p_gamma, jnp.clip(x, 0.0, 1.0) ** g)
     if cfg.p_blur > 0:
         sigma = jax.random.uniform(k_blur, (), minval=cfg.blur_sigma[0], maxval=cfg.blur_sigma[1])

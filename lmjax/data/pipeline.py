@@ -39,7 +39,6 @@ import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import grain
@@ -67,16 +66,16 @@ def fit_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int], fit: str) -> np
 
 
 def resolve_augment(augment: AugmentConfig | str | Mapping[str, Any] | None, flip_pairs=()):
-    """An AugmentConfig from a config, a preset name, a dict, or None.
-
-    The "medsapiens" preset adds flips (p 0.5) for a set with `flip_pairs`.
+    """An AugmentConfig from a config, a preset name, a dict, or None, for a set with
+    `flip_pairs` (`p_flip_paired` flips only such a set: `AugmentConfig.resolved_for`).
     """
-    if augment is None or isinstance(augment, AugmentConfig):
-        return augment
+    if augment is None:
+        return None
     if isinstance(augment, str):
-        cfg = get_preset(augment)
-        return replace(cfg, p_flip=0.5) if augment == "medsapiens" and flip_pairs else cfg
-    return AugmentConfig.from_dict(augment)
+        augment = get_preset(augment)
+    elif not isinstance(augment, AugmentConfig):
+        augment = AugmentConfig.from_dict(augment)
+    return augment.resolved_for(flip_pairs)
 
 
 def region_flip_table(landmark_set: LandmarkSet) -> np.ndarray:

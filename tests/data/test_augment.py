@@ -47,15 +47,64 @@ def test_defaults_are_off():
     np.testing.assert_array_equal(photometric(img, cfg, rng), img)
 
 
-def test_presets_and_from_dict():
-    pelvis = AUGMENT_PRESETS["pelvis"]
-    assert pelvis.p_affine == 0.5 and pelvis.rotation == 10.0
-    assert pelvis.scale == (0.9, 1.1) and pelvis.translation == 0.1
-    med = AUGMENT_PRESETS["medsapiens"]
-    assert med.scale == (1.0, 1.3) and math.isclose(math.radians(med.rotation), 0.17)
-    assert med.gamma == (0.7, 1.5)
-    assert AUGMENT_PRESETS["default"].flips and AUGMENT_PRESETS["lower_limb"].p_dropout > 0
-    cfg = AugmentConfig.from_dict({"preset": "pelvis", "p_flip": 0.5, "gamma": [0.8, 1.2]})
+def test_lower_limb_preset_is_paper_002():
+    # "randomly (p = 0.5) applied affine transformations (rotation (+-10 deg),
+    # scaling (+-0.1), and translation (+-0.1))"
+    c = AUGMENT_PRESETS["lower_limb"]
+    assert c.p_affine == 0.5 and (c.p_rotation, c.p_scale, c.p_translation) == (1.0, 1.0, 1.0)
+    assert c.rotation == 10.0 and c.scale == (0.9, 1.1) and c.translation == 0.1
+    assert not c.flips and c.p_shear == 0 and c.p_elastic == 0
+    assert all(getattr(c, f"p_{k}") == 0 for k in ("brightness", "contrast", "gamma", "dropout"))
+
+
+def test_pelvis_preset_is_paper_000():
+    # "rotation, translation, shearing and scaling but not reflection"
+    c = AUGMENT_PRESETS["pelvis"]
+    assert c.p_rotation > 0 and c.p_translation > 0 and c.p_shear > 0 and c.p_scale > 0
+    assert c.rotation > 0 and c.translation > 0 and c.shear > 0 and c.scale[0] < 1 < c.scale[1]
+    assert c.p_flip == 0 and c.p_flip_paired == 0
+    assert c.resolved_for(((0, 1),)).p_flip == 0  # never, even for bilateral sets
+    assert all(getattr(c, f"p_{k}") == 0 for k in ("brightness", "contrast", "gamma", "dropout"))
+
+
+def test_fluoroscopy_preset_is_paper_004_table_1():
+    # RandZoom 1.0-1.3, RandRotate (-0.17, 0.17) rad, RandAdjustContrast gamma in
+    # (0.7, 1.5), "each with a probability of 0.5"; MONAI draws gamma uniformly.
+    c = AUGMENT_PRESETS["fluoroscopy"]
+    assert c.p_affine == 1.0 and (c.p_scale, c.p_rotation, c.p_gamma) == (0.5, 0.5, 0.5)
+    assert c.scale == (1.0, 1.3) and math.isclose(math.radians(c.rotation), 0.17)
+    assert c.gamma == (0.7, 1.5) and c.gamma_sampling == "uniform"
+    assert c.p_translation == 0 and c.p_shear == 0 and not c.flips
+    draws = np.array([c.gamma_draw(u) for u in np.linspace(0, 1, 9)])
+    np.testing.assert_allclose(np.diff(draws), 0.1)  # uniform: equal steps
+
+
+def test_medsapiens_preset_is_paper_003():
+    # "random flips, photometric distortions, and coarse dropout"
+    c = AUGMENT_PRESETS["medsapiens"]
+    assert c.p_flip == 0 and c.p_flip_paired == 0.5
+    assert c.p_brightness == 0.5 and math.isclose(c.brightness, 32 / 255)
+    assert c.p_contrast == 0.5 and c.contrast == (0.5, 1.5)
+    assert c.p_dropout == 0.5 and c.dropout_holes == (1, 1) and c.dropout_size == (0.2, 0.4)
+    assert c.p_rotation == 0 and c.p_scale == 0 and c.p_translation == 0
+
+
+def test_default_preset_is_lmjax_own_and_never_flips():
+    c = AUGMENT_PRESETS["default"]
+    assert c.p_affine == 0.5 and c.rotation == 10.0 and c.scale == (0.9, 1.1)
+    assert c.translation == 0.1 and not c.flips and c.p_flip_paired == 0
+    assert not c.resolved_for(((0, 1),)).flips
+
+
+def test_log_uniform_gamma_is_symmetric_in_log():
+    c = AugmentConfig(p_gamma=1.0, gamma=(0.5, 2.0))
+    assert math.isclose(c.gamma_draw(0.5), 1.0) and math.isclose(c.gamma_draw(0.0), 0.5)
+    with pytest.raises(ValueError, match="gamma_sampling"):
+        AugmentConfig(gamma_sampling="normal")
+
+
+def test_from_dict():
+    cfg = AugmentConfig.from_dict({"preset": "lower_limb", "p_flip": 0.5, "gamma": [0.8, 1.2]})
     assert cfg.p_flip == 0.5 and cfg.gamma == (0.8, 1.2) and cfg.rotation == 10.0
     with pytest.raises(ValueError, match="unknown augmentation options"):
         AugmentConfig.from_dict({"rotaton": 5})
@@ -166,5 +215,6 @@ def test_medsapiens_flips_only_with_pairs():
 
     assert resolve_augment("medsapiens", ((0, 1),)).p_flip == 0.5
     assert resolve_augment("medsapiens", ()).p_flip == 0.0
-    assert resolve_augment({"preset": "pelvis"}).p_affine == 0.5
+    assert resolve_augment({"preset": "medsapiens", "rotation": 3.0}, ((0, 1),)).p_flip == 0.5
+    assert resolve_augment({"preset": "lower_limb"}).p_affine == 0.5
     assert resolve_augment(None) is None

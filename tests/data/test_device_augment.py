@@ -130,8 +130,8 @@ def test_matrices_compose_like_the_host():
 
 
 def test_a_preset_draws_like_the_host():
-    # "pelvis": the affine group at p 0.5, zoom in [0.9, 1.1]; same fraction untouched.
-    cfg, n = AUGMENT_PRESETS["pelvis"], 400
+    # "lower_limb": the affine group at p 0.5, zoom in [0.9, 1.1]; same fraction untouched.
+    cfg, n = AUGMENT_PRESETS["lower_limb"], 400
     aug = DeviceAugment(cfg)
     dev = jax.device_get(aug.geometry(jax.random.key(1), n, HW)[0])
     rng = np.random.default_rng(1)
@@ -340,7 +340,7 @@ def test_training_with_device_augmentation_learns(tmp_path):
 
     config = get_config("tiny")
     with config.unlocked():
-        config.data.augment = "pelvis"
+        config.data.augment = "default"
         config.data.augment_on_device = True
         config.train.steps, config.train.eval_every, config.train.log_every = 120, 120, 40
     train_ds, val, _ = setup.load_splits(config)
@@ -353,7 +353,7 @@ def test_training_with_device_augmentation_learns(tmp_path):
         config.data.augment = ""
     plain = next(setup.make_train_pipeline(config, train_ds, cache_dir=None))
     with config.unlocked():
-        config.data.augment = "pelvis"
+        config.data.augment = "default"
     off, scale = (batch["pixel_norm"][:, i, None, None, None] for i in (0, 1))
     np.testing.assert_allclose((batch["image"] - off) / scale, plain["image"], atol=1e-5)
     np.testing.assert_array_equal(batch["landmarks"], plain["landmarks"])

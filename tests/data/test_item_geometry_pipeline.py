@@ -21,7 +21,7 @@ from lmjax.ops.item_masks import item_masks, kind_ids
 
 INPUT = (128, 128)
 PROC = dict(process_index=0, process_count=1, num_threads=1)
-AFFINE = {"preset": "pelvis", "p_affine": 1.0}  # rotation, scale, translation every time
+AFFINE = {"preset": "lower_limb", "p_affine": 1.0}  # rotation, scale, translation every time
 FLIPS = {**AFFINE, "p_flip": 0.5}
 
 

@@ -91,7 +91,8 @@ def test_batch_layout_and_types():
 
 def test_deterministic_for_a_seed():
     ds = toy_dataset()
-    kw = dict(input_size=(48, 48), batch_size=3, augment="lower_limb", **PROC)
+    flip_photo_dropout = {"preset": "medsapiens", "p_flip": 0.5, "p_flip_paired": 0.0}
+    kw = dict(input_size=(48, 48), batch_size=3, augment=flip_photo_dropout, **PROC)
     a = take(make_pipeline(ds, seed=1, **kw), 4)
     assert_batches_equal(a, take(make_pipeline(ds, seed=1, num_threads=1, **kw), 4))
     c = take(make_pipeline(ds, seed=2, **kw), 4)
@@ -202,8 +203,9 @@ def test_flip_swaps_pairs():
 def test_flip_without_pairs_fails_at_construction():
     ds = toy_dataset(n=2, landmark_set=LandmarkSet.numbered("plain", 5))
     with pytest.raises(ValueError, match="declares no left/right flip pairs"):
-        make_dataset(ds, input_size=(32, 32), batch_size=1, augment="lower_limb", **PROC)
+        make_dataset(ds, input_size=(32, 32), batch_size=1, augment={"p_flip": 0.5}, **PROC)
     make_dataset(ds, input_size=(32, 32), batch_size=1, augment="pelvis", **PROC)
+    make_dataset(ds, input_size=(32, 32), batch_size=1, augment="medsapiens", **PROC)
 
 
 def test_landmarks_pushed_outside_become_not_visible():
