@@ -145,7 +145,7 @@ def test_every_experiment_config_resolves():
         "isbi2015_swin_unetr.py": ["", "cpu", "smoke"],
         "isbi2015_vit_lora.py": ["b", "l", "tiny_cpu"],
         "isbi2015_vgg.py": ["unet", "regression_cpu", "seg_regression_smoke"],
-        "phantom_hrnet.py": ["proposed", "mse_cpu", "proposed_soft_cpu"],
+        "phantom_hrnet.py": ["proposed", "mse_cpu", "ncc", "ncc_cpu", "proposed_soft_cpu"],
         "pelvis_sam_decoder.py": ["tiny", "medsam"],
         "pelvis_detector.py": ["tiny", "paper", "heatmap"],
         "cascade_pelvis.py": [

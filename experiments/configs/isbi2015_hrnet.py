@@ -6,10 +6,10 @@ masks, so only the landmark decoder trains here: the segmentation decoder, its
 Dice-CE and the anatomical-consistency term need region masks (the phantom config,
 `phantom_hrnet.py`, is their test bed). What is left of the paper's loss is its
 heatmap term, KL divergence between the Gaussian target and the log-softmax of
-each channel; `mse` swaps in the paper's MSE baseline. Coordinates: argmax of the
-sigmoid (the paper's). AdamW 1e-4, batch 32; HRNet-W32.
+each channel; `mse` and `ncc` swap in the paper's MSE and NCC baselines.
+Coordinates: argmax of the sigmoid (the paper's). AdamW 1e-4, batch 32; HRNet-W32.
 
-Arguments, `LOSS[_cpu|_smoke]` with LOSS `kl` (default) or `mse`:
+Arguments, `LOSS[_cpu|_smoke]` with LOSS `kl` (default), `mse` or `ncc`:
   (none)  HRNet-W32 (modules 1-4-3, four blocks per branch), 512 x 416 input,
           Gaussian sigma 3 px, AdamW 1e-4, batch 32, 4 000 steps (~950 epochs of
           the 135 training images; the paper trains 1000 epochs).
@@ -32,7 +32,7 @@ import ml_collections
 from lmjax import configs
 
 _HEATMAP = pathlib.Path(__file__).with_name("isbi2015_unet_heatmap.py")
-LOSSES = {"kl": {"kl_heatmap": 1.0}, "mse": {"heatmap_mse": 1.0}}
+LOSSES = {"kl": {"kl_heatmap": 1.0}, "mse": {"heatmap_mse": 1.0}, "ncc": {"heatmap_ncc": 1.0}}
 VARIANTS = ("", "cpu", "smoke")
 
 
@@ -43,7 +43,7 @@ def _heatmap_config(arg: str):
 def get_config(arg: str = "kl") -> ml_collections.ConfigDict:
     loss, _, variant = arg.partition("_")
     if loss not in LOSSES or variant not in VARIANTS:
-        raise ValueError(f"isbi2015_hrnet: argument {arg!r} is not kl|mse[_cpu|_smoke]")
+        raise ValueError(f"isbi2015_hrnet: argument {arg!r} is not kl|mse|ncc[_cpu|_smoke]")
     c = _heatmap_config({"": "gpu", "cpu": "cpu", "smoke": "smoke"}[variant])
     c.paper = (
         "fluoroscopy paper (Hresko and Drotar), Table 2: HRNet landmark decoder, "

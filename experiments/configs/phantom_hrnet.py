@@ -11,6 +11,9 @@ landmarks stand in for the paper's fluoroscopy data (Grupp et al. 2020, not here
 
 Arguments, `LOSS[_soft][_cpu]`:
   mse       heatmap MSE only; no segmentation decoder (num_regions 0).
+  ncc       1 - normalised cross-correlation of each heatmap with its target, the
+            paper's third loss; no segmentation decoder. The paper does not define
+            it further; here NCC is the Pearson correlation over a channel's pixels.
   proposed  "segmentation/dice_ce" 1.0 + kl_heatmap 0.1 + anatomical_consistency
             10.0. The consistency loss of the paper (argmax, values 0/0.5/1) has no
             gradient; `_soft` uses `soft_anatomical_consistency`, which has one.
@@ -39,6 +42,7 @@ from lmjax.configs.phantom import get_config as phantom_config
 
 LOSSES = {
     "mse": {"heatmap_mse": 1.0},
+    "ncc": {"heatmap_ncc": 1.0},
     "proposed": {
         "segmentation/dice_ce": 1.0,
         "kl_heatmap": 0.1,
@@ -54,7 +58,7 @@ def get_config(arg: str = "proposed") -> ml_collections.ConfigDict:
         or not set(options) <= {"soft", "cpu"}
         or ("soft" in options and loss != "proposed")
     ):
-        raise ValueError(f"phantom_hrnet: argument {arg!r} is not mse|proposed[_soft][_cpu]")
+        raise ValueError(f"phantom_hrnet: argument {arg!r} is not mse|ncc|proposed[_soft][_cpu]")
     cpu = "cpu" in options
     c = phantom_config("")
     c.paper = (
@@ -72,7 +76,7 @@ def get_config(arg: str = "proposed") -> ml_collections.ConfigDict:
     c.model.num_modules = (1, 1, 1) if cpu else (1, 4, 3)
     c.model.num_blocks = (1, 1, 1, 1) if cpu else (4, 4, 4, 4)
     c.model.decoder_blocks = 1
-    if loss == "mse":
+    if loss in ("mse", "ncc"):
         c.model.num_regions = 0  # proposed: the landmark set's regions (6 on the phantom)
 
     c.task.mode = "heatmap"

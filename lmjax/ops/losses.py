@@ -24,6 +24,7 @@ from lmjax.ops.map_losses import (
     dice_ce_loss,
     dice_loss,
     heatmap_mse,
+    heatmap_ncc_loss,
     kl_heatmap_loss,
 )
 from lmjax.ops.region_losses import (
@@ -46,6 +47,7 @@ __all__ = [
     "dice_loss",
     "get_loss",
     "heatmap_mse",
+    "heatmap_ncc_loss",
     "kl_heatmap_loss",
     "list_losses",
     "loss_kind",

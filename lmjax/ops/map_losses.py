@@ -145,6 +145,32 @@ def kl_heatmap_loss(logits: Array, target: Array, *, visible: Array | None = Non
     return _mean_visible(jnp.sum(xlogy(p, p) - p * log_q, axis=1), vis)
 
 
+@register_loss("heatmap_ncc")
+def heatmap_ncc_loss(
+    pred: Array, target: Array, *, visible: Array | None = None, eps: float = 1e-6
+) -> Array:
+    """`1 - NCC(pred, target)` per channel: the fluoroscopy paper's NCC baseline.
+
+    NCC is the Pearson correlation over the pixels of one channel, so the loss is 0
+    for any positive affine copy of the target (scale and offset are free), 1 for
+    an uncorrelated map and 2 for a negated one. `eps` keeps a constant channel
+    (no variance, e.g. a landmark outside the crop's target) finite.
+
+    Args:
+      pred, target: `[B, H, W, K]` heatmaps.
+      visible: bool `[B, K]`, or None for all.
+    Returns:
+      `[B]` loss per example.
+    """
+    x, t = _float(pred), _float(target)
+    vis = _visible(visible, x.shape[0], x.shape[-1])
+    x, t = _flat(_clean_maps(x, vis)), _flat(_clean_maps(t, vis))
+    x = x - x.mean(axis=1, keepdims=True)
+    t = t - t.mean(axis=1, keepdims=True)
+    norm = jnp.sqrt((x * x).sum(axis=1) * (t * t).sum(axis=1) + eps)
+    return _mean_visible(1.0 - (x * t).sum(axis=1) / norm, vis)
+
+
 def _resize_target(t: Array, hw: tuple[int, int], mode: str) -> Array:
     b, h, w, k = t.shape
     oh, ow = hw

@@ -62,6 +62,15 @@ def np_kl(x, t, vis):
     return _masked_mean(kl, vis)
 
 
+def np_ncc(pred, t, vis):
+    b, k = pred.shape[0], pred.shape[-1]
+    out = np.zeros((b, k))
+    for i in range(b):
+        for j in range(k):
+            out[i, j] = 1 - np.corrcoef(pred[i, ..., j].ravel(), t[i, ..., j].ravel())[0, 1]
+    return _masked_mean(out, vis)
+
+
 def np_wing(d, w=10.0, eps=2.0):
     a = np.abs(d)
     return np.where(a < w, w * np.log(1 + a / eps), a - (w - w * np.log(1 + w / eps))).sum(-1)
@@ -78,6 +87,7 @@ def _jit(fn, **kw):
         (L.dice_loss, np_dice, LOGITS),
         (L.bce_loss, np_bce, LOGITS),
         (L.kl_heatmap_loss, np_kl, LOGITS),
+        (L.heatmap_ncc_loss, np_ncc, LOGITS),
     ],
 )
 def test_heatmap_losses_match_numpy_and_mask_nan(fn, ref, pred):
@@ -122,6 +132,15 @@ def test_dice_ce_sigmoid_and_multiclass():
     dice = np_dice(np.exp(log_soft), onehot, no_bg, 1.0, False)
     got = _jit(L.dice_ce_loss, multiclass=True, visible=no_bg)(LOGITS, onehot)
     np.testing.assert_allclose(got, dice + ce, rtol=1e-5)
+
+
+def test_ncc_ignores_scale_and_offset_and_sees_sign():
+    t = jnp.asarray(PROBS)
+    np.testing.assert_allclose(L.heatmap_ncc_loss(3.0 * t + 0.5, t), 0.0, atol=1e-5)
+    np.testing.assert_allclose(L.heatmap_ncc_loss(-t, t), 2.0, atol=1e-5)
+    flat = L.heatmap_ncc_loss(jnp.ones_like(t), t)  # no variance: finite, uncorrelated
+    np.testing.assert_allclose(flat, 1.0, atol=1e-5)
+    assert L.get_loss("heatmap_ncc") is L.heatmap_ncc_loss
 
 
 def test_kl_is_zero_at_target_and_masks_empty_target():
@@ -186,6 +205,7 @@ GT_VIS = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
         (L.dice_loss, (LOGITS, PROBS)),
         (L.bce_loss, (LOGITS, PROBS)),
         (L.kl_heatmap_loss, (LOGITS, PROBS)),
+        (L.heatmap_ncc_loss, (LOGITS, PROBS)),
         (L.wing_loss, (PRED * 3, GT)),  # both branches of the wing
         (L.coord_l2, (PRED, GT)),
         (
