@@ -221,12 +221,15 @@ def format_report(report: dict[str, Any]) -> str:
 def measurement_report(pred: np.ndarray, dataset: Dataset) -> dict[str, Any] | None:
     """Clinical measurements from predicted vs annotated landmarks, or None when the
     landmark set defines none: median absolute error and IQR per measurement,
-    accuracy and per-class and macro precision, recall and F1 per classification."""
-    from lmjax.measurements.report import compare, measure_dataset
+    accuracy and per-class and macro precision, recall and F1 per classification,
+    and `per_image` predicted and true values and classes (`measurements.report.per_image`)."""
+    from lmjax.measurements.report import compare, measure_dataset, per_image
 
     names = [r.name for r in dataset.records]
     spacing = dataset.spacings()
     gt = measure_dataset(dataset.landmarks(), spacing, dataset.landmark_set, names)
     if not any(r["measurements"] for r in gt):
         return None
-    return compare(measure_dataset(pred, spacing, dataset.landmark_set, names), gt)
+    predicted = measure_dataset(pred, spacing, dataset.landmark_set, names)
+    # Paired tests between models (`lmjax compare`) need every image's values.
+    return {**compare(predicted, gt), "per_image": per_image(predicted, gt)}

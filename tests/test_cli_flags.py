@@ -48,7 +48,18 @@ def test_help_lists_the_command_own_flags_only(name, capsys):
 def test_commands_do_not_share_flags_they_do_not_take():
     assert "workdir" in own_flags("train") and "infer_batch" not in own_flags("train")
     assert "infer_batch" in own_flags("benchmark") and "workdir" not in own_flags("benchmark")
-    assert own_flags("compare") == {"output", "verbosity"}
+    assert own_flags("compare") == {
+        "output",
+        "verbosity",
+        "alternative",
+        "correction",
+        "misses",
+        "error_cap",
+        "marks",
+        "format",
+        "resamples",
+    }
+    assert "data_dir" not in own_flags("compare")  # its --format is the table's, not data's
     for name in cli.COMMANDS:
         assert "verbosity" in own_flags(name)
 

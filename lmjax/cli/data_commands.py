@@ -195,12 +195,66 @@ def define_compare(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "output", None, "also write the comparison as JSON to this file", flag_values=fv
     )
+    flags.DEFINE_enum(
+        "alternative",
+        "two-sided",
+        ["two-sided", "less", "greater"],
+        "less: the model's errors are smaller than the reference's (the first report); "
+        "greater: larger",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "correction",
+        "holm",
+        ["holm", "bonferroni", "none"],
+        "multiple-comparison correction, within each family of tests (overall, per "
+        "landmark, measurements), each spanning every compared model",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "misses",
+        "penalize",
+        ["penalize", "cap", "drop"],
+        "a pair where one model missed: penalize (a loss for the model that missed), "
+        "cap (the miss counts as --error_cap), drop (left out, counted)",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "error_cap",
+        None,
+        "with --misses=cap: the error a miss counts as, in mm (px)",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "marks",
+        "stars",
+        ["stars", "paper002"],
+        "stars: * ** *** at corrected p < 0.05, 0.01, 0.001; paper002: bold at p < 0.05 "
+        "and * + ^ ... per model at p < 0.05/m, as the lower-limb paper",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "format", "text", ["text", "markdown"], "how the tables print", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "resamples", 10_000, "bootstrap resamples for each effect size's 95% CI", flag_values=fv
+    )
 
 
 def cmd_compare(inv: Invocation) -> int:
     from lmjax.compare import compare_reports, format_comparison
 
-    result = compare_reports(inv.args)
-    print(format_comparison(result))
+    if inv.value("resamples") < 1:
+        raise UsageError("--resamples must be at least 1")
+    result = compare_reports(
+        inv.args,
+        alternative=inv.value("alternative"),
+        correction=inv.value("correction"),
+        misses=inv.value("misses"),
+        error_cap=inv.value("error_cap"),
+        marks=inv.value("marks"),
+        resamples=inv.value("resamples"),
+    )
+    print(format_comparison(result, inv.value("format")))
     write_json(result, inv.value("output"))
     return 0

@@ -38,7 +38,11 @@ METAVARS = {
     "device_memory_gb": "GB",
     "coordinator_address": "HOST:PORT",
 }
-COMMAND_METAVARS = {("measure", "output"): "FILE.json|FILE.csv"}
+COMMAND_METAVARS = {
+    ("measure", "output"): "FILE.json|FILE.csv",
+    ("compare", "format"): "text|markdown",
+    ("compare", "error_cap"): "MM",
+}
 
 
 class UsageError(ValueError):

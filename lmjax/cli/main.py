@@ -83,7 +83,9 @@ _TABLE = [
     ),
     Command(
         "compare",
-        "lmjax compare A.json B.json [...] [--output=FILE.json]",
+        "lmjax compare A.json B.json [...] [--alternative=two-sided|less|greater] "
+        "[--correction=holm|bonferroni|none] [--misses=penalize|cap|drop] [--error_cap=MM] "
+        "[--marks=stars|paper002] [--format=text|markdown] [--resamples=N] [--output=FILE.json]",
         "evaluation reports side by side, Wilcoxon signed-rank tests on paired errors",
         data.define_compare,
         data.cmd_compare,

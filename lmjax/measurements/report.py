@@ -166,3 +166,32 @@ def compare(pred_results: Sequence[Result], gt_results: Sequence[Result]) -> dic
             classes[name] = _classification(pc, gc)
     out["measurements"], out["classifications"] = numbers, classes
     return out
+
+
+def per_image(pred_results: Sequence[Result], gt_results: Sequence[Result]) -> dict[str, Any]:
+    """Every image's predicted and true value and class, for paired tests between
+    models (`lmjax compare`), which need each image rather than the summary.
+
+    Returns:
+      `{"images": [...], "units": {name: unit}, "predicted": {name: [value]},
+      "true": {...}, "predicted_class": {name: [class]}, "true_class": {...}}`
+      over the images of `gt_results` that `pred_results` also has; missing values
+      and classes are None. A measurement whose values come in several units
+      (mm on some images, px on others) has unit "mixed: mm, px".
+    """
+    pred_by = {r["image"]: r for r in pred_results}
+    paired = [r for r in gt_results if r["image"] in pred_by]
+    out: dict[str, Any] = {"images": [r["image"] for r in paired], "units": {}}
+    for key in ("predicted", "true", "predicted_class", "true_class"):
+        out[key] = {}
+    for name in _names(paired):
+        g = [r["measurements"].get(name, {}) for r in paired]
+        p = [pred_by[r["image"]]["measurements"].get(name, {}) for r in paired]
+        units = sorted({m["unit"] for m in g + p if m.get("value") is not None})
+        units = units or sorted({m["unit"] for m in g + p if "unit" in m})[:1]
+        out["units"][name] = units[0] if len(units) == 1 else "mixed: " + ", ".join(units)
+        out["predicted"][name] = [m.get("value") for m in p]
+        out["true"][name] = [m.get("value") for m in g]
+        out["predicted_class"][name] = [m.get("class") for m in p]
+        out["true_class"][name] = [m.get("class") for m in g]
+    return out
