@@ -107,3 +107,19 @@ def test_measure_json_and_csv(shared_data, tmp_path, capsys):
 def test_measure_without_definitions_is_an_error(shared_data, capsys):
     code, _, err = run_cli(capsys, "measure", f"--data_dir={shared_data / 'dicom'}")
     assert code == 2 and "no measurement is defined for landmark set" in err
+
+
+@pytest.mark.parametrize("preset", ["default", "lower_limb", "pelvis", "fluoroscopy", "medsapiens"])
+def test_preview_shows_each_preset(preset, tmp_path, capsys):
+    code, _, err = run_cli(
+        capsys, "preview", f"--augment={preset}", "--num_images=2", "--input_size=64",
+        f"--output_dir={tmp_path}",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((tmp_path / "preview.json").read_text())
+    assert summary["augment"] == preset and (tmp_path / "preview.png").stat().st_size > 0
+
+
+def test_preview_names_the_known_presets(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "preview", "--augment=knee", f"--output_dir={tmp_path}")
+    assert code == 2 and "unknown augmentation preset 'knee'" in err and "fluoroscopy" in err

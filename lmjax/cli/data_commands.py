@@ -114,7 +114,11 @@ def cmd_inspect(inv: Invocation) -> int:
 def define_preview(fv: flags.FlagValues) -> None:
     _define_read(fv, "random seed of the phantom and the augmentation")
     flags.DEFINE_string(
-        "augment", "default", "augmentation preset (lmjax.data.augment)", flag_values=fv
+        "augment",
+        "default",
+        "augmentation preset: default (lmjax's), lower_limb, pelvis, fluoroscopy, medsapiens "
+        "(lmjax.data.augment_presets)",
+        flag_values=fv,
     )
     flags.DEFINE_integer("input_size", 256, "model input side in pixels", flag_values=fv)
     flags.DEFINE_integer("num_images", 8, "how many augmented samples", flag_values=fv)

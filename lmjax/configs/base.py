@@ -48,6 +48,7 @@ DATA = {
     "cv_group_key": Field("", "leave-one-group-out by this record metadata key"),
     "cv_group_pattern": Field("", "leave-one-group-out by a regex group of the image name"),
     "cv_fold": Field(-1, "the fold to run; -1: every fold"),
+    "cv_refit": Field(False, "after the folds, train on every training record, test once"),
     "input_size": Field((128, 128), "(rows, cols) of the model input"),
     "fit": Field("resize", "resize (stretch) or letterbox (keep aspect, pad)"),
     "normalize": Field("zscore", "intensities: zscore per image or unit (divide by bit depth)"),

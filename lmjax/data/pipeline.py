@@ -45,10 +45,10 @@ import grain
 import numpy as np
 
 from lmjax.data import affine, cache
+from lmjax.data import augment_presets as presets
 from lmjax.data.augment import (
     AugmentConfig,
     Geometry,
-    get_preset,
     photometric,
     sample_geometry,
     warp,
@@ -72,9 +72,9 @@ def resolve_augment(augment: AugmentConfig | str | Mapping[str, Any] | None, fli
     if augment is None:
         return None
     if isinstance(augment, str):
-        augment = get_preset(augment)
+        augment = presets.get_preset(augment)
     elif not isinstance(augment, AugmentConfig):
-        augment = AugmentConfig.from_dict(augment)
+        augment = presets.from_dict(augment)
     return augment.resolved_for(flip_pairs)
 
 
@@ -293,7 +293,7 @@ def make_dataset(
       dataset: records and their landmark set.
       input_size: model input `(H, W)`.
       batch_size: samples per batch (per process).
-      augment: AugmentConfig, preset name, dict for `AugmentConfig.from_dict`, or
+      augment: AugmentConfig, preset name, dict for `augment_presets.from_dict`, or
         None. Used only when `train`.
       seed: drives shuffling and augmentation; equal seeds give equal batches.
       train: shuffle, repeat, augment and drop the last partial batch. Otherwise

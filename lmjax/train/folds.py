@@ -9,10 +9,16 @@ Set in the config's `data` block:
     regular expression `cv_group_pattern` searched in the record's name.
   cv_fold: which fold is held out (-1 with `lmjax train`: every fold in turn).
 
+  cv_refit: after the folds, train once more on every training record (validation
+    carved as without cross-validation) into `final/` and evaluate the test
+    split there, once: the lower-limb paper's protocol (5-fold CV on 80 % of the
+    images for the choices, then the held-out 20 % once).
+
 Fold i's held-out records become the test split; validation is carved from the
 rest as without cross-validation. `lmjax train` writes `fold_<i>/` workdirs, an
 `eval.json` per fold on its held-out records, and `cv_summary.json`: mean and SD
-of the folds' MRE and SDR, and the pooled MRE over all held-out errors.
+of the folds' MRE and SDR, and the pooled MRE over all held-out errors (and the
+`final` test report with `cv_refit`).
 """
 
 from __future__ import annotations
@@ -110,6 +116,17 @@ def summarize_folds(reports: Sequence[dict[str, Any]], names: Sequence[str]) -> 
     }
 
 
+def refit_config(config):
+    """The config of the final run of `cv_refit`: cross-validation off, the same rest."""
+    if not cv_enabled(config):
+        raise ValueError("data.cv_refit needs cross-validation (data.cv_folds or cv_group_*)")
+    out = config.copy_and_resolve_references()
+    with out.unlocked():
+        out.data.cv_folds, out.data.cv_group_key, out.data.cv_group_pattern = 0, "", ""
+        out.data.cv_fold, out.data.cv_refit = -1, False
+    return out
+
+
 def run_folds(config, workdir, dataset, train_fn, evaluate_fn, *, log=print) -> dict[str, Any]:
     """Trains and evaluates every fold into `workdir/fold_<i>`; writes `cv_summary.json`.
 
@@ -137,5 +154,14 @@ def run_folds(config, workdir, dataset, train_fn, evaluate_fn, *, log=print) -> 
             return {"stopped_by": "SIGTERM", "fold": i}
         reports.append(evaluate_fn(fold_dir, str(fold_dir / "eval.json")))
     summary = summarize_folds(reports, names)
+    if d.cv_refit:
+        final = refit_config(config)
+        final_dir = workdir / "final"
+        log(f"cross-validation done; training on every training record into {final_dir}")
+        if train_fn(final, final_dir).get("stopped_by"):
+            return {"stopped_by": "SIGTERM", "fold": "final"}
+        report = evaluate_fn(final_dir, str(final_dir / "eval.json"))
+        keys = ("split", "n_images", "mre", "median", "p95", "sdr")
+        summary["final"] = {k: report[k] for k in keys if k in report}
     (workdir / "cv_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

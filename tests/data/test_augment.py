@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lmjax.data import affine
+from lmjax.data import augment_presets as presets
 from lmjax.data.augment import (
-    AUGMENT_PRESETS,
     AugmentConfig,
     ElasticField,
     coarse_dropout,
@@ -19,6 +19,7 @@ from lmjax.data.augment import (
     sample_geometry,
     warp,
 )
+from lmjax.data.augment_presets import AUGMENT_PRESETS
 
 
 def blob_image(hw, centres, sigma=2.0):
@@ -104,12 +105,12 @@ def test_log_uniform_gamma_is_symmetric_in_log():
 
 
 def test_from_dict():
-    cfg = AugmentConfig.from_dict({"preset": "lower_limb", "p_flip": 0.5, "gamma": [0.8, 1.2]})
+    cfg = presets.from_dict({"preset": "lower_limb", "p_flip": 0.5, "gamma": [0.8, 1.2]})
     assert cfg.p_flip == 0.5 and cfg.gamma == (0.8, 1.2) and cfg.rotation == 10.0
     with pytest.raises(ValueError, match="unknown augmentation options"):
         AugmentConfig.from_dict({"rotaton": 5})
     with pytest.raises(ValueError, match="unknown augmentation preset"):
-        AugmentConfig.from_dict({"preset": "knee"})
+        presets.from_dict({"preset": "knee"})
     with pytest.raises(ValueError, match="not a probability"):
         AugmentConfig(p_flip=1.5)
 

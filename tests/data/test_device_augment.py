@@ -12,7 +12,8 @@ import pytest
 from scipy import ndimage
 
 from lmjax.data import affine
-from lmjax.data.augment import AUGMENT_PRESETS, AugmentConfig, sample_geometry, warp
+from lmjax.data.augment import AugmentConfig, sample_geometry, warp
+from lmjax.data.augment_presets import AUGMENT_PRESETS
 from lmjax.data.device_augment import DeviceAugment, gaussian_blur
 from lmjax.data.pipeline import make_pipeline
 from lmjax.task import task_spec

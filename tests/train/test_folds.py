@@ -95,6 +95,14 @@ def test_summary_matches_numpy():
     assert s["n_errors"] == 5 and [f["fold"] for f in s["folds"]] == ["a", "b"]
 
 
+def test_refit_config_turns_cross_validation_off():
+    final = folds.refit_config(_config(cv_folds=5, cv_refit=True))
+    assert not folds.cv_enabled(final) and not final.data.cv_refit
+    assert final.train.steps == _config().train.steps
+    with pytest.raises(ValueError, match="cv_refit needs cross-validation"):
+        folds.refit_config(_config(cv_refit=True))
+
+
 def test_train_runs_every_fold_and_writes_the_summary(tmp_path):
     config = configs.DEFAULT
     out = lmjax(
@@ -102,6 +110,7 @@ def test_train_runs_every_fold_and_writes_the_summary(tmp_path):
         f"--config={config}:tiny",
         f"--workdir={tmp_path}",
         "--config.data.cv_folds=2",
+        "--config.data.cv_refit=true",
         "--config.train.steps=4",
         "--config.train.eval_every=4",
         "--config.data.augment=",
@@ -115,3 +124,9 @@ def test_train_runs_every_fold_and_writes_the_summary(tmp_path):
     held = [set(r["per_image"]["images"]) for r in reports]
     assert held[0] and held[1] and not held[0] & held[1]
     assert "cross-validation over 2 folds" in out.stdout
+    # cv_refit: one more run on every training record, tested once on the test split.
+    final = json.loads((tmp_path / "final" / "eval.json").read_text())
+    test_names = {r.name for r in setup.load_splits(_config())[2].records}
+    assert set(final["per_image"]["images"]) == test_names
+    assert not test_names & (held[0] | held[1])
+    assert summary["final"]["mre"] == final["mre"] and "final model on" in out.stdout
