@@ -1,35 +1,73 @@
-"""Swin-UNETR segmentation on ISBI 2015 (lower-limb paper, Sections II-B and II-C).
+"""Swin-UNETR segmentation on ISBI 2015 (lower-limb paper, sections II-B to II-F).
 
-The lower-limb paper's transformer alternative to its U-Net: MONAI's Swin-UNETR
-(`swin_unetr`) with patch 4, feature size 96, depths 2-2-18-2 and heads 3-6-12-24,
-segmenting one disc per landmark with Dice-CE, trained with Adam at the learning
-rate of its Table 2 (1e-4, batch 4, 100 epochs: 135 training images / 4 = 34 steps
-an epoch). Coordinates come from Method 3 (pixels above the channel's min-max
-midpoint, largest component, probability-weighted centroid). Data and splits are the
-heatmap config's; the augmentation is the paper's ("lower_limb" preset). Arguments:
+Amador Sanchez et al. (IEEE Access 2025), the transformer alternative to the paper's
+U-Net: MONAI's Swin-UNETR (`swin_unetr`) segmenting one disc per landmark with
+Dice-CE, coordinates by Method 3 (pixels above the channel's min-max midpoint,
+largest component, probability-weighted centroid). Table 2 gives its training
+settings, Table 3 its errors by mask radius and coordinate method.
 
-  gpu    the paper's network at 640x512 (ISBI's aspect, 512 wide; both sides
-         multiples of 64 as patch 4 and four merges need), r = 15 px scaled to the
-         rows (18.75), bf16, batch 4, 3400 steps.
-  cpu    a 2-core budget: 256x192, feature size 24, two blocks a stage,
-         the paper's heads (3-6-12-24, 8 channels each), batch 8, lr 5e-4 cosine.
-  smoke  cpu for 2 steps.
+Paper vs this config ("=": the same):
 
-Where it differs from the paper: the paper crops each joint to a 512x512 ROI and
-trains one network per joint (8 lower-limb landmarks); here one network sees the
-whole cephalogram (19 landmarks). Table 2 compares the architectures at r = 15;
-Table 3 finds Swin-UNETR best at r = 7 (Method 3: 1.20 mm vs 1.27 mm), so
-`--config.task.radius` is worth sweeping. The paper starts the encoder from
-ImageNet Swin-S weights and uses layer-wise learning-rate decay; nothing is
-downloaded here, so the encoder starts from scratch unless `model.pretrained`
-names a MONAI checkpoint (table "swin_unetr_monai", patch size 2) and
-`optim.layer_decay` is set (the model numbers its Swin blocks). The image has one
-channel (the paper replicates gray to 3). MONAI fixes the patch size at 2; see
-`lmjax.models.swin_unetr` for the patch-4 decoder.
+  network       paper: MONAI Swin-UNETR, patch 4, feature size 96, depths 2-2-18-2,
+                       heads 3-6-12-24, MONAI's defaults otherwise (no dropout,
+                       instance norm)
+                here:  `gpu` = (MONAI fixes patch 2: here the last up block
+                       upsamples by 4, see `lmjax.models.swin_unetr`); `cpu` feature
+                       size 24, depths 2-2-2-2, the same heads (2-core budget)
+  encoder init  paper: ImageNet Swin-S
+                here:  random (nothing is downloaded; `model.pretrained` loads only a
+                       MONAI Swin-UNETR state dict, table "swin_unetr_monai", patch 2)
+  input         paper: 3 x 512 x 512 ROI of one joint, intensities divided by the
+                       image's maximum
+                here:  the whole cephalogram, one grey channel, per-image z-score
+                       (the heatmap config's); `gpu` 640 x 512 (ISBI's aspect; both
+                       sides multiples of 64, as patch 4 and four merges need);
+                       `cpu` 256 x 192
+  masks         paper: discs of radius 15 px at 512 x 512 (Table 2); Swin-UNETR is
+                       best at r = 7 (Table 3, Method 3: 1.20 vs 1.27 mm at r = 15)
+                here:  15 px scaled with the rows: 18.75 px (`gpu`), 7.5 px (`cpu`);
+                       `--config.task.radius` is worth sweeping
+  loss          paper: Dice + cross-entropy, uniform weights
+                here:  = (`dice_ce`: sigmoid Dice, smoothing 1 (not given), + BCE)
+  coordinates   paper: Method 3
+                here:  = (`midpoint`)
+  optimizer     paper: Adam with layer-wise learning-rate decay (rate not given)
+                here:  Adam, no layer decay (`optim.layer_decay` can be set: the
+                       model numbers its Swin blocks)
+  schedule      paper: Table 2, Swin-UNETR: 1e-4, batch 4 (8 for the knee), 100
+                       epochs (50 for the ankle); no warm-up or clipping named
+                here:  `gpu` 1e-4 constant, batch 4, 3400 steps (100 epochs of 135),
+                       but 20 warm-up steps and clipping at norm 1 (inherited from
+                       `lmjax/configs/phantom.py`); `cpu` 5e-4 cosine, 50 warm-up
+                       steps, batch 8, 800 steps
+  plateau       paper: none
+                here:  lmjax's reduce-on-plateau (patience 10 evaluations), which
+                       cannot fire in `gpu`'s 10 or `cpu`'s 4 evaluations
+  precision     paper: not given
+                here:  `gpu` bf16, `cpu` float32
+  augmentation  paper: p = 0.5: rotation +-10 deg, scaling +-0.1, translation +-0.1
+                here:  = (`lower_limb` preset; translation as a fraction of the input)
+  tuning        paper: 5-fold cross-validation of learning rate, batch and epochs; the
+                       final model by the lowest loss
+                here:  none (Table 2's values); the checkpoint with the lowest
+                       validation MRE
+  data          paper: 919 full lower-limb X-rays (private), 8 landmarks, one network
+                       per joint, 80 / 20 split
+                here:  ISBI 2015: 19 cephalometric landmarks, 150 training images
+                       less a tenth for validation, test1
+
+Arguments:
+
+  gpu    the paper's network at 640 x 512, r = 18.75 px, bf16, batch 4, 3400 steps.
+  cpu    a 2-core budget: 256 x 192, feature size 24, two blocks a stage, the
+         paper's heads (8 channels each), batch 8, lr 5e-4 cosine, 800 steps.
+  smoke  cpu for 2 steps of batch 2.
 
     lmjax train --workdir=runs/isbi_swin \
         --config=experiments/configs/isbi2015_swin_unetr.py:gpu
     lmjax evaluate --workdir=runs/isbi_swin --split=test1 --ground_truth=senior
+
+A 400-step CPU run: `experiments/results/isbi2015_zoo_cpu/`.
 """
 
 import pathlib

@@ -1,55 +1,83 @@
 """The lower-limb paper's VGG16 models on ISBI 2015: segmentation U-Net, coordinate
 regression and segmentation-guided coordinate regression (SGR).
 
-The lower-limb paper (Amador Sanchez, Zarghami, van Overschelde, Vandemeulebroucke,
-"Optimization and Benchmarking of Image Segmentation for Improved Landmark
-Detection in Lower Limb X-Rays ...", IEEE Access 2025; sections II-B and II-E/F,
-hyperparameters in Tables 1-2, the comparison in Table 4):
+Amador Sanchez, Zarghami, van Overschelde, Vandemeulebroucke, "Optimization and
+Benchmarking of Image Segmentation for Improved Landmark Detection in Lower Limb
+X-Rays ...", IEEE Access 2025; sections II-B and II-E/F, hyperparameters in Tables
+1-2, the comparison in Table 4:
 
-  unet            TernausNet-16 ("vgg_unet") segmenting circles of radius 15 px at
-                  512 x 512, one sigmoid channel per landmark, Dice-CE; coordinates
-                  by the paper's Method 3 (host extractor "midpoint": threshold at
-                  the channel's min-max midpoint, largest component, centroid).
-  regression      VGG16 encoder and one fully connected layer to 2K coordinates
+  unet            TernausNet-16 ("vgg_unet") segmenting discs, one sigmoid channel
+                  per landmark, Dice-CE; coordinates by Method 3 (host extractor
+                  "midpoint": threshold at the channel's min-max midpoint, largest
+                  component, probability-weighted centroid).
+  regression      the VGG16 encoder and one fully connected layer to 2K coordinates
                   ("vgg_regression"), MSE.
   seg_regression  SGR ("vgg_seg_regression"): the U-Net and the regression head on one
-                  encoder, Dice-CE on the circles plus MSE on the coordinates; the
+                  encoder, Dice-CE on the discs plus MSE on the coordinates; the
                   coordinates come from the head; the device extractor on the masks
                   gives each landmark's confidence (a host extractor gives 1).
 
-All three: 3 x 512 x 512 input, Adam with layer-wise learning-rate decay, learning
-rate 1e-5, batch 4, 25 epochs (Table 2, U-Net), the paper's augmentation (p = 0.5:
-rotation +-10 deg, scale +-0.1, translation +-0.1; the "lower_limb" preset), intensities
-in [0, 1]. The MSE is on coordinates divided by the input size (`coord_mse` with
-`scale = (W, H)`), i.e. on normalised coordinates.
+Paper vs this config ("=": the same):
 
-Where this differs from the paper:
-  - data: ISBI 2015 cephalograms (19 landmarks, 150 training images less a tenth
-    for validation, test1) from the heatmap config, not the paper's lower-limb ROIs
-    (8 landmarks, one network per joint). Radius 15 is kept in input pixels.
-  - input: one grey channel. The torchvision VGG16 table sums the first conv's RGB
-    kernel over its inputs, which gives the paper's outputs for a grey image copied
-    into three channels. ImageNet weights are the user's file (nothing is
-    downloaded): `--config.model.pretrained=vgg16.safetensors` (torchvision's
-    `vgg16().state_dict()`; table "vgg16_torchvision"). Without it the encoder
-    starts from random weights, for which 1e-5 is slow.
-  - intensities: "unit" divides by the bit depth; the paper divides by the image's
-    maximum.
-  - not stated in the paper, chosen here: the decay rate (0.9 per conv layer, 13
-    encoder convs; decoder and heads at the full rate), the SGR loss weight (1:1),
-    where the SGR head joins (the encoder's last pooled map), flattening before
-    the fully connected layer.
+  data          paper: 919 full lower-limb X-rays (private), 8 landmarks, ROIs of
+                       one joint, one network per joint and method, 80 / 20 split
+                here:  ISBI 2015: 19 cephalometric landmarks, the whole image, 150
+                       training images less a tenth for validation, test1
+  input         paper: 3 x 512 x 512, intensities divided by the image's maximum
+                here:  1 x 512 x 512 (one grey channel: the first conv's RGB kernel
+                       summed over its inputs gives the same outputs as grey copied
+                       to RGB), intensities divided by the bit depth (`unit`)
+  encoder init  paper: ImageNet VGG16
+                here:  the user's file, `--config.model.pretrained=vgg16.safetensors`
+                       (torchvision's `vgg16().state_dict()`, table
+                       "vgg16_torchvision"); none by default (nothing is downloaded),
+                       and from random weights 1e-5 is slow
+  U-Net         paper: TernausNet-16 (Shvets et al.)
+                here:  = (`vgg_unet`; decoder widths and 4 x 4 transposed convs as
+                       TernausNet's code, which the paper does not restate; torchvision's
+                       VGG init for what is not imported)
+  masks         paper: discs of radius 15 px at 512 x 512
+                here:  = (7.5 px at `_cpu`'s 256 rows)
+  regression    paper: VGG16 encoder, one fully connected layer to the pixel
+                       coordinates, MSE
+                here:  = on the flattened last pooled map (how it joins is not given);
+                       it predicts coordinates normalised to the input, starting at
+                       the image centre, and the MSE is on them (`coord_mse` with
+                       `scale = (W, H)`; the paper gives no scale)
+  SGR           paper: as Sanchez et al. [3], not detailed here; loss weights not given
+                here:  the regression head on the U-Net's encoder (at its last pooled
+                       map), Dice-CE + MSE at 1:1 (lmjax's choice)
+  heatmaps      paper: also a heatmap baseline on the same U-Net (sigma 15, argmax)
+                here:  not offered by this config
+  optimizer     paper: Adam with layer-wise learning-rate decay (rate not given)
+                here:  = at 0.9 per encoder conv (13; decoder and heads at the full rate)
+  schedule      paper: Table 2, U-Net: 1e-5, batch 4, 25 epochs; not given for
+                       regression and SGR
+                here:  1e-5 constant, batch 4, 844 steps (25 epochs of 135), for all
+                       three (the U-Net's values for the other two)
+  plateau       paper: none
+                here:  lmjax's reduce-on-plateau (patience 10 evaluations, one per
+                       epoch) stays on and can halve the rate within the 25 epochs
+  augmentation  paper: p = 0.5: rotation +-10 deg, scaling +-0.1, translation +-0.1
+                here:  = (`lower_limb` preset; translation as a fraction of the input)
+  tuning        paper: 5-fold cross-validation of learning rate, batch and epochs; the
+                       final model by the lowest loss
+                here:  none (Table 2's values); the checkpoint with the lowest
+                       validation MRE, evaluated every epoch
 
 Arguments: "unet", "regression" or "seg_regression", optionally with a suffix:
 
   (none)  the paper's setting (512 x 512, full width, float32).
   _cpu    a shrink for 2 CPU cores: 256 x 192 input (radius 7.5 px), a quarter of
-          the channels, learning rate 1e-3 with a cosine schedule, batch 8, 1200
-          steps; not timed.
-  _smoke  2 steps of batch 2 at a sixteenth of the channels (checks the wiring).
+          the channels, learning rate 1e-3 with a cosine schedule and 50 warm-up
+          steps, batch 8, 1200 steps.
+  _smoke  2 steps of batch 2 at 256 x 192 and a sixteenth of the channels (checks
+          the wiring).
 
     lmjax train --workdir=runs/isbi_vgg_unet --config=experiments/configs/isbi2015_vgg.py:unet
     lmjax evaluate --workdir=runs/isbi_vgg_unet --split=test1 --ground_truth=senior
+
+600-step CPU runs of all three: `experiments/results/isbi2015_zoo_cpu/`.
 """
 
 import math
