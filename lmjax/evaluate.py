@@ -20,6 +20,10 @@ from lmjax.data.types import Dataset
 
 # (images [B, H, W, C]) -> (coords [B, K, 2] at the model input, confidence [B, K])
 PredictFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# (coords, confidence, false positives [B, K] or None where the extractor has no notion of them)
+Reading = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+# (images) -> {extractor name: Reading}: one forward pass read several ways
+ReadFn = Callable[[np.ndarray], dict[str, Reading]]
 
 DEFAULT_THRESHOLDS = (2.0, 2.5, 3.0, 4.0)
 
@@ -62,28 +66,75 @@ def predict_dataset(
     Returns:
       `(coords [N, K, 2], confidence [N, K])`; NaN where the model gave none.
     """
+    readings = read_dataset(
+        lambda images: {"": (*predict(images), None)},
+        dataset,
+        input_size=input_size,
+        batch_size=batch_size,
+        fit=fit,
+        normalize=normalize,
+        cache_dir=cache_dir,
+    )
+    n, k = len(dataset.records), dataset.landmark_set.num_landmarks
+    coords, conf, _ = readings.get("", _unread(n, k))
+    return coords, conf
+
+
+def _unread(n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of records not predicted: NaN coordinates, confidence and false positives 0."""
+    return (
+        np.full((n, k, 2), np.nan, np.float32),
+        np.zeros((n, k), np.float32),
+        np.zeros((n, k), np.int32),
+    )
+
+
+def read_dataset(
+    read: ReadFn,
+    dataset: Dataset,
+    *,
+    input_size: tuple[int, int],
+    batch_size: int,
+    fit: str = "resize",
+    normalize: str = "zscore",
+    cache_dir: str | None = None,
+) -> dict[str, Reading]:
+    """`predict_dataset` for a `read` that reads each batch several ways (every
+    extractor on the maps of one forward pass), with their false positives.
+
+    Returns:
+      `{name: (coords [N, K, 2] in the original frame, confidence [N, K], false
+      positives [N, K] or None)}` for each name `read` gives; collective with
+      several processes, like `predict_dataset`.
+    """
     from lmjax import parallel
 
     # Each process predicts only its share, rather than all of them the whole set:
     # the work splits over the nodes, and each process only ever reads back the rows
     # of its own images (the global output is not addressable from one process).
     n, k = len(dataset.records), dataset.landmark_set.num_landmarks
-    coords = np.full((n, k, 2), np.nan, np.float32)
-    conf = np.zeros((n, k), np.float32)
+    tables: dict[str, tuple[np.ndarray, ...]] = {}
+    counted: dict[str, bool] = {}  # whether the extractor has false positives at all
     filled = np.zeros((n,), bool)
     batches = eval_batches(
         dataset, input_size, batch_size, fit=fit, normalize=normalize, cache_dir=cache_dir
     )
     for batch in batches:
-        pred, score = predict(batch["image"])
-        pred, score = np.asarray(pred, np.float32), np.asarray(score, np.float32)
-        for i in np.flatnonzero(batch["valid"]):
-            idx = int(batch["index"][i])
-            coords[idx] = affine.apply(pred[i], batch["to_original"][i])
-            conf[idx] = score[i]
-            filled[idx] = True
-    coords, conf = parallel.merge_process_rows(filled, coords, conf)
-    return coords, conf
+        for name, (pred, score, fp) in read(batch["image"]).items():
+            coords, conf, fps = tables.setdefault(name, _unread(n, k))
+            counted[name] = fp is not None
+            for i in np.flatnonzero(batch["valid"]):
+                idx = int(batch["index"][i])
+                coords[idx] = affine.apply(np.asarray(pred[i], np.float32), batch["to_original"][i])
+                conf[idx] = score[i]
+                fps[idx] = 0 if fp is None else fp[i]
+        filled[np.asarray(batch["index"])[np.asarray(batch["valid"], bool)]] = True
+    names = sorted(tables)  # the same order on every process
+    merged = parallel.merge_process_rows(filled, *(a for name in names for a in tables[name]))
+    return {
+        name: (*merged[3 * j : 3 * j + 2], merged[3 * j + 2] if counted[name] else None)
+        for j, name in enumerate(names)
+    }
 
 
 def eval_batches(dataset: Dataset, input_size, batch_size: int, **kw):
@@ -164,13 +215,20 @@ def error_report(
     dataset: Dataset,
     *,
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS,
+    false_positives: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """MRE, SD, median, IQR, p95, SDR and a per-landmark table against the records.
+
+    `false_positives` `[N, K]`: components beyond the one a binary-mask extractor
+    kept (None for extractors that always give one coordinate, which then say
+    nothing about false positives).
 
     Returns:
       A JSON-ready dict: `n_images`, `unit`, `mre`, `sd`, `median`, `iqr`, `p95`,
       `missed`, `sdr` ({threshold: percent}), `per_landmark` and `per_image`
-      (`images`, `landmarks` and `errors [N][K]`, null where missing).
+      (`images`, `landmarks` and `errors [N][K]`, null where missing). With
+      `false_positives` also their total, a `false_positives` column per landmark
+      and `detection` (`metrics.detection_counts` of the misses and false positives).
     """
     gt = dataset.landmarks()
     spacing = dataset.spacings()
@@ -193,6 +251,16 @@ def error_report(
             ],
         },
     }
+    if false_positives is not None:
+        names = dataset.landmark_set.names
+        # Any detection of a landmark without ground truth is a false positive too.
+        absent = np.isnan(errors) & np.isfinite(pred).all(-1)
+        fp = np.asarray(false_positives, np.int64) + absent
+        detection = metrics.detection_counts(np.isposinf(errors), fp, names)
+        report["false_positives"] = detection["false_positives"]
+        for row, counts in zip(report["per_landmark"], detection["per_landmark"], strict=True):
+            row["false_positives"] = counts["false_positives"]
+        report["detection"] = detection
     return report
 
 
@@ -204,7 +272,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['n_images']} images  MRE {report['mre']:.3f} {unit}  SD {report['sd']:.3f}  "
         f"median {report['median']:.3f}  p95 {report['p95']:.3f}  {sdr}"
     )
-    if report["missed"]:
+    if "false_positives" in report:  # both counted: zeros are measurements here
+        head += f"  missed {report['missed']}  false positives {report['false_positives']}"
+    elif report["missed"]:
         head += f"  missed {report['missed']}"
     seg = report.get("segmentation")
     if seg:
@@ -215,6 +285,8 @@ def format_report(report: dict[str, Any]) -> str:
     rows = report["per_landmark"]
     sdr_cols = [metrics.sdr_key(float(t)) for t in report["sdr"]]
     cols = ["landmark", "n", "mre", "sd", "median", "p95", *sdr_cols]
+    if "false_positives" in report:
+        cols += ["missed", "false_positives"]
     return head + "\n" + metrics.format_table(rows, cols)
 
 

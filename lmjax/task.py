@@ -199,13 +199,18 @@ def task_spec(
     config,
     landmark_regions: tuple[int, ...] | None = None,
     item_kinds: tuple[str, ...] | None = None,
+    *,
+    extractor: str | None = None,
 ) -> TaskSpec:
     """The TaskSpec of a resolved `config.task`; `landmark_regions` (the landmark set's)
-    unless the config names them, and the landmark set's `item_kinds`."""
+    unless the config names them, and the landmark set's `item_kinds`. `extractor`
+    replaces the configured one, with its default options (`extractor_kwargs` are
+    the configured extractor's; the temperature is the config's)."""
     t = config.task
     regions = tuple(t.landmark_regions) or landmark_regions
-    extractor_kwargs = dict(t.extractor_kwargs)
-    if t.extractor in TEMPERATURE_EXTRACTORS:
+    extractor = extractor or t.extractor
+    extractor_kwargs = dict(t.extractor_kwargs) if extractor == t.extractor else {}
+    if extractor in TEMPERATURE_EXTRACTORS:
         extractor_kwargs.setdefault("temperature", t.extractor_temperature)
     return TaskSpec(
         mode=t.mode,
@@ -214,7 +219,7 @@ def task_spec(
         radius=t.radius,
         side=t.side,
         losses=dict(t.losses),
-        extractor=t.extractor,
+        extractor=extractor,
         extractor_kwargs=extractor_kwargs,
         deep_supervision=t.deep_supervision,
         deep_supervision_weights=tuple(t.deep_supervision_weights) or None,
@@ -265,15 +270,18 @@ def mask_overlap(task: TaskSpec, logits: jax.Array, batch: Mapping[str, jax.Arra
 
 def host_coordinates(
     task: TaskSpec, probs: np.ndarray, input_hw: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """`(coords [B, K, 2] in model-input pixels, confidence [B, K])` by a host method.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """`(coords [B, K, 2] in model-input pixels, confidence [B, K], false positives)`
+    by a host method; false positives `[B, K]` only for the binary-mask methods
+    (`centroids.FALSE_POSITIVE_METHODS`), else None: the others never have any.
 
     Missed landmarks (no component) are NaN with confidence 0.
     """
     result = centroids.extract_centroids(probs, task.extractor, **task.extractor_kwargs)
     h, w = probs.shape[1:3]
     scale = np.array([input_hw[1] / w, input_hw[0] / h], np.float32)
-    return (result.coords + 0.5) * scale - 0.5, result.confidence
+    fp = result.false_positives if task.extractor in centroids.FALSE_POSITIVE_METHODS else None
+    return (result.coords + 0.5) * scale - 0.5, result.confidence, fp
 
 
 # ---------------------------------------------------------------- loss inputs by kind

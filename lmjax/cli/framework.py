@@ -34,6 +34,8 @@ METAVARS = {
     "output_dir": "DIR",
     "augment": "PRESET",
     "split": "NAME",
+    "extractor": "NAME|all",
+    "sdr_mm": "MM,...",
     "compilation_cache_dir": "DIR",
     "device_memory_gb": "GB",
     "coordinator_address": "HOST:PORT",

@@ -25,7 +25,8 @@ _TABLE = [
     Command(
         "evaluate",
         "lmjax evaluate --workdir=DIR [--data_dir=PATH] [--split=NAME] "
-        "[--ground_truth=senior|junior|mean] [--output=FILE.json]",
+        "[--ground_truth=senior|junior|mean] [--extractor=NAME|all] [--sdr_mm=MM,...] "
+        "[--output=FILE.json]",
         "errors in mm of a trained model on a split, in the original image frame",
         model.define_evaluate,
         model.cmd_evaluate,

@@ -21,11 +21,23 @@ def _evaluate_workdir(
     *,
     data_dir: str | None = None,
     ground_truth: str | None = None,
+    **options,
 ) -> dict:
+    """`options` (`extractor`, `sdr_mm`) go to the trainer's evaluate; those left at
+    None are not passed, and one that its evaluate does not take is a usage error."""
+    import inspect
+
+    from lmjax.train.restore import read_config
     from lmjax.train.trainers import trainer_for_workdir
 
     evaluate = trainer_for_workdir(workdir).evaluate
-    report = evaluate(workdir, split=split, data_dir=data_dir, ground_truth=ground_truth)
+    options = {key: value for key, value in options.items() if value is not None}
+    takes = inspect.signature(evaluate).parameters
+    for key in options:
+        if key not in takes:
+            mode = read_config(workdir).task.mode
+            raise UsageError(f"--{key} does not apply to task.mode {mode!r} runs")
+    report = evaluate(workdir, split=split, data_dir=data_dir, ground_truth=ground_truth, **options)
     write_json(report, output)
     return report
 
@@ -97,6 +109,9 @@ def cmd_train(inv: Invocation) -> int:
                 f"{summary['mre_mean']:.3f} +- {summary['mre_sd']:.3f} {summary['unit']} "
                 f"(pooled {summary['pooled_mre']:.3f}); {workdir}/cv_summary.json"
             )
+            if "final" in summary:
+                f = summary["final"]
+                print(f"final model on {f.get('split')}: MRE {f['mre']:.3f} {summary['unit']}")
         return 0
     if trainer.train(config, workdir).get("stopped_by"):
         return 0
@@ -130,18 +145,66 @@ def define_evaluate(fv: flags.FlagValues) -> None:
         "ISBI 2015 annotations to compare with; default: those trained on",
         flag_values=fv,
     )
+    flags.DEFINE_string(
+        "extractor",
+        None,
+        "read the model's maps with this extractor instead of the configured one (the "
+        "lower-limb paper's Methods 1-5: centroid, largest_component, midpoint, "
+        "threshold_opening, max_cluster; or probability_centroid, hard_argmax, ...), or "
+        "all: every one of them on the same maps, compared as the paper's Table 3",
+        flag_values=fv,
+    )
+    from lmjax.metrics import DEFAULT_THRESHOLDS
+
+    flags.DEFINE_list(
+        "sdr_mm",
+        [f"{t:g}" for t in DEFAULT_THRESHOLDS],
+        "radii of the success detection rates, in mm (pixels when a spacing is unknown)",
+        flag_values=fv,
+    )
     _define_output(fv, "the report (every error per image and landmark)")
+
+
+def sdr_radii(inv: Invocation) -> tuple[float, ...]:
+    """`--sdr_mm` as positive finite floats."""
+    import math
+
+    values = inv.value("sdr_mm") or []
+    radii = []
+    for value in values:
+        try:
+            radius = float(value)
+        except ValueError:
+            radius = math.nan
+        if not (math.isfinite(radius) and radius > 0):
+            raise UsageError(f"--sdr_mm needs positive distances in mm, got {value!r}")
+        radii.append(radius)
+    if not radii:
+        raise UsageError("--sdr_mm needs at least one distance in mm")
+    return tuple(radii)
 
 
 def cmd_evaluate(inv: Invocation) -> int:
     if not inv.value("workdir"):
         raise UsageError("--workdir is required")
+    radii = sdr_radii(inv)
+    extractor = inv.value("extractor")
+    if extractor is not None:
+        from lmjax.extractor_table import known_extractors
+
+        if extractor not in known_extractors():
+            raise UsageError(
+                f"--extractor={extractor}: unknown; known: {', '.join(known_extractors())}"
+            )
     _evaluate_workdir(
         inv.value("workdir"),
         inv.value("split"),
         inv.value("output"),
         data_dir=inv.value("data_dir"),
         ground_truth=inv.value("ground_truth"),
+        extractor=extractor,
+        # Only a changed list is passed: trainers that fix their radii still run.
+        sdr_mm=radii if inv.present("sdr_mm") else None,
     )
     return 0
 

@@ -52,6 +52,9 @@ METHODS = {
     "threshold_opening": 4,
     "max_cluster": 5,
 }
+# The binary-mask methods, whose components beyond the first are false positives
+# (the paper reports them for Method 4 only: the others always give one coordinate).
+FALSE_POSITIVE_METHODS = ("threshold_opening",)
 
 
 class CentroidResult(NamedTuple):
@@ -235,7 +238,8 @@ def extract_centroids(
         peak = stack.max(axis=(1, 2))[:, None, None]
         mask = (stack == peak) & (peak > 0)
         coords, conf, count = _largest_component(mask, **common, weighted=False)
-    return _result(coords, conf, count, shape, count_false_positives=number == 4)
+    counts_fp = number in {METHODS[m] for m in FALSE_POSITIVE_METHODS}
+    return _result(coords, conf, count, shape, count_false_positives=counts_fp)
 
 
 def regionprops_centroids(

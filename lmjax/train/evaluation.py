@@ -12,8 +12,8 @@ import numpy as np
 from lmjax import evaluate as evaluation
 from lmjax import parallel
 from lmjax.data.types import Dataset, LandmarkDataError
-from lmjax.task import TaskSpec, host_coordinates, task_spec
-from lmjax.train.restore import restore_trained
+from lmjax.task import HOST_EXTRACTORS, TaskSpec, host_coordinates, task_spec
+from lmjax.train.restore import read_config, restore_trained
 from lmjax.train.setup import load_config_dataset, load_landmark_set, load_splits
 
 
@@ -32,10 +32,43 @@ def predictor(eval_step, mesh, state_ref: list, task: TaskSpec | None = None):
         if "probs" in out:
             if task is None:
                 raise ValueError("a host extractor needs the TaskSpec in predictor()")
-            return host_coordinates(task, out["probs"], images.shape[1:3])
+            return host_coordinates(task, out["probs"], images.shape[1:3])[:2]
         return out["coords"], out["confidence"]
 
     return predict
+
+
+def reader(eval_step, mesh, state_ref: list, tasks: dict[str, TaskSpec]):
+    """`images -> {name: (coords, confidence, false positives or None)}` at the model
+    input: the eval step's output read with the extractor of each task in `tasks`.
+
+    An eval step built with these `readers` (`make_eval_step`) gives maps once and
+    every extractor reads them; a plain one gives its own extractor's (or the
+    model's) coordinates, read under the configured name. Collective like `predictor`.
+    """
+
+    def read(images: np.ndarray):
+        batch = parallel.shard_batch({"image": images.astype(np.float32)}, mesh)
+        out = parallel.host_rows(eval_step(state_ref[0], batch), mesh)
+        readings = {}
+        for name, task in tasks.items():
+            if "probs" in out and name in HOST_EXTRACTORS:
+                readings[name] = host_coordinates(task, out["probs"], images.shape[1:3])
+            elif f"coords/{name}" in out:
+                readings[name] = (out[f"coords/{name}"], out[f"confidence/{name}"], None)
+            else:
+                readings[name] = (out["coords"], out["confidence"], None)
+        return readings
+
+    return read
+
+
+def gives_maps(config, eval_step, state) -> bool:
+    """Whether an eval step built with `readers` returns maps for this model (it
+    returns the model's own coordinates instead when it has them); traced, not run."""
+    h, w = config.data.input_size
+    images = jax.ShapeDtypeStruct((jax.device_count(), h, w, 1), np.float32)
+    return "probs" in jax.eval_shape(eval_step, state, {"image": images})
 
 
 def _eval_input(config, cache_dir) -> dict:
@@ -50,15 +83,51 @@ def _eval_input(config, cache_dir) -> dict:
     )
 
 
-def evaluate_state(config, eval_step, mesh, state, dataset: Dataset, *, cache_dir=None):
+def evaluate_state(
+    config,
+    eval_step,
+    mesh,
+    state,
+    dataset: Dataset,
+    *,
+    cache_dir=None,
+    extractor: str | None = None,
+    thresholds: tuple[float, ...] = evaluation.DEFAULT_THRESHOLDS,
+):
     """`(report, coords, confidence)` on `dataset`; with several processes every
     process calls it and gets the same result (each predicts a share, see
-    `evaluation.predict_dataset`)."""
-    predict = predictor(eval_step, mesh, [state], task_spec(config))
+    `evaluation.predict_dataset`). `extractor` replaces the configured one (the
+    eval step must have it among its `readers`); `thresholds` are the SDR radii.
+    The report counts false positives for binary-mask extractors, unless flip TTA
+    averages two readings."""
+    name = extractor or config.task.extractor
+    read = reader(eval_step, mesh, [state], {name: task_spec(config, extractor=name)})
+    inputs = _eval_input(config, cache_dir)
     if config.train.flip_tta and dataset.landmark_set.flip_pairs:
-        predict = evaluation.with_flip_tta(predict, dataset.landmark_set.flip_permutation())
-    coords, conf = evaluation.predict_dataset(predict, dataset, **_eval_input(config, cache_dir))
-    return evaluation.error_report(coords, dataset), coords, conf
+        predict = evaluation.with_flip_tta(
+            lambda images: read(images)[name][:2], dataset.landmark_set.flip_permutation()
+        )
+        (coords, conf), fp = evaluation.predict_dataset(predict, dataset, **inputs), None
+    else:
+        coords, conf, fp = evaluation.read_dataset(read, dataset, **inputs)[name]
+    report = evaluation.error_report(coords, dataset, thresholds=thresholds, false_positives=fp)
+    return report, coords, conf
+
+
+def compare_extractors(
+    config, eval_step, mesh, state, dataset: Dataset, names, *, thresholds, cache_dir=None
+) -> dict[str, dict]:
+    """`{name: error report}` of every extractor in `names` on the same maps: one
+    forward pass per batch, read by each (the eval step must have them as `readers`)."""
+    tasks = {name: task_spec(config, extractor=name) for name in names}
+    read = reader(eval_step, mesh, [state], tasks)
+    readings = evaluation.read_dataset(read, dataset, **_eval_input(config, cache_dir))
+    return {
+        name: evaluation.error_report(
+            readings[name][0], dataset, thresholds=thresholds, false_positives=readings[name][2]
+        )
+        for name in names
+    }
 
 
 def segmentation_report(config, eval_step, mesh, state, dataset: Dataset, *, cache_dir=None):
@@ -95,11 +164,31 @@ def evaluate_workdir(
     split: str | None = None,
     data_dir: str | None = None,
     ground_truth: str | None = None,
+    extractor: str | None = None,
+    sdr_mm: tuple[float, ...] = evaluation.DEFAULT_THRESHOLDS,
     log=print,
 ) -> dict:
     """The report of `lmjax evaluate`: errors (and measurements, mask overlap) of the
-    best checkpoint in `workdir` on a split of its data, or of `data_dir`."""
-    config, mesh, state, eval_step = restore_trained(workdir)
+    best checkpoint in `workdir` on a split of its data, or of `data_dir`.
+
+    `extractor` reads the model's maps with that extractor instead of the configured
+    one, or with `"all"` with every one of `extractor_table.COMPARED` (the report is
+    then their comparison, `extractor_table.comparison_report`); either refuses a
+    model that gives no maps. `sdr_mm` are the SDR radii (pixels without spacing).
+    """
+    from lmjax import extractor_table
+
+    names = ()
+    if extractor is not None:
+        configured = read_config(workdir).task.extractor
+        names = extractor_table.extractor_names(extractor, configured)
+    config, mesh, state, eval_step = restore_trained(workdir, extractors=names)
+    if names and not gives_maps(config, eval_step, state):
+        raise ValueError(
+            f"--extractor={extractor} reads probability maps, but model "
+            f"{config.model.name!r} (task.mode {config.task.mode!r}) predicts its "
+            "coordinates directly, so its eval step gives no maps to read"
+        )
     with config.unlocked():
         if data_dir is not None:
             config.data.data_dir = data_dir
@@ -112,29 +201,42 @@ def evaluate_workdir(
             f"the data has {dataset.landmark_set.num_landmarks} landmarks, the model "
             f"{trained.num_landmarks}"
         )
-    report, coords, _ = evaluate_state(config, eval_step, mesh, state, dataset)
+    head = {
+        "split": name,
+        "ground_truth": config.data.ground_truth,
+        "model": config.model.name,
+        "checkpoint_step": int(state.step),
+    }
+    title = f"{dataset.name} {name}  ({config.model.name}, step {int(state.step)})"
+    if extractor == extractor_table.ALL:
+        reports = compare_extractors(
+            config, eval_step, mesh, state, dataset, names, thresholds=sdr_mm
+        )
+        report = {**head, **extractor_table.comparison_report(reports, config.task.extractor)}
+        log(title)
+        log(extractor_table.format_comparison(report))
+        return report
+    report, coords, _ = evaluate_state(
+        config, eval_step, mesh, state, dataset, extractor=extractor, thresholds=sdr_mm
+    )
     measurements = evaluation.measurement_report(coords, dataset)
     if measurements is not None:
         report["measurements"] = measurements
     segmentation = segmentation_report(config, eval_step, mesh, state, dataset)
     if segmentation is not None:
         report["segmentation"] = segmentation
-    if task_spec(config).needs_items:  # a detector: detection rate, box IoU
+    detector = task_spec(config).needs_items
+    if detector:  # detection rate, box IoU (in place of the extractor's counts)
         from lmjax.detection_metrics import detection_report
         from lmjax.train.detections import detect_dataset
 
         boxes, _ = detect_dataset(config, eval_step, mesh, state, dataset)
         report["detection"] = detection_report(boxes, np.isfinite(boxes).all(-1), dataset)
-    report = {
-        "split": name,
-        "ground_truth": config.data.ground_truth,
-        "model": config.model.name,
-        "checkpoint_step": int(state.step),
-        **report,
-    }
-    log(f"{dataset.name} {name}  ({config.model.name}, step {int(state.step)})")
+    chosen = {"extractor": extractor} if extractor else {}
+    report = {**head, **chosen, **report}
+    log(title)
     log(evaluation.format_report(report))
-    if "detection" in report:
+    if detector:
         from lmjax.detection_metrics import format_detection
 
         log(format_detection(report["detection"]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pathlib
 
 from lmjax import configs
-from lmjax.task import HEADS
+from lmjax.task import HEADS, task_spec
 from lmjax.train import checkpoint as ckpt_lib
 from lmjax.train.setup import build, load_landmark_set
 
@@ -30,8 +30,13 @@ def read_config(workdir: str | pathlib.Path):
     return configs.resolve(saved, source=f"{workdir} (checkpoint config)")
 
 
-def restore_trained(workdir: str | pathlib.Path, *, which: str = "best"):
+def restore_trained(
+    workdir: str | pathlib.Path, *, which: str = "best", extractors: tuple[str, ...] = ()
+):
     """`(config, mesh, state, eval_step)` from a workdir's best (or latest) checkpoint.
+
+    With `extractors` the eval step also reads the model's maps with each of them
+    (see `make_eval_step`'s `readers`).
 
     Raises:
       FileNotFoundError: the workdir has no checkpoint (one line, for the CLI).
@@ -45,8 +50,9 @@ def restore_trained(workdir: str | pathlib.Path, *, which: str = "best"):
             "prompts; this command restores map-head runs (lmjax evaluate scores it)"
         )
     landmark_set = load_landmark_set(workdir, config)
+    readers = {name: task_spec(config, extractor=name) for name in extractors} or None
     mesh, state, _, eval_step, _ = build(
-        config, landmark_set.num_landmarks, landmark_set, pretrained=False
+        config, landmark_set.num_landmarks, landmark_set, pretrained=False, readers=readers
     )
     checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
     state = ckpt_lib.restore_state(checkpoints, state, which=which)

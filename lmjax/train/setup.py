@@ -163,9 +163,11 @@ def build(
     *,
     pretrained: bool = True,
     log=print,
+    readers=None,
 ):
     """`(mesh, state, train_step, eval_step, optim)`: `build_state`'s model and
-    optimizer with their compiled steps (see there)."""
+    optimizer with their compiled steps (see there); `readers` go to the eval step
+    (`make_eval_step`)."""
     parts = build_state(config, num_landmarks, landmark_set, pretrained=pretrained, log=log)
     config = resolve(config)
     train_step = make_train_step(
@@ -177,7 +179,7 @@ def build(
         augment=device_augment(config, landmark_set),
         trainable=parts.trainable,
     )
-    eval_step = make_eval_step(parts.graphdef, parts.task, parts.mesh)
+    eval_step = make_eval_step(parts.graphdef, parts.task, parts.mesh, readers=readers)
     return parts.mesh, parts.state, train_step, eval_step, parts.optim
 
 

@@ -16,7 +16,7 @@ meanwhile one bad batch must not poison the state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -115,7 +115,11 @@ def make_train_step(
 
 
 def make_eval_step(
-    graphdef: nnx.GraphDef, task: TaskSpec, mesh: Mesh
+    graphdef: nnx.GraphDef,
+    task: TaskSpec,
+    mesh: Mesh,
+    *,
+    readers: Mapping[str, TaskSpec] | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
     """The jitted `eval_step(state, batch) -> {"coords", "confidence"}`, not donating.
 
@@ -133,6 +137,11 @@ def make_eval_step(
     (sigmoid above 0.5) with the target mask rendered as in training, at the
     maps' resolution. A detector's result adds `boxes [B, K, 4]` (NaN where not
     found) and `scores [B, K]`, its confidence.
+
+    `readers` (name -> the task with that extractor) read the same maps several
+    ways in one forward pass (`lmjax evaluate --extractor`): when the model gives
+    maps and no coordinates, the result is then `probs` (for the host extractors)
+    and `coords/<name>`, `confidence/<name>` of each device extractor among them.
     """
     dtype = DTYPES[task.compute_dtype]
 
@@ -142,6 +151,14 @@ def make_eval_step(
         extra = {}
         if "landmarks" in batch and task.head.scores_masks and "heatmaps" in outputs:
             extra["overlap"] = mask_overlap(task, outputs["heatmaps"], batch)
+        if readers and "heatmaps" in outputs and "coords" not in outputs:
+            maps = outputs["heatmaps"]
+            extra["probs"] = task.head.probabilities(maps.astype(jnp.float32))
+            for name, reader in readers.items():
+                if name not in HOST_EXTRACTORS:
+                    coords, conf = extract(reader, maps, batch["image"])
+                    extra[f"coords/{name}"], extra[f"confidence/{name}"] = coords, conf
+            return extra
         on_host = task.extractor in HOST_EXTRACTORS
         if on_host and "heatmaps" in outputs and "coords" not in outputs:
             maps = outputs["heatmaps"].astype(jnp.float32)
