@@ -37,9 +37,8 @@ Paper vs this config ("=": the same):
   schedule      paper: Table 2, Swin-UNETR: 1e-4, batch 4 (8 for the knee), 100
                        epochs (50 for the ankle); no warm-up or clipping named
                 here:  `gpu` 1e-4 constant, batch 4, 3400 steps (100 epochs of 135),
-                       but 20 warm-up steps and clipping at norm 1 (inherited from
-                       `lmjax/configs/phantom.py`); `cpu` 5e-4 cosine, 50 warm-up
-                       steps, batch 8, 800 steps
+                       no warm-up or clipping; `cpu` 5e-4 cosine, 50 warm-up steps,
+                       clipping at norm 1, batch 8, 800 steps
   plateau       paper: none
                 here:  lmjax's reduce-on-plateau (patience 10 evaluations), which
                        cannot fire in `gpu`'s 10 or `cpu`'s 4 evaluations
@@ -114,6 +113,8 @@ def get_config(arg: str = "cpu"):
         c.data.input_size = (640, 512)
         c.optim.schedule = "constant"
         c.optim.learning_rate = 1e-4
+        c.optim.warmup_steps = 0
+        c.optim.clip_norm = None
         c.train.batch_size = 4
         c.train.steps = 3400
         c.train.eval_every = 340

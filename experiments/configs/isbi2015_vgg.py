@@ -56,8 +56,7 @@ Paper vs this config ("=": the same):
                 here:  1e-5 constant, batch 4, 844 steps (25 epochs of 135), for all
                        three (the U-Net's values for the other two)
   plateau       paper: none
-                here:  lmjax's reduce-on-plateau (patience 10 evaluations, one per
-                       epoch) stays on and can halve the rate within the 25 epochs
+                here:  = (`plateau_patience` 1000: never fires)
   augmentation  paper: p = 0.5: rotation +-10 deg, scaling +-0.1, translation +-0.1
                 here:  = (`lower_limb` preset; translation as a fraction of the input)
   tuning        paper: 5-fold cross-validation of learning rate, batch and epochs; the
@@ -151,6 +150,7 @@ def get_config(arg: str = "unet"):
     c.optim.schedule = "constant"
     c.optim.warmup_steps = 0
     c.optim.clip_norm = None
+    c.optim.plateau_patience = 1000  # the paper keeps the rate fixed
 
     c.train.batch_size = 4
     c.train.steps = math.ceil(EPOCHS * TRAIN_IMAGES / c.train.batch_size)  # 844

@@ -1,0 +1,81 @@
+"""`lmjax sweep`: grid parsing, mm values, the table and its tests (fake training),
+and one real sweep of two radii through the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lmjax import sweep
+from lmjax.configs.phantom import get_config
+from lmjax.evaluate import error_report
+from lmjax.train.setup import load_splits
+
+
+def test_parse_grid_and_bad_syntax():
+    assert sweep.parse_grid(["task.radius=1, 7,15", "config.optim.learning_rate=1e-3"]) == [
+        ("task.radius", ["1", "7", "15"]),
+        ("optim.learning_rate", ["1e-3"]),
+    ]
+    for bad, message in [
+        ([], "at least one"),
+        (["task.radius"], "is not FIELD=V1,V2"),
+        (["task.radius="], "is not FIELD=V1,V2"),
+        (["task.radius=1", "task.radius=2"], "given twice"),
+    ]:
+        with pytest.raises(sweep.SweepError, match=message):
+            sweep.parse_grid(bad)
+
+
+def test_mm_values_become_input_pixels_through_the_spacing():
+    config = get_config("tiny")
+    scale = sweep.mm_per_input_pixel(config)
+    train = load_splits(config)[0]
+    r = train.records[0]
+    h = r.image.shape[0] if isinstance(r.image, np.ndarray) else None
+    if h is not None:  # resize fit: rows of the input span the image's rows
+        assert scale == pytest.approx(r.spacing[0] * h / config.data.input_size[0], rel=0.05)
+    out = sweep.settings(config, sweep.parse_grid(["task.radius=2mm,3"]))
+    assert out[0]["overrides"] == [f"task.radius={2.0 / scale:.6g}"]
+    assert out[0]["values"]["task.radius"] == {"mm": 2.0, "px": round(2.0 / scale, 3)}
+    assert out[1]["values"]["task.radius"] == {"px": 3.0, "mm": round(3.0 * scale, 3)}
+    with pytest.raises(sweep.SweepError, match="not in pixels"):
+        sweep.settings(config, sweep.parse_grid(["optim.learning_rate=2mm"]))
+
+
+def test_run_sweep_tables_every_setting_and_tests_against_the_best(tmp_path):
+    config = get_config("tiny")
+    test = load_splits(config)[2]
+    truth = test.landmarks()
+    noise = {"3": 0.5, "5": 3.0}  # radius -> error of the fake model, in pixels
+    seen = []
+
+    def fake(run_config, run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        seen.append((run_config.task.radius, run_dir.name))
+        rng = np.random.default_rng(0)
+        err = noise[f"{run_config.task.radius:g}"]
+        return error_report(truth + rng.normal(0, err, truth.shape), test)
+
+    result = sweep.run_sweep(config, tmp_path, sweep.parse_grid(["task.radius=3,5"]), fake)
+    assert seen == [(3.0, "radius=3"), (5.0, "radius=5")]
+    rows = {r["setting"]: r for r in result["rows"]}
+    assert rows["radius=3"]["median"] < rows["radius=5"]["median"]
+    assert rows["radius=3"]["radius (px)"] == 3.0
+    assert result["tests"]["reference"] == "radius=3"
+    worse = result["tests"]["overall"]["radius=5"]
+    assert worse["p"] < 0.05 and worse["median_difference"] > 0
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["setting"] for r in saved["rows"]] == ["radius=3", "radius=5"]
+    assert "radius=5" in sweep.format_sweep(result)
+
+
+def test_an_interrupted_setting_stops_the_sweep(tmp_path):
+    config = get_config("tiny")
+    out = sweep.run_sweep(
+        config, tmp_path, [("task.radius", ["3", "5"])], lambda c, d: {"stopped_by": "SIGTERM"}
+    )
+    assert out == {"stopped_by": "SIGTERM", "setting": "radius=3"}
+    assert not (tmp_path / "sweep.json").exists()
