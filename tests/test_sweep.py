@@ -79,3 +79,42 @@ def test_an_interrupted_setting_stops_the_sweep(tmp_path):
     )
     assert out == {"stopped_by": "SIGTERM", "setting": "radius=3"}
     assert not (tmp_path / "sweep.json").exists()
+
+
+def test_sweep_command_trains_each_setting_once(tmp_path, capsys):
+    from tests.test_cli import run_cli
+
+    args = [
+        "sweep",
+        "--config=lmjax/configs/phantom.py:tiny",
+        f"--workdir={tmp_path}",
+        "--values=task.sigma=2,1.5mm",
+        "--config.train.steps=3",
+        "--config.train.eval_every=3",
+        "--config.train.tensorboard=false",
+        "--sdr_mm=3,6",
+    ]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["setting"] for r in result["rows"]] == ["sigma=2", "sigma=1.5mm"]
+    assert result["rows"][1]["sigma (mm)"] == 1.5 and "SDR@6" in result["rows"][0]
+    for name in ("sigma=2", "sigma=1.5mm"):
+        assert json.loads((tmp_path / name / "eval.json").read_text())["n_images"] > 0
+    assert "sigma=1.5mm" in out and result["tests"]["reference"] in out
+    # A second call resumes: every run is complete, nothing trains again.
+    logs = (tmp_path / "sigma=2" / "metrics.jsonl").read_text()
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert (tmp_path / "sigma=2" / "metrics.jsonl").read_text() == logs
+
+
+def test_sweep_command_refuses_bad_values(tmp_path, capsys):
+    from tests.test_cli import run_cli
+
+    code, _, err = run_cli(capsys, "sweep", f"--workdir={tmp_path}", "--values=task.radius")
+    assert code == 2 and "is not FIELD=V1,V2" in err and err.count("\n") == 1
+    code, _, err = run_cli(
+        capsys, "sweep", f"--workdir={tmp_path}", "--values=optim.learning_rate=1mm"
+    )
+    assert code == 2 and "not in pixels" in err

@@ -36,6 +36,7 @@ METAVARS = {
     "split": "NAME",
     "extractor": "NAME|all",
     "sdr_mm": "MM,...",
+    "values": "FIELD=V1,V2,...",
     "compilation_cache_dir": "DIR",
     "device_memory_gb": "GB",
     "coordinator_address": "HOST:PORT",

@@ -9,6 +9,7 @@ import sys
 from lmjax.cli import convert_command as convert
 from lmjax.cli import data_commands as data
 from lmjax.cli import model_commands as model
+from lmjax.cli import sweep_command as sweep
 from lmjax.cli.framework import EXIT_OK, EXIT_USAGE, Command, execute, format_usage
 
 _TABLE = [
@@ -30,6 +31,17 @@ _TABLE = [
         "errors in mm of a trained model on a split, in the original image frame",
         model.define_evaluate,
         model.cmd_evaluate,
+        device=True,
+    ),
+    Command(
+        "sweep",
+        "lmjax sweep --workdir=DIR --values=FIELD=V1,V2,... [--values=...] "
+        "[--config=PATH[:ARG]] [--config.FIELD=VALUE ...] [--split=NAME] "
+        "[--extractor=NAME|all] [--sdr_mm=MM,...]",
+        "train and evaluate a config at every value of a grid (e.g. mask radii, in px or mm)",
+        sweep.define_sweep,
+        sweep.cmd_sweep,
+        config=True,
         device=True,
     ),
     Command(
