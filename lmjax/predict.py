@@ -259,8 +259,9 @@ def run_predict(
 
     Raises:
       FileNotFoundError: the workdir has no checkpoint.
-      LandmarkDataError: bad inputs (see `collect_inputs`), outputs that would
-        overwrite inputs, flip TTA without left/right pairs, or no readable image.
+      LandmarkDataError: a region model (`data.roi`), bad inputs (see
+        `collect_inputs`), outputs that would overwrite inputs, flip TTA without
+        left/right pairs, or no readable image.
     """
     files = collect_inputs(inputs)
     stems = unique_stems(files)
@@ -270,6 +271,11 @@ def run_predict(
         if (out / name).resolve() in sources:
             raise LandmarkDataError(f"{out / name}: the output would overwrite an input image")
     infer, lset, config = _model(workdir, flip_tta)
+    if config.data.get("roi"):  # a region model needs its box, which only annotations give
+        raise LandmarkDataError(
+            f"{workdir}: trained on the crops of region {config.data.roi!r} (data.roi); "
+            "predict takes whole images without region boxes: use lmjax evaluate"
+        )
     n = jax.device_count()  # the batch is split over the devices
     batch = -(-(batch_size or config.train.batch_size) // n) * n
     out.mkdir(parents=True, exist_ok=True)

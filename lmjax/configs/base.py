@@ -27,7 +27,12 @@ class Field(NamedTuple):
 
 
 # Fields whose value is a mapping chosen as a whole (never merged with the default).
-FREE_MAPPINGS = {("task", "losses"), ("task", "loss_kwargs"), ("task", "extractor_kwargs")}
+FREE_MAPPINGS = {
+    ("task", "losses"),
+    ("task", "loss_kwargs"),
+    ("task", "extractor_kwargs"),
+    ("data", "roi_groups"),
+}
 
 TOP = {
     "paper": Field("", "the paper and method this config reproduces, with its deviations"),
@@ -49,6 +54,9 @@ DATA = {
     "cv_group_pattern": Field("", "leave-one-group-out by a regex group of the image name"),
     "cv_fold": Field(-1, "the fold to run; -1: every fold"),
     "cv_refit": Field(False, "after the folds, train on every training record, test once"),
+    "roi_groups": Field({}, "region -> its landmark names, a list or 'a,b,c' (lmjax.data.roi)"),
+    "roi": Field("", "train and test on this region's crops and landmarks; empty: whole image"),
+    "roi_margin": Field(0.25, "region box growth per side, as a fraction of its longer side"),
     "input_size": Field((128, 128), "(rows, cols) of the model input"),
     "fit": Field("resize", "resize (stretch) or letterbox (keep aspect, pad)"),
     "normalize": Field("zscore", "intensities: zscore per image or unit (divide by bit depth)"),

@@ -102,3 +102,16 @@ def get_preset(name: str) -> AugmentConfig:
     if name not in AUGMENT_PRESETS:
         raise ValueError(f"unknown augmentation preset {name!r}; known: {sorted(AUGMENT_PRESETS)}")
     return AUGMENT_PRESETS[name]
+
+
+def resolve_augment(augment: AugmentConfig | str | Mapping[str, Any] | None, flip_pairs=()):
+    """An AugmentConfig from a config, a preset name, a dict, or None, for a set with
+    `flip_pairs` (`p_flip_paired` flips only such a set: `AugmentConfig.resolved_for`).
+    """
+    if augment is None:
+        return None
+    if isinstance(augment, str):
+        augment = get_preset(augment)
+    elif not isinstance(augment, AugmentConfig):
+        augment = from_dict(augment)
+    return augment.resolved_for(flip_pairs)

@@ -54,6 +54,7 @@ from lmjax.data.augment import (
     warp,
 )
 from lmjax.data.item_geometry import ItemGeometry, invert_field, vertex_entries
+from lmjax.data.roi import crop_matrix, roi_long_side
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
 
 FITS = ("resize", "letterbox")
@@ -63,19 +64,6 @@ NORMALIZATIONS = ("zscore", "unit")
 def fit_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int], fit: str) -> np.ndarray:
     """Cache frame -> model input: stretch (`resize`) or keep aspect and pad (`letterbox`)."""
     return affine.resize(src_hw, dst_hw) if fit == "resize" else affine.letterbox(src_hw, dst_hw)
-
-
-def resolve_augment(augment: AugmentConfig | str | Mapping[str, Any] | None, flip_pairs=()):
-    """An AugmentConfig from a config, a preset name, a dict, or None, for a set with
-    `flip_pairs` (`p_flip_paired` flips only such a set: `AugmentConfig.resolved_for`).
-    """
-    if augment is None:
-        return None
-    if isinstance(augment, str):
-        augment = presets.get_preset(augment)
-    elif not isinstance(augment, AugmentConfig):
-        augment = presets.from_dict(augment)
-    return augment.resolved_for(flip_pairs)
 
 
 def region_flip_table(landmark_set: LandmarkSet) -> np.ndarray:
@@ -139,11 +127,15 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
 
     def _image(self, index: int) -> cache.CachedImage:
         rec = self.records[index]
-        if isinstance(rec.image, str):  # the disk cache (or a decode) serves paths
-            return cache.load_record(rec, long_side=self.long_side, cache_dir=self.cache_dir)
-        img = self._memo.get(index)
-        if img is None:  # arrays are resized once per process and kept
-            img = self._memo[index] = cache.load_record(rec, long_side=self.long_side)
+        on_disk = isinstance(rec.image, str)  # the disk cache (or a decode) serves paths
+        if not on_disk and index in self._memo:  # arrays are resized once per process
+            return self._memo[index]
+        img = cache.load_record(rec, long_side=self.long_side, cache_dir=self.cache_dir)
+        side = roi_long_side(rec, img, self.long_side)
+        if side > self.long_side:
+            img = cache.load_record(rec, long_side=side, cache_dir=self.cache_dir)
+        if not on_disk:
+            self._memo[index] = img
         return img
 
     def map(self, element: int) -> dict[str, np.ndarray]:
@@ -161,7 +153,9 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
         geo = Geometry(matrix=affine.identity())
         if rng is not None and self.augment is not None:
             geo = sample_geometry(self.augment, rng, self.input_hw)
-        to_input = affine.compose(fit_matrix(img.pixels.shape, self.input_hw, self.fit), geo.matrix)
+        crop, crop_hw = crop_matrix(rec, img.to_cache)
+        fit = fit_matrix(crop_hw or img.pixels.shape, self.input_hw, self.fit)
+        to_input = affine.compose(crop, fit, geo.matrix)
         full = affine.compose(img.to_cache, to_input)
         pts = affine.apply(rec.landmarks, full).astype(np.float64)
         verts = None
@@ -326,7 +320,7 @@ def make_dataset(
         )
     if batch_size < 1 or len(input_size) != 2 or min(input_size) < 1:
         raise ValueError(f"bad batch_size {batch_size} or input_size {input_size}")
-    cfg = resolve_augment(augment, dataset.landmark_set.flip_pairs) if train else None
+    cfg = presets.resolve_augment(augment, dataset.landmark_set.flip_pairs) if train else None
     if cfg is not None and cfg.flips:
         dataset.landmark_set.flip_permutation()  # raises now, not mid-epoch
     n_masks = sum(r.region_mask is not None for r in dataset.records)

@@ -17,9 +17,10 @@ from flax import nnx
 
 from lmjax import models, parallel
 from lmjax.configs import resolve
+from lmjax.data.augment_presets import resolve_augment
 from lmjax.data.datasets import load_dataset
 from lmjax.data.device_augment import DeviceAugment
-from lmjax.data.pipeline import make_pipeline, region_flip_table, resolve_augment
+from lmjax.data.pipeline import make_pipeline, region_flip_table
 from lmjax.data.types import Dataset, LandmarkSet
 from lmjax.models import weights
 from lmjax.task import TaskSpec, task_spec
@@ -37,9 +38,10 @@ LANDMARKS_FILE = "landmarks.json"
 
 
 def load_config_dataset(config) -> Dataset:
-    """Every record of the dataset `config.data` names (the phantom when no folder)."""
+    """Every record of the dataset `config.data` names (the phantom when no folder), or
+    those of one region with only its landmarks when `data.roi` names one."""
     d = config.data
-    return load_dataset(
+    ds = load_dataset(
         d.data_dir or None,
         format=d.format or None,
         ground_truth=d.ground_truth,
@@ -49,6 +51,16 @@ def load_config_dataset(config) -> Dataset:
         phantom_size=d.phantom_size,
         seed=config.train.seed,
     )
+    if d.roi:  # one region's crops and landmarks (the lower-limb paper's per-joint nets)
+        from lmjax.data.roi import roi_dataset
+
+        # A list in a config file, "a,b,c" from --config.data.roi_groups.NAME=a,b,c.
+        groups = {
+            k: [n.strip() for n in v.split(",")] if isinstance(v, str) else list(v)
+            for k, v in dict(d.roi_groups).items()
+        }
+        ds = roi_dataset(ds, groups, d.roi, margin=d.roi_margin)
+    return ds
 
 
 def load_splits(config) -> tuple[Dataset, Dataset, Dataset | None]:

@@ -212,7 +212,7 @@ def test_coarse_dropout_zeroes_boxes():
 
 
 def test_medsapiens_flips_only_with_pairs():
-    from lmjax.data.pipeline import resolve_augment
+    from lmjax.data.augment_presets import resolve_augment
 
     assert resolve_augment("medsapiens", ((0, 1),)).p_flip == 0.5
     assert resolve_augment("medsapiens", ()).p_flip == 0.0
