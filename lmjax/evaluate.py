@@ -251,6 +251,9 @@ def error_report(
             ],
         },
     }
+    by_source = _per_source(errors, dataset, unit, thresholds)
+    if by_source:
+        report["per_dataset"] = by_source
     if false_positives is not None:
         names = dataset.landmark_set.names
         # Any detection of a landmark without ground truth is a false positive too.
@@ -262,6 +265,28 @@ def error_report(
             row["false_positives"] = counts["false_positives"]
         report["detection"] = detection
     return report
+
+
+def _per_source(errors, dataset: Dataset, unit: str, thresholds) -> dict[str, Any] | None:
+    """A mixture's errors per dataset, each on its own landmarks and images."""
+    from lmjax.data.mixture import source_landmarks
+
+    groups = source_landmarks(dataset.landmark_set)
+    if groups is None:
+        return None
+    out = {}
+    for name, idx in groups.items():
+        e = errors[:, idx]
+        rows = ~np.isnan(e).all(axis=1)  # images of this dataset (NaN: no annotation)
+        if not rows.any():
+            continue  # e.g. a specialist's split holds none of the other datasets
+        s = metrics.summarize(e[rows], unit=unit, thresholds=thresholds)
+        out[name] = {
+            "n_images": int(rows.sum()),
+            **{k: s[k] for k in ("n", "missed", "mre", "sd", "median", "p95")},
+            "sdr": {f"{t:g}": s[metrics.sdr_key(t)] for t in thresholds},
+        }
+    return out
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -281,6 +306,12 @@ def format_report(report: dict[str, Any]) -> str:
         head += (
             f"\nlandmark masks (sigmoid > {seg['threshold']:g}): IoU {seg['iou']:.3f}  "
             f"Dice {seg['dice']:.3f}  pooled IoU {seg['iou_pooled']:.3f}  over {seg['n']} masks"
+        )
+    for name, s in (report.get("per_dataset") or {}).items():
+        head += (
+            f"\n  {name}: {s['n_images']} images  MRE {s['mre']:.3f} {unit}  "
+            f"median {s['median']:.3f}  SDR@{next(iter(s['sdr']))}{unit} "
+            f"{next(iter(s['sdr'].values())):.1f}%"
         )
     rows = report["per_landmark"]
     sdr_cols = [metrics.sdr_key(float(t)) for t in report["sdr"]]

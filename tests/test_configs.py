@@ -153,6 +153,7 @@ def test_every_experiment_config_resolves():
             *("tiny.detector", "heatmap.detector", "paper.detector", "full.detector"),
         ],
         "cascade_isbi2015.py": ["cpu", "smoke", "cpu.detector", "smoke.detector"],
+        "medsapiens_mixture.py": ["generalist", "specialist_isbi", "specialist_phantom_cpu"],
     }
     assert set(args) == {p.name for p in EXPERIMENTS.glob("*.py")}
     for name, variants in args.items():
@@ -187,6 +188,7 @@ AUGMENT_DEVIATIONS = {
         ("isbi2015_hrnet.py", "kl"),
         ("isbi2015_swin_unetr.py", ""),
         ("isbi2015_vit_lora.py", "b"),
+        ("medsapiens_mixture.py", "generalist"),
         ("isbi2015_vgg.py", "unet"),
         ("phantom_hrnet.py", "proposed"),
         ("isbi2015_unet_heatmap.py", "cpu"),

@@ -54,6 +54,9 @@ DATA = {
     "cv_group_pattern": Field("", "leave-one-group-out by a regex group of the image name"),
     "cv_fold": Field(-1, "the fold to run; -1: every fold"),
     "cv_refit": Field(False, "after the folds, train on every training record, test once"),
+    "mixture": Field((), "datasets trained as one (lmjax.data.mixture): dicts with a name"),
+    "mixture_only": Field("", "keep only this mixture dataset's records (a specialist)"),
+    "reference_distance": Field((), "(landmark_a, landmark_b, mm): spacing from that distance"),
     "roi_groups": Field({}, "region -> its landmark names, a list or 'a,b,c' (lmjax.data.roi)"),
     "roi": Field("", "train and test on this region's crops and landmarks; empty: whole image"),
     "roi_margin": Field(0.25, "region box growth per side, as a fraction of its longer side"),
@@ -142,6 +145,7 @@ TRAIN = {
     "keep": Field(3, "checkpoints kept besides the best"),
     "tensorboard": Field(True, "write TensorBoard event files under <workdir>/tensorboard"),
     "seed": Field(0, "seed of parameters, data order, phantom and augmentation"),
+    "init_from": Field("", "start from this run's best parameters (same model); fresh optimizer"),
     "flip_tta": Field(False, "average predictions with the mirrored image"),
 }
 

@@ -78,6 +78,10 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
                 setattr(plateau, key, type(getattr(plateau, key))(metrics[f"plateau_{key}"]))
         start = int(state.step)
         log(f"resumed from step {start} in {workdir}")
+    elif config.train.init_from:
+        from lmjax.train.restore import init_from
+
+        state = init_from(state, config.train.init_from, train_ds.landmark_set, log=log)
 
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal="SIGTERM"))

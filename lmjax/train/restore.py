@@ -57,3 +57,34 @@ def restore_trained(
     checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
     state = ckpt_lib.restore_state(checkpoints, state, which=which)
     return config, mesh, state, eval_step
+
+
+def init_from(state, workdir: str | pathlib.Path, landmark_set, *, log=print):
+    """`state` with the parameters (and batch statistics) of another run's best
+    checkpoint: a specialist from its generalist. Step, optimizer state and RNG stay
+    the new run's.
+
+    Raises:
+      FileNotFoundError: the run has no checkpoint.
+      ValueError: its landmarks or model differ from this run's.
+    """
+    if not ckpt_lib.has_checkpoint(workdir):
+        raise FileNotFoundError(f"train.init_from={workdir}: no checkpoint found")
+    theirs = load_landmark_set(workdir, read_config(workdir))
+    if theirs.names != landmark_set.names:
+        raise ValueError(
+            f"train.init_from={workdir}: trained on landmarks {theirs.name!r} "
+            f"({theirs.num_landmarks}), this run on {landmark_set.name!r} "
+            f"({landmark_set.num_landmarks}); a specialist keeps the mixture's set "
+            "(data.mixture with data.mixture_only)"
+        )
+    checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=1)
+    try:
+        source = ckpt_lib.restore_state(checkpoints, state)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"train.init_from={workdir}: its model or optimizer differs from this run's "
+            f"({str(e).splitlines()[0][:200]})"
+        ) from e
+    log(f"initialised from the best checkpoint of {workdir} (step {int(source.step)})")
+    return state.replace(params=source.params, model_state=source.model_state)

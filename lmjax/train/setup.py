@@ -37,20 +37,43 @@ GEOMETRY_KEYS = ("item_vertices", "vertex_valid")  # ... when the set has outlin
 LANDMARKS_FILE = "landmarks.json"
 
 
+def _load_one(d: dict, config) -> Dataset:
+    """One dataset from `config.data`-like fields (a mixture source overrides them)."""
+    ds = load_dataset(
+        d["data_dir"] or None,
+        format=d["format"] or None,
+        ground_truth=d["ground_truth"],
+        image_dir=d["image_dir"] or None,
+        spacing=tuple(d["spacing"]) or None,
+        strict=d["strict"],
+        phantom_size=d["phantom_size"],
+        seed=config.train.seed,
+    )
+    if d["reference_distance"]:
+        from lmjax.data.reference_spacing import with_reference_spacing
+
+        a, b, mm = d["reference_distance"]
+        ds = with_reference_spacing(ds, str(a), str(b), float(mm))
+    return ds
+
+
 def load_config_dataset(config) -> Dataset:
     """Every record of the dataset `config.data` names (the phantom when no folder), or
     those of one region with only its landmarks when `data.roi` names one."""
     d = config.data
-    ds = load_dataset(
-        d.data_dir or None,
-        format=d.format or None,
-        ground_truth=d.ground_truth,
-        image_dir=d.image_dir or None,
-        spacing=tuple(d.spacing) or None,
-        strict=d.strict,
-        phantom_size=d.phantom_size,
-        seed=config.train.seed,
-    )
+    if d.mixture:  # several datasets, one union landmark set (lmjax.data.mixture)
+        from lmjax.configs import base
+        from lmjax.data.mixture import mixture_dataset, mixture_only
+
+        defaults = {k: f.default for k, f in base.DATA.items()}
+
+        def one(source) -> Dataset:  # a source names its data; nothing of config.data
+            return _load_one({**defaults, **source}, config)
+
+        ds = mixture_dataset(d.mixture, one, val_fraction=d.val_fraction, seed=config.train.seed)
+        ds = mixture_only(ds, d.mixture_only) if d.mixture_only else ds
+    else:
+        ds = _load_one(d.to_dict(), config)
     if d.roi:  # one region's crops and landmarks (the lower-limb paper's per-joint nets)
         from lmjax.data.roi import roi_dataset
 
@@ -67,6 +90,10 @@ def load_splits(config) -> tuple[Dataset, Dataset, Dataset | None]:
     """Train, validation and (when present) test datasets from the config."""
     d = config.data
     ds = load_config_dataset(config)
+    if d.mixture:  # the mixture unified every source's splits under these names
+        d = d.copy_and_resolve_references()
+        with d.unlocked():
+            d.train_split, d.val_split, d.test_split = "train", "val", "test"
     if not ds.records:
         raise ValueError(f"{d.data_dir or 'phantom'}: no usable records; {ds.errors[:3]}")
     splits = {r.split for r in ds.records}
