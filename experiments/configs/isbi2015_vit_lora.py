@@ -12,8 +12,8 @@ Paper vs this config ("=": the same):
   method        paper: a generalist (Sapiens + LoRA trained on the head, hand, chest
                        and leg datasets at once), then per dataset a specialist LoRA
                        fine-tuned from the generalist ("w/ LoRA")
-                here:  no generalist (multi-dataset training is not implemented in
-                       lmjax): the specialist's LoRA starts from Sapiens itself
+                here:  ISBI alone: the LoRA starts from Sapiens itself; the
+                       generalist -> specialist route is `medsapiens_mixture.py`
   backbone      paper: Sapiens 0.3B ViT (1024 wide, 24 layers, 16 heads, patch 16,
                        padding 2, learned position embeddings, no class token),
                        pretrained on 300 M human images
@@ -65,8 +65,8 @@ Paper vs this config ("=": the same):
                        senior doctor (`--config.data.ground_truth=mean` for both)
 
 Pretrained weights: bring your own file. `--config.model.pretrained=sapiens_0.3b.safetensors`
-(or .npz, or .pth with PyTorch installed) loads a Sapiens/mmpretrain ViT through the
-"vit_sapiens" key table of `lmjax.models.weights` (set `pretrained_table` to
+(or .npz, or a .pth read without PyTorch or pickle execution) loads a
+Sapiens/mmpretrain ViT through the "vit_sapiens" key table of `lmjax.models.weights` (set `pretrained_table` to
 "vit_timm" or "vitpose" for those layouts) and logs what was missing or unexpected.
 Without a file the backbone is random, and LoRA on a random backbone cannot reproduce
 the paper: then `--config.model.trainable=all` trains the whole model from scratch (a

@@ -1,7 +1,8 @@
 """Pretrained weights from the user's own checkpoint files into NNX models.
 
 Nothing is downloaded: the user brings a file (`.safetensors`, `.npz`, or PyTorch's
-`.pth`/`.pt`/`.bin` when PyTorch is installed) and names a mapping table:
+`.pth`/`.pt`/`.bin`, read without PyTorch by a restricted unpickler) and names a
+mapping table:
 
     report = load_pretrained(model, "sapiens_0.3b.safetensors", "vit_sapiens")
     print(report.summary())
