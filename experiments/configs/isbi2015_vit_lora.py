@@ -66,8 +66,9 @@ Paper vs this config ("=": the same):
 
 Pretrained weights: bring your own file. `--config.model.pretrained=sapiens_0.3b.safetensors`
 (or .npz, or a .pth read without PyTorch or pickle execution) loads a
-Sapiens/mmpretrain ViT through the "vit_sapiens" key table of `lmjax.models.weights` (set `pretrained_table` to
-"vit_timm" or "vitpose" for those layouts) and logs what was missing or unexpected.
+Sapiens/mmpretrain ViT through the "vit_sapiens" key table of `lmjax.models.weights`
+(set `pretrained_table` to "vit_timm" or "vitpose" for those layouts) and logs what
+was missing or unexpected.
 Without a file the backbone is random, and LoRA on a random backbone cannot reproduce
 the paper: then `--config.model.trainable=all` trains the whole model from scratch (a
 baseline, not the paper's method).
