@@ -84,10 +84,25 @@ def with_data_flags(config, inv: Invocation):
     return configs.resolve(raw, source="--data_dir")
 
 
+def cross_validate(config, workdir, **options) -> dict:
+    """Every fold trained and evaluated (`lmjax.train.folds.run_folds`), `options` as
+    `_evaluate_workdir`'s; the summary, or `{"stopped_by": ...}`."""
+    from lmjax.train import folds, setup
+    from lmjax.train.trainers import trainer_for
+
+    return folds.run_folds(
+        config,
+        workdir,
+        setup.load_config_dataset(config),
+        trainer_for(config).train,
+        lambda fold_dir, out: _evaluate_workdir(str(fold_dir), None, out, **options),
+    )
+
+
 def cmd_train(inv: Invocation) -> int:
     import tempfile
 
-    from lmjax.train import folds, setup
+    from lmjax.train import folds
     from lmjax.train.trainers import trainer_for
 
     config = with_data_flags(inv.config, inv)
@@ -96,13 +111,7 @@ def cmd_train(inv: Invocation) -> int:
     data = config.data.data_dir or "the phantom"
     print(f"training {config.model.name} on {data} into {workdir}")
     if folds.cv_enabled(config) and config.data.cv_fold < 0:
-        summary = folds.run_folds(
-            config,
-            workdir,
-            setup.load_config_dataset(config),
-            trainer.train,
-            lambda fold_dir, out: _evaluate_workdir(str(fold_dir), None, out),
-        )
+        summary = cross_validate(config, workdir)
         if "stopped_by" not in summary:
             print(
                 f"cross-validation over {summary['n_folds']} folds: MRE "

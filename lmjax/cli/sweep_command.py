@@ -8,7 +8,7 @@ import pathlib
 from absl import flags
 
 from lmjax.cli.framework import Invocation, UsageError
-from lmjax.cli.model_commands import _evaluate_workdir, sdr_radii
+from lmjax.cli.model_commands import _evaluate_workdir, cross_validate, sdr_radii
 
 
 def define_sweep(fv: flags.FlagValues) -> None:
@@ -31,32 +31,9 @@ def define_sweep(fv: flags.FlagValues) -> None:
     )
 
 
-def _pooled(reports: list[dict]) -> dict:
-    """The folds' held-out reports as one: every held-out image once, each error kept."""
-    from lmjax import metrics
-
-    first = reports[0]
-    errors = [row for r in reports for row in r["per_image"]["errors"]]
-    thresholds = [float(t) for t in first["sdr"]]
-    arr = [[float("nan") if e is None else e for e in row] for row in errors]
-    s = metrics.summarize(arr, unit=first["unit"], thresholds=thresholds)
-    return {
-        "unit": first["unit"],
-        "split": "cross-validation (pooled held-out folds)",
-        "n_images": len(errors),
-        **{k: s[k] for k in ("mre", "sd", "median", "iqr", "p95", "missed", "n")},
-        "sdr": {f"{t:g}": s[metrics.sdr_key(t)] for t in thresholds},
-        "per_image": {
-            "images": [n for r in reports for n in r["per_image"]["images"]],
-            "landmarks": first["per_image"]["landmarks"],
-            "errors": errors,
-        },
-    }
-
-
 def cmd_sweep(inv: Invocation) -> int:
     from lmjax import sweep
-    from lmjax.train import folds, setup
+    from lmjax.train import folds
     from lmjax.train.trainers import trainer_for
 
     if not inv.value("workdir"):
@@ -71,22 +48,15 @@ def cmd_sweep(inv: Invocation) -> int:
     }
 
     def train_and_evaluate(config, run_dir: pathlib.Path) -> dict:
-        trainer = trainer_for(config)
         if folds.cv_enabled(config) and config.data.cv_fold < 0:
-            done = folds.run_folds(
-                config,
-                run_dir,
-                setup.load_config_dataset(config),
-                trainer.train,
-                lambda d, out: _evaluate_workdir(str(d), None, out, **options),
-            )
+            done = cross_validate(config, run_dir, **options)
             if "stopped_by" in done:
                 return done
             n = done["n_folds"]
-            return _pooled(
+            return folds.pooled_report(
                 [json.loads((run_dir / f"fold_{i}" / "eval.json").read_text()) for i in range(n)]
             )
-        if trainer.train(config, run_dir).get("stopped_by"):
+        if trainer_for(config).train(config, run_dir).get("stopped_by"):
             return {"stopped_by": "SIGTERM"}
         out = str(run_dir / "eval.json")
         return _evaluate_workdir(str(run_dir), inv.value("split"), out, **options)

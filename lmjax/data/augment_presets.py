@@ -14,32 +14,26 @@ from typing import Any
 
 from lmjax.data.augment import AugmentConfig
 
+# Lower-limb paper (002, section III-B): "randomly (p = 0.5) applied affine
+# transformations (rotation (+-10 deg), scaling (+-0.1), and translation (+-0.1))".
+# MONAI's RandAffine draws all three together; translation is read as a fraction of
+# the 512x512 input (the paper gives no unit).
+_LOWER_LIMB = AugmentConfig(
+    p_affine=0.5,
+    p_rotation=1.0,
+    rotation=10.0,
+    p_scale=1.0,
+    scale=(0.9, 1.1),
+    p_translation=1.0,
+    translation=0.1,
+)
+
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
-    # lmjax's own recipe: one affine group at p=0.5 (rotation +-10 deg, zoom 0.9-1.1,
-    # shift +-0.1 of the input). No flips; sets with left/right pairs opt in through
-    # `p_flip`. Numerically the recipe every earlier lmjax result was trained with.
-    "default": AugmentConfig(
-        p_affine=0.5,
-        p_rotation=1.0,
-        rotation=10.0,
-        p_scale=1.0,
-        scale=(0.9, 1.1),
-        p_translation=1.0,
-        translation=0.1,
-    ),
-    # Lower-limb paper (002, section III-B): "randomly (p = 0.5) applied affine
-    # transformations (rotation (+-10 deg), scaling (+-0.1), and translation
-    # (+-0.1))". MONAI's RandAffine draws all three together; translation is read
-    # as a fraction of the 512x512 input (the paper gives no unit).
-    "lower_limb": AugmentConfig(
-        p_affine=0.5,
-        p_rotation=1.0,
-        rotation=10.0,
-        p_scale=1.0,
-        scale=(0.9, 1.1),
-        p_translation=1.0,
-        translation=0.1,
-    ),
+    # lmjax's own recipe, the lower-limb paper's numbers: the recipe every earlier
+    # lmjax result was trained with. No flips; sets with left/right pairs opt in
+    # through `p_flip`.
+    "default": _LOWER_LIMB,
+    "lower_limb": _LOWER_LIMB,
     # Pelvis paper (000, section 3.1): "rotation, translation, shearing and scaling
     # but not reflection". It gives no ranges or probabilities; these are lmjax's:
     # each step at p=0.5, rotation +-15 deg, shear +-10 deg, zoom 0.85-1.15,

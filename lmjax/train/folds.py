@@ -116,6 +116,34 @@ def summarize_folds(reports: Sequence[dict[str, Any]], names: Sequence[str]) -> 
     }
 
 
+def pooled_report(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The folds' held-out reports as one: every held-out image once, each error kept.
+
+    A report writes a missed landmark as null, like one without ground truth, so the
+    misses are the folds' own counts.
+    """
+    from lmjax import metrics
+
+    first = reports[0]
+    errors = [row for r in reports for row in r["per_image"]["errors"]]
+    thresholds = [float(t) for t in first["sdr"]]
+    arr = [[float("nan") if e is None else e for e in row] for row in errors]
+    s = metrics.summarize(arr, unit=first["unit"], thresholds=thresholds)
+    return {
+        "unit": first["unit"],
+        "split": "cross-validation (pooled held-out folds)",
+        "n_images": len(errors),
+        **{k: s[k] for k in ("mre", "sd", "median", "iqr", "p95", "n")},
+        "missed": int(sum(r.get("missed", 0) for r in reports)),
+        "sdr": {f"{t:g}": s[metrics.sdr_key(t)] for t in thresholds},
+        "per_image": {
+            "images": [n for r in reports for n in r["per_image"]["images"]],
+            "landmarks": first["per_image"]["landmarks"],
+            "errors": errors,
+        },
+    }
+
+
 def refit_config(config):
     """The config of the final run of `cv_refit`: cross-validation off, the same rest."""
     if not cv_enabled(config):

@@ -95,6 +95,19 @@ def test_summary_matches_numpy():
     assert s["n_errors"] == 5 and [f["fold"] for f in s["folds"]] == ["a", "b"]
 
 
+def test_pooled_report_keeps_every_error_and_miss():
+    reports = [
+        {"unit": "mm", "sdr": {"2": 0.0}, "missed": 1,
+         "per_image": {"images": ["a"], "landmarks": ["p", "q"], "errors": [[1.0, None]]}},
+        {"unit": "mm", "sdr": {"2": 0.0}, "missed": 0,
+         "per_image": {"images": ["b"], "landmarks": ["p", "q"], "errors": [[3.0, 2.5]]}},
+    ]  # fmt: skip
+    r = folds.pooled_report(reports)
+    assert r["per_image"]["images"] == ["a", "b"] and r["n_images"] == 2
+    assert r["mre"] == pytest.approx(6.5 / 3) and r["n"] == 3 and r["missed"] == 1
+    assert r["sdr"] == {"2": pytest.approx(100 / 3)}
+
+
 def test_refit_config_turns_cross_validation_off():
     final = folds.refit_config(_config(cv_folds=5, cv_refit=True))
     assert not folds.cv_enabled(final) and not final.data.cv_refit
