@@ -109,17 +109,24 @@ def settings(config, grid) -> list[dict[str, Any]]:
     return out
 
 
-def _row(setting: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
-    row = {"setting": setting["label"], "extractor": report.get("extractor_used", "")}
+def readings(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """`(extractor, report)` of each reading: every extractor's of an
+    `--extractor=all` report (the configured one first), else the one report."""
+    if "extractors" not in report:
+        return [("", report)]
+    first = report["configured_extractor"]
+    names = [first, *(n for n in report["extractors"] if n != first)]
+    return [(n, {"unit": report["unit"], **report["extractors"][n]}) for n in names]
+
+
+def _row(setting: dict[str, Any], extractor: str, report: dict[str, Any]) -> dict[str, Any]:
+    row = {"setting": setting["label"], "extractor": extractor}
     for name, v in setting["values"].items():
         if isinstance(v, dict):
             row.update({f"{name.split('.')[-1]} ({unit})": x for unit, x in v.items()})
-    errors = np.array(report["per_image"]["errors"], np.float64)
-    s = metrics.summarize(errors, unit=report["unit"], thresholds=[float(t) for t in report["sdr"]])
-    row.update({k: s[k] for k in ("mre", "median", "iqr", "p95", "missed")})
-    det = report.get("detection") or {}
-    row["false_positives"] = det.get("false_positives")
-    row.update({f"SDR@{t}": report["sdr"][t] for t in report["sdr"]})
+    row.update({k: report[k] for k in ("mre", "median", "iqr", "p95", "missed")})
+    row["false_positives"] = report.get("false_positives")
+    row.update({f"SDR@{t}": v for t, v in report["sdr"].items()})
     return row
 
 
@@ -148,31 +155,32 @@ def run_sweep(
         report = train_and_evaluate(run_config, run_dir)
         if "stopped_by" in report:
             return {"stopped_by": report["stopped_by"], "setting": setting["label"]}
+        main = readings(report)[0][1]  # the configured extractor's: what the tests pair
         path = run_dir / "sweep_report.json"
-        path.write_text(json.dumps(report))
-        runs.append((setting, report, path))
-    rows = [_row(s, r) for s, r, _ in runs]
+        path.write_text(json.dumps(main))
+        runs.append((setting, report, main, path))
+    rows = [_row(s, name, r) for s, report, _, _ in runs for name, r in readings(report)]
     result = {"grid": [list(g) for g in grid], "unit": runs[0][1]["unit"], "rows": rows}
-    result["tests"] = _tests(runs, rows)
+    result["tests"] = _tests(runs)
     (workdir / "sweep.json").write_text(json.dumps(result, indent=2, allow_nan=True))
     return result
 
 
-def _tests(runs, rows) -> dict[str, Any] | None:
-    """Each setting against the one with the lowest median error (per-image test)."""
+def _tests(runs) -> dict[str, Any] | None:
+    """Each setting against the one with the lowest median error (per-image test of
+    the configured extractor's readings)."""
     if len(runs) < 2:
         return None
     from lmjax.compare import compare_reports
 
-    medians = [r["median"] if math.isfinite(r["median"]) else math.inf for r in rows]
+    medians = [m["median"] if math.isfinite(m["median"]) else math.inf for _, _, m, _ in runs]
     best = int(np.argmin(medians))
     order = [best, *(i for i in range(len(runs)) if i != best)]
-    for i in order:  # compare names the reports by their labels
-        runs[i][1]["label"] = runs[i][0]["label"]
-        runs[i][2].write_text(json.dumps(runs[i][1]))
-    result = compare_reports([runs[i][2] for i in order])
+    for setting, _, main, path in runs:  # compare names the reports by their labels
+        path.write_text(json.dumps({**main, "label": setting["label"]}))
+    result = compare_reports([runs[i][3] for i in order])
     return {
-        "reference": rows[best]["setting"],
+        "reference": runs[best][0]["label"],
         "overall": {t["label"]: t["overall"] for t in result["tests"]},
     }
 
@@ -180,14 +188,16 @@ def _tests(runs, rows) -> dict[str, Any] | None:
 def format_sweep(result: dict[str, Any]) -> str:
     rows = result["rows"]
     tests = (result.get("tests") or {}).get("overall", {})
-    shown = []
+    shown, seen = [], set()
     for row in rows:
-        t = tests.get(row["setting"])
-        out = {k: v for k, v in row.items() if k != "extractor" or v}
+        # The test belongs to a setting's first reading (its configured extractor).
+        t = None if row["setting"] in seen else tests.get(row["setting"])
+        seen.add(row["setting"])
+        out = {k: v for k, v in row.items() if k not in ("extractor", "false_positives") or v}
         out["p vs best"] = f"{t['p_corrected']:.2e}" if t and "p_corrected" in t else "-"
         shown.append(out)
-    cols = list(shown[0])
-    head = f"{len(rows)} settings; errors in {result['unit']}"
+    cols = list(dict.fromkeys(k for row in shown for k in row))
+    head = f"{len({r['setting'] for r in rows})} settings; errors in {result['unit']}"
     if tests:
         head += f"; per-image Wilcoxon against the best median, {result['tests']['reference']}"
     return head + "\n" + metrics.format_table(shown, cols, floatfmt=".3f")

@@ -72,6 +72,32 @@ def test_run_sweep_tables_every_setting_and_tests_against_the_best(tmp_path):
     assert "radius=5" in sweep.format_sweep(result)
 
 
+def test_every_extractor_of_a_setting_gets_a_row(tmp_path):
+    from lmjax.extractor_table import comparison_report
+
+    config = get_config("tiny")
+    test = load_splits(config)[2]
+    truth = test.landmarks()
+
+    def fake(run_config, run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        noise = 0.5 if run_config.task.radius == 3 else 3.0
+        reps = {
+            name: error_report(truth + np.random.default_rng(i).normal(0, noise, truth.shape), test)
+            for i, name in enumerate(("midpoint", "centroid"))
+        }
+        return comparison_report(reps, "midpoint")
+
+    result = sweep.run_sweep(config, tmp_path, sweep.parse_grid(["task.radius=3,5"]), fake)
+    assert [(r["setting"], r["extractor"]) for r in result["rows"]] == [
+        ("radius=3", "midpoint"), ("radius=3", "centroid"),
+        ("radius=5", "midpoint"), ("radius=5", "centroid"),
+    ]  # fmt: skip
+    assert result["tests"]["reference"] == "radius=3"
+    table = sweep.format_sweep(result)
+    assert table.count("e-") == 1  # one test: the other setting's configured reading
+
+
 def test_an_interrupted_setting_stops_the_sweep(tmp_path):
     config = get_config("tiny")
     out = sweep.run_sweep(
