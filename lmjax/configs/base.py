@@ -65,7 +65,7 @@ DATA = {
     "normalize": Field("zscore", "intensities: zscore per image or unit (divide by bit depth)"),
     "augment": Field(
         "default",
-        "augmentation preset or AugmentConfig fields (lmjax.data.augment); empty: none",
+        "preset (lmjax.data.augment_presets) or AugmentConfig fields; empty: none",
         (str, dict),
     ),
     "augment_on_device": Field(False, "augment in the jitted step; the host only decodes"),
