@@ -117,6 +117,7 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
         self.with_masks: bool = options.pop("with_masks")
         self.defer_normalize: bool = options.pop("defer_normalize", False)
         self._memo: dict[int, cache.CachedImage] = {}
+        self._sides: dict[int, int] = {}  # cache long side of each record read
         # None for landmark-only sets; `V` is fixed here, once per dataset.
         self.geometry = ItemGeometry.of(self.records, dataset.landmark_set)
 
@@ -130,10 +131,13 @@ class Sampler(grain.transforms.RandomMap, grain.transforms.Map):
         on_disk = isinstance(rec.image, str)  # the disk cache (or a decode) serves paths
         if not on_disk and index in self._memo:  # arrays are resized once per process
             return self._memo[index]
-        img = cache.load_record(rec, long_side=self.long_side, cache_dir=self.cache_dir)
-        side = roi_long_side(rec, img, self.long_side)
-        if side > self.long_side:
-            img = cache.load_record(rec, long_side=side, cache_dir=self.cache_dir)
+        # A region's cache side is known after one read; later reads go straight to it.
+        side = self._sides.get(index, self.long_side)
+        img = cache.load_record(rec, long_side=side, cache_dir=self.cache_dir)
+        if index not in self._sides:
+            self._sides[index] = roi_long_side(rec, img, self.long_side)
+            if self._sides[index] > side:
+                img = cache.load_record(rec, long_side=self._sides[index], cache_dir=self.cache_dir)
         if not on_disk:
             self._memo[index] = img
         return img
