@@ -49,6 +49,9 @@ DATA = {
     "val_split": Field("val", "validation split; held out of train_split when absent"),
     "test_split": Field("test", "split `lmjax evaluate` reports by default"),
     "val_fraction": Field(0.1, "share of train_split held out when val_split is absent"),
+    "calib_fraction": Field(
+        0.0, "share of train_split held out for conformal calibration only; 0: none"
+    ),
     "cv_folds": Field(0, "k-fold cross-validation (lmjax.train.folds); 0: off"),
     "cv_group_key": Field("", "leave-one-group-out by this record metadata key"),
     "cv_group_pattern": Field("", "leave-one-group-out by a regex group of the image name"),
@@ -147,6 +150,37 @@ TRAIN = {
     "seed": Field(0, "seed of parameters, data order, phantom and augmentation"),
     "init_from": Field("", "start from this run's best parameters (same model); fresh optimizer"),
     "flip_tta": Field(False, "average predictions with the mirrored image"),
+    "tta_scales": Field((), "multi-scale test-time augmentation: input scales besides 1"),
+    "ensemble": Field(1, "members trained together under jax.vmap (own seeds, augmentation)"),
+    "ensemble_average": Field("heatmap", "members' predictions averaged as heatmap or coords"),
+}
+
+# The coarse-to-fine refinement stage (lmjax.train.refine): a small local model on
+# fine-spacing patches around the global estimate, trained into <workdir>/refine.
+REFINE = {
+    "enabled": Field(False, "lmjax train also trains the refinement stage after the global one"),
+    "spacing_mm": Field(0.25, "patch spacing in mm per pixel (pixels when spacing is unknown)"),
+    "patch_size": Field(64, "patch side in pixels"),
+    "jitter_mm": Field(-1.0, "training patch offset sigma in mm; -1: from the global errors"),
+    "jitter_scale": Field(1.5, "multiplies the global model's validation RMS error per landmark"),
+    "jitter_min_mm": Field(0.5, "floor of the per-landmark jitter sigma"),
+    "passes": Field(1, "refinement passes, each centred on the previous estimate"),
+    "steps": Field(1500, "optimizer steps of the local model"),
+    "batch_size": Field(4, "images per step (every landmark of each gives a patch)"),
+    "learning_rate": Field(1e-3, "peak learning rate (cosine schedule, Adam)"),
+    "features": Field(16, "local U-Net base features"),
+    "num_levels": Field(3, "local U-Net levels"),
+    "sigma": Field(2.0, "Gaussian target sigma in patch pixels"),
+    "rotation": Field(10.0, "patch rotation augmentation, +- degrees"),
+    "scale": Field(0.1, "patch scale augmentation, +- fraction"),
+    "intensity": Field(0.2, "patch brightness/contrast augmentation, +- fraction"),
+    "eval_every": Field(250, "validate and checkpoint every this many steps"),
+    "seed": Field(0, "seed of the local model and its patch sampling"),
+}
+
+# Split-conformal landmark radii (lmjax.conformal) from the calibration split.
+CONFORMAL = {
+    "alpha": Field(0.1, "miscoverage: the radius holds the true landmark with 1 - alpha"),
 }
 
 # SAM's decoder trained on cached image embeddings with box prompts (task.mode
@@ -188,6 +222,8 @@ SECTIONS: dict[str, dict[str, Field]] = {
     "train": TRAIN,
     "sam": SAM,
     "cascade": CASCADE,
+    "refine": REFINE,
+    "conformal": CONFORMAL,
 }
 
 
