@@ -226,7 +226,8 @@ def error_report(
     Returns:
       A JSON-ready dict: `n_images`, `unit`, `mre`, `sd`, `median`, `iqr`, `p95`,
       `missed`, `sdr` ({threshold: percent}), `per_landmark` and `per_image`
-      (`images`, `landmarks` and `errors [N][K]`, null where missing). With
+      (`images`, `landmarks` and `errors [N][K]`, null where missing), `worst`
+      (the 3 landmarks of highest MRE, `worst_landmarks`). With
       `false_positives` also their total, a `false_positives` column per landmark
       and `detection` (`metrics.detection_counts` of the misses and false positives).
     """
@@ -251,6 +252,7 @@ def error_report(
             ],
         },
     }
+    report["worst"] = worst_landmarks(report["per_landmark"])
     by_source = _per_source(errors, dataset, unit, thresholds)
     if by_source:
         report["per_dataset"] = by_source
@@ -265,6 +267,13 @@ def error_report(
             row["false_positives"] = counts["false_positives"]
         report["detection"] = detection
     return report
+
+
+def worst_landmarks(per_landmark: list[dict[str, Any]], n: int = 3) -> list[dict[str, Any]]:
+    """The `n` landmarks of highest MRE, worst first: `[{"landmark", "mre"}]`."""
+    rows = [r for r in per_landmark if np.isfinite(r["mre"])]
+    rows.sort(key=lambda r: -r["mre"])
+    return [{"landmark": r["landmark"], "mre": r["mre"]} for r in rows[:n]]
 
 
 def _per_source(errors, dataset: Dataset, unit: str, thresholds) -> dict[str, Any] | None:
@@ -318,7 +327,9 @@ def format_report(report: dict[str, Any]) -> str:
     cols = ["landmark", "n", "mre", "sd", "median", "p95", *sdr_cols]
     if "false_positives" in report:
         cols += ["missed", "false_positives"]
-    return head + "\n" + metrics.format_table(rows, cols)
+    worst = ", ".join(f"{w['landmark']} {w['mre']:.3f}" for w in report.get("worst") or ())
+    tail = f"\nworst landmarks (MRE {unit}): {worst}" if worst else ""
+    return head + "\n" + metrics.format_table(rows, cols) + tail
 
 
 def measurement_report(pred: np.ndarray, dataset: Dataset) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from lmjax import evaluate
+from lmjax import review as queue
 from lmjax.data import affine, image_io
 from lmjax.data.cache import cache_hw
 from lmjax.data.labelme import natural_key, write_labelme
@@ -105,12 +106,20 @@ def measurement_lines(measured: dict[str, Any]) -> list[str]:
 
 
 def overlay(
-    grey: np.ndarray, coords: np.ndarray, lines: list[str] = (), regions: list[dict] = ()
+    grey: np.ndarray,
+    coords: np.ndarray,
+    lines: list[str] = (),
+    regions: list[dict] = (),
+    *,
+    radii_px: np.ndarray | None = None,
+    implausible: np.ndarray | None = None,
 ) -> Image.Image:
     """RGB uint8 `[H, W]` image with landmark k circled and numbered k + 1, outlines
     and patches (`regions`: `{"kind", "points"}`) drawn as lines, and the
     measurement `lines` in the top-left corner; downscaled (points too) to at most
-    MAX_OVERLAY_SIDE."""
+    MAX_OVERLAY_SIDE. `radii_px` `[K, 2]` (x, y semi-axes in original pixels, NaN:
+    none) draws each landmark's conformal radius as a thin ellipse of its colour;
+    landmarks flagged in `implausible` `[K]` get a red cross and a "!"."""
     pic = Image.fromarray(grey).convert("RGB")
     src_hw = grey.shape[:2]
     dst_hw = cache_hw(src_hw, MAX_OVERLAY_SIDE)
@@ -118,6 +127,9 @@ def overlay(
     if dst_hw != src_hw:
         pic = pic.resize(dst_hw[::-1], Image.BILINEAR)
         coords = affine.apply(coords, scale)
+    axes = None
+    if radii_px is not None:  # semi-axes scale with the image sides
+        axes = np.asarray(radii_px, np.float64) * [dst_hw[1] / src_hw[1], dst_hw[0] / src_hw[0]]
     draw = ImageDraw.Draw(pic)
     r = max(2, max(dst_hw) // 200)
     for k, region in enumerate(regions):
@@ -131,7 +143,16 @@ def overlay(
         if np.isfinite(x) and np.isfinite(y):
             colour = _COLOURS[k % len(_COLOURS)]
             draw.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=max(1, r // 2))
-            draw.text((x + r + 1, y - r), str(k + 1), fill=colour, font=font)
+            flagged = implausible is not None and bool(implausible[k])
+            label = f"{k + 1}!" if flagged else str(k + 1)
+            draw.text((x + r + 1, y - r), label, fill=colour, font=font)
+            if axes is not None and np.isfinite(axes[k]).all():
+                ax, ay = axes[k]
+                draw.ellipse([x - ax, y - ay, x + ax, y + ay], outline=colour, width=1)
+            if flagged:
+                c = 2 * r
+                for end in ((x - c, y - c, x + c, y + c), (x - c, y + c, x + c, y - c)):
+                    draw.line(end, fill=(255, 0, 0), width=max(1, r // 2))
     step = max(10, 3 * r) + 2
     for i, line in enumerate(lines):
         y = 2 + i * step
@@ -150,11 +171,14 @@ def write_outputs(
     lset: LandmarkSet,
     measured: dict[str, Any],
     regions: list[dict[str, Any]] | None = None,
+    uncertainty: queue.Annotation | None = None,
 ) -> dict[str, Any]:
     """Writes `<stem>.json`, `.png`, `.labelme.json` for `coords` `[K, 2]` (original
     pixels, NaN where the model gave none) and, from a cascade, `regions` (outline
     polylines and patch polygons: `{"name", "kind", "points", "score", ...}`, kept
-    in the JSON under "regions", LabelMe linestrips and polygons); returns the JSON."""
+    in the JSON under "regions", LabelMe linestrips and polygons); returns the JSON.
+    `uncertainty` (`lmjax.review.annotate`) adds each landmark's radius and shape check
+    to the JSON, the LabelMe description and the overlay."""
     landmarks = []
     for name, (x, y), c in zip(lset.names, coords.tolist(), conf.tolist(), strict=True):
         ok = bool(np.isfinite(x) and np.isfinite(y))
@@ -162,6 +186,8 @@ def write_outputs(
         if rad.spacing is not None:  # (row_mm, col_mm): x goes with columns
             entry["x_mm"] = round(x * rad.spacing[1], 4) if ok else None
             entry["y_mm"] = round(y * rad.spacing[0], 4) if ok else None
+        if uncertainty is not None:
+            entry.update(uncertainty.fields[len(landmarks)])
         landmarks.append(entry)
     doc = {
         "image": str(path),
@@ -177,14 +203,18 @@ def write_outputs(
         doc["regions"] = regions
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=2))
     grey = image_io.to_display_uint8(rad)
-    overlay(grey, coords, measurement_lines(measured), regions or ()).save(out / f"{stem}.png")
+    drawn = {}
+    if uncertainty is not None:
+        drawn = {"radii_px": uncertainty.ellipse_px, "implausible": uncertainty.implausible}
+    lines = measurement_lines(measured)
+    overlay(grey, coords, lines, regions or (), **drawn).save(out / f"{stem}.png")
     review, rel = out / f"{stem}.labelme.json", _relative(path, out)
     # LabelMe resolves imagePath against the folder of the JSON file. Outlines and
     # patches are their shapes there, not points.
     points = np.where(np.array([k == "landmark" for k in lset.item_kinds])[:, None], coords, np.nan)
     write_labelme(
         review, points, lset.names, image_path=rel, image_hw=rad.shape, scores=conf,
-        regions=regions,
+        regions=regions, descriptions=None if uncertainty is None else uncertainty.descriptions,
     )  # fmt: skip
     # LabelMe opens images with Pillow and shows them unwindowed: DICOM fails and
     # deeper than 8-bit images look black, so those get the windowed image embedded.
@@ -243,6 +273,7 @@ def run_predict(
     *,
     batch_size: int | None = None,
     flip_tta: bool = False,
+    review: bool = False,
 ) -> list[dict[str, Any]]:
     """Predicts landmarks for image files and folders with a trained workdir.
 
@@ -252,6 +283,11 @@ def run_predict(
       output_dir: gets the per-image files and `predictions.csv`.
       batch_size: default the config's; rounded up to a multiple of the devices.
       flip_tta: average with the mirrored image (also done when the config says so).
+      review: also write `review.csv` and `review.json`, images and landmarks most
+        doubtful first (`lmjax.review`).
+
+    With the workdir's `conformal.json` and `shape_model.json` each landmark gets
+    its radius and shape check (`lmjax.review.annotate`).
 
     Returns:
       Per input image, in order: its `<stem>.json` content, or `{"image", "error"}`
@@ -276,6 +312,10 @@ def run_predict(
             f"{workdir}: trained on the crops of region {config.data.roi!r} (data.roi); "
             "predict takes whole images without region boxes: use lmjax evaluate"
         )
+    unc = queue.load(workdir, lset.names)
+    _uncertainty_notes(workdir, unc, flip_tta, review)
+    annotated = unc.radii is not None or unc.shape is not None
+    items = []  # the review queue's (image, names, coords, confidence, annotation)
     n = jax.device_count()  # the batch is split over the devices
     batch = -(-(batch_size or config.train.batch_size) // n) * n
     out.mkdir(parents=True, exist_ok=True)
@@ -301,10 +341,13 @@ def run_predict(
                     results.append({"image": str(path), "error": str(r)})
                     continue
                 xy, c, m, shapes = next(done)
+                ann = queue.annotate(unc, xy, c, r.spacing)
+                more = {"regions": shapes, "uncertainty": ann if annotated else None}
                 results.append(
-                    write_outputs(out, stem, path, r, xy, c, lset, m["measurements"], shapes)
+                    write_outputs(out, stem, path, r, xy, c, lset, m["measurements"], **more)
                 )
                 rows.append((_relative(path, out), xy, r.spacing or (np.nan, np.nan)))
+                items.append((rows[-1][0], lset.names, xy, c, ann))
     if not rows:
         errors = [r["error"] for r in results]
         many = f"none of the {len(errors)} images could be read; first: {errors[0]}"
@@ -312,4 +355,23 @@ def run_predict(
     images, coords, spacing = zip(*rows, strict=True)
     table = out / "predictions.csv"
     write_csv(table, list(images), np.stack(coords), lset.names, spacing=np.array(spacing))
+    if review:
+        queue.write_review(out, unc, items)
     return results
+
+
+def _uncertainty_notes(workdir, unc: queue.Uncertainty, flip_tta: bool, review: bool) -> None:
+    """Notes on stderr where the radii or the review queue mean less than they say."""
+    if review and unc.radii is None:
+        print(
+            f"lmjax predict: {workdir} has no conformal.json (train with "
+            "data.calib_fraction > 0, or run lmjax calibrate); the review ranks by "
+            f"{queue.basis(unc)}",
+            file=sys.stderr,
+        )
+    if unc.radii is not None and flip_tta and "flip_tta" not in unc.radii.get("stages", []):
+        print(
+            "lmjax predict: the conformal radii were calibrated without flip TTA; "
+            "their coverage is not guaranteed for these predictions",
+            file=sys.stderr,
+        )

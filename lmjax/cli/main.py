@@ -34,6 +34,14 @@ _TABLE = [
         device=True,
     ),
     Command(
+        "calibrate",
+        "lmjax calibrate --workdir=DIR [--output=FILE.json]",
+        "conformal landmark radii on the run's calibration split, and its shape model",
+        model.define_calibrate,
+        model.cmd_calibrate,
+        device=True,
+    ),
+    Command(
         "sweep",
         "lmjax sweep --workdir=DIR --values=FIELD=V1,V2,... [--values=...] "
         "[--config=PATH[:ARG]] [--config.FIELD=VALUE ...] [--split=NAME] "
@@ -46,7 +54,7 @@ _TABLE = [
     ),
     Command(
         "predict",
-        "lmjax predict --workdir=DIR --output_dir=DIR [--flip_tta] INPUT [INPUT ...]",
+        "lmjax predict --workdir=DIR --output_dir=DIR [--flip_tta] [--review] INPUT [INPUT ...]",
         "landmarks (JSON, overlay PNG, LabelMe file) for DICOM or image files and folders",
         model.define_predict,
         model.cmd_predict,

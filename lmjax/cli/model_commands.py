@@ -124,6 +124,9 @@ def cmd_train(inv: Invocation) -> int:
         return 0
     if trainer.train(config, workdir).get("stopped_by"):
         return 0
+    from lmjax.train.calibration import after_training
+
+    after_training(workdir)  # shape model; conformal radii with data.calib_fraction > 0
     # The workdir's config.json names the data trained on; evaluation reads it there.
     report = _evaluate_workdir(workdir, None, str(pathlib.Path(workdir) / "eval.json"))
     print(f"MRE {report['mre']:.3f} {report['unit']} on {report['split']}; outputs in {workdir}")
@@ -218,6 +221,38 @@ def cmd_evaluate(inv: Invocation) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- calibrate
+
+
+def define_calibrate(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "the trained run's folder (required); it must hold a calibration split "
+        "(trained with data.calib_fraction > 0)",
+        flag_values=fv,
+    )
+    _define_output(fv, "the radii (as <workdir>/conformal.json)")
+
+
+def cmd_calibrate(inv: Invocation) -> int:
+    from lmjax.train.calibration import calibrate_workdir, fit_shape_model
+    from lmjax.train.restore import read_config
+    from lmjax.train.setup import load_calibration
+
+    workdir = inv.value("workdir")
+    if not workdir:
+        raise UsageError("--workdir is required")
+    if load_calibration(read_config(workdir)) is None:
+        raise UsageError(
+            f"{workdir}: the run has no calibration split; set data.calib_fraction "
+            "(e.g. --config.data.calib_fraction=0.2) when training"
+        )
+    fit_shape_model(workdir)
+    write_json(calibrate_workdir(workdir), inv.value("output"))
+    return 0
+
+
 # ---------------------------------------------------------------- predict
 
 
@@ -232,6 +267,14 @@ def define_predict(fv: flags.FlagValues) -> None:
     flags.DEFINE_bool(
         "flip_tta", False, "average with the prediction on the mirrored image", flag_values=fv
     )
+    flags.DEFINE_bool(
+        "review",
+        False,
+        "also write review.csv and review.json: images and their landmarks ranked "
+        "most doubtful first (missed, implausible shape, conformal radius scaled by "
+        "confidence)",
+        flag_values=fv,
+    )
 
 
 def cmd_predict(inv: Invocation) -> int:
@@ -243,7 +286,11 @@ def cmd_predict(inv: Invocation) -> int:
         raise UsageError("name at least one image file or folder to predict")
     output_dir = inv.value("output_dir")
     results = run_predict(
-        inv.value("workdir"), inv.args, output_dir, flip_tta=inv.value("flip_tta")
+        inv.value("workdir"),
+        inv.args,
+        output_dir,
+        flip_tta=inv.value("flip_tta"),
+        review=inv.value("review"),
     )
     written = sum("error" not in r for r in results)
     print(f"wrote {written} of {len(results)} predictions to {output_dir}")

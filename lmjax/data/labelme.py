@@ -11,6 +11,7 @@ import json
 import pathlib
 import re
 import warnings as pywarnings
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -230,11 +231,13 @@ def write_labelme(
     image_hw: tuple[int, int],
     scores: np.ndarray | None = None,
     regions: list[dict] | None = None,
+    descriptions: Sequence[str] | None = None,
 ) -> None:
     """Writes landmarks as LabelMe point shapes; missing landmarks are left out.
 
     `scores` (per landmark) go into each shape's `description` so a reviewer can
-    see which predictions to check first. `regions` (`{"name", "kind", "points"}`,
+    see which predictions to check first, followed by `descriptions[k]` (e.g. the
+    conformal radius and the shape flag). `regions` (`{"name", "kind", "points"}`,
     optional "score") become linestrips (outlines) and polygons (patches), which
     this reader takes back as the same items.
     """
@@ -247,7 +250,14 @@ def write_labelme(
             "label": name,
             "points": [[x, y]],
             "group_id": None,
-            "description": "" if scores is None else f"score={float(scores[k]):.4f}",
+            "description": " ".join(
+                t
+                for t in (
+                    "" if scores is None else f"score={float(scores[k]):.4f}",
+                    "" if descriptions is None else descriptions[k],
+                )
+                if t
+            ),
             "shape_type": "point",
             "flags": {},
         }

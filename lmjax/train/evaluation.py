@@ -9,8 +9,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from lmjax import conformal, parallel
 from lmjax import evaluate as evaluation
-from lmjax import parallel
 from lmjax.data.types import Dataset, LandmarkDataError
 from lmjax.task import HOST_EXTRACTORS, TaskSpec, host_coordinates, task_spec
 from lmjax.train.restore import read_config, restore_trained
@@ -222,6 +222,11 @@ def evaluate_workdir(
     measurements = evaluation.measurement_report(coords, dataset)
     if measurements is not None:
         report["measurements"] = measurements
+    radii = conformal.load(workdir)
+    if radii is not None:  # achieved coverage of the calibrated radii beside the nominal
+        report["conformal"] = conformal.coverage_entry(
+            coords, dataset.landmarks(), dataset.spacings(), radii
+        )
     segmentation = segmentation_report(config, eval_step, mesh, state, dataset)
     if segmentation is not None:
         report["segmentation"] = segmentation
@@ -236,6 +241,8 @@ def evaluate_workdir(
     report = {**head, **chosen, **report}
     log(title)
     log(evaluation.format_report(report))
+    if "conformal" in report:
+        log(conformal.format_coverage(report["conformal"]))
     if detector:
         from lmjax.detection_metrics import format_detection
 

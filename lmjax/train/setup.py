@@ -25,6 +25,7 @@ from lmjax.data.types import Dataset, LandmarkSet
 from lmjax.models import weights
 from lmjax.task import TaskSpec, task_spec
 from lmjax.train import folds
+from lmjax.train.holdout import calibration_cut
 from lmjax.train.optim import OptimConfig, layer_decay_scales, make_optimizer
 from lmjax.train.state import create_train_state
 from lmjax.train.step import make_eval_step, make_train_step
@@ -87,7 +88,27 @@ def load_config_dataset(config) -> Dataset:
 
 
 def load_splits(config) -> tuple[Dataset, Dataset, Dataset | None]:
-    """Train, validation and (when present) test datasets from the config."""
+    """Train, validation and (when present) test datasets from the config.
+
+    With `data.calib_fraction > 0` the calibration records (`load_calibration`)
+    are not in the training set.
+    """
+    train, val, test, _ = _all_splits(config)
+    return train, val, test
+
+
+def load_calibration(config) -> Dataset | None:
+    """The conformal calibration split (`data.calib_fraction` of the training records
+    left after the validation cut), or None when the fraction is 0.
+
+    It is never trained on nor used to pick a checkpoint; `lmjax calibrate` computes
+    the conformal radii on it (`lmjax.conformal`).
+    """
+    return _all_splits(config)[3]
+
+
+def _all_splits(config) -> tuple[Dataset, Dataset, Dataset | None, Dataset | None]:
+    """Train, validation, test (or None) and calibration (or None) datasets."""
     d = config.data
     ds = load_config_dataset(config)
     if d.mixture:  # the mixture unified every source's splits under these names
@@ -113,7 +134,8 @@ def load_splits(config) -> tuple[Dataset, Dataset, Dataset | None]:
         train = dataclasses.replace(
             train, records=[r for i, r in enumerate(train.records) if i not in held]
         )
-    return train, val, test
+    train, calib = calibration_cut(train, config)
+    return train, val, test, calib
 
 
 def device_keys(
