@@ -9,6 +9,7 @@ import sys
 from lmjax.cli import convert_command as convert
 from lmjax.cli import data_commands as data
 from lmjax.cli import model_commands as model
+from lmjax.cli import refine_command as refine
 from lmjax.cli import sweep_command as sweep
 from lmjax.cli.framework import EXIT_OK, EXIT_USAGE, Command, execute, format_usage
 
@@ -39,6 +40,15 @@ _TABLE = [
         "conformal landmark radii on the run's calibration split, and its shape model",
         model.define_calibrate,
         model.cmd_calibrate,
+        device=True,
+    ),
+    Command(
+        "refine",
+        "lmjax refine --workdir=DIR [--config.refine.FIELD=VALUE ...] [--noevaluate]",
+        "train the coarse-to-fine refinement stage of a finished run into WORKDIR/refine",
+        refine.define_refine,
+        refine.cmd_refine,
+        config=True,
         device=True,
     ),
     Command(

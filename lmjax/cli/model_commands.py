@@ -124,6 +124,10 @@ def cmd_train(inv: Invocation) -> int:
         return 0
     if trainer.train(config, workdir).get("stopped_by"):
         return 0
+    if config.refine.enabled:  # the local stage trains on the finished global model
+        from lmjax.train.refine import train_refine
+
+        train_refine(workdir)
     from lmjax.train.calibration import after_training
 
     after_training(workdir)  # shape model; conformal radii with data.calib_fraction > 0
