@@ -8,6 +8,7 @@ preview --augment=NAME` shows what it does to a dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +35,23 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     # through `p_flip`.
     "default": _LOWER_LIMB,
     "lower_limb": _LOWER_LIMB,
+    # lmjax's recipe for films unlike the training ones (other scanners, exposures,
+    # processing): the default affine steps plus gamma, contrast, brightness, noise
+    # and blur. Ranges span what differs between scanners and exposure settings;
+    # they were set before any test image was seen, not tuned on one.
+    "robust": dataclasses.replace(
+        _LOWER_LIMB,
+        p_gamma=0.5,
+        gamma=(0.7, 1.5),
+        p_contrast=0.5,
+        contrast=(0.75, 1.25),
+        p_brightness=0.5,
+        brightness=0.1,
+        p_noise=0.25,
+        noise_std=(0.0, 0.03),
+        p_blur=0.25,
+        blur_sigma=(0.3, 1.0),
+    ),
     # Pelvis paper (000, section 3.1): "rotation, translation, shearing and scaling
     # but not reflection". It gives no ranges or probabilities; these are lmjax's:
     # each step at p=0.5, rotation +-15 deg, shear +-10 deg, zoom 0.85-1.15,

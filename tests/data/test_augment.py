@@ -219,3 +219,12 @@ def test_medsapiens_flips_only_with_pairs():
     assert resolve_augment({"preset": "medsapiens", "rotation": 3.0}, ((0, 1),)).p_flip == 0.5
     assert resolve_augment({"preset": "lower_limb"}).p_affine == 0.5
     assert resolve_augment(None) is None
+
+
+def test_robust_preset_is_default_plus_photometric_steps():
+    robust, default = AUGMENT_PRESETS["robust"], AUGMENT_PRESETS["default"]
+    for name in ("p_affine", "rotation", "scale", "translation", "p_flip", "p_elastic"):
+        assert getattr(robust, name) == getattr(default, name), name
+    assert (robust.p_gamma, robust.gamma) == (0.5, (0.7, 1.5))
+    assert (robust.p_contrast, robust.contrast) == (0.5, (0.75, 1.25))
+    assert (robust.p_noise, robust.noise_std, robust.p_blur) == (0.25, (0.0, 0.03), 0.25)
