@@ -277,6 +277,9 @@ def benchmark(
         "parameters": params,
         "input_size": list(input_hw),
         "global_batch": images,
+        # An ensemble's members all train on each image: images/s counts images, and
+        # member-images/s is `ensemble` times that; `parameters` are all members'.
+        "ensemble": config.train.get("ensemble", 1),
         "compute_dtype": config.task.compute_dtype,
         "data": data,
         "backend": jax.default_backend(),
@@ -316,7 +319,12 @@ def format_benchmark(r: dict[str, Any]) -> str:
     lines = [
         f"model        {r['model']} ({r['parameters'] / 1e6:.2f} M parameters), "
         f"input {r['input_size'][0]}x{r['input_size'][1]}, batch {r['global_batch']}, "
-        f"{r['compute_dtype']}",
+        f"{r['compute_dtype']}"
+        + (
+            f", ensemble of {r['ensemble']} (images/s counts images, each seen by every member)"
+            if r.get("ensemble", 1) > 1
+            else ""
+        ),
         f"devices      {r['device_count']} x {r['device_kind']} ({r['backend']})",
         "versions     " + ", ".join(f"{name} {v[name]}" for name in v),
         f"compile      {r['compile_s']:.1f} s",

@@ -29,16 +29,20 @@ DEFAULT_THRESHOLDS = (2.0, 2.5, 3.0, 4.0)
 
 
 def with_flip_tta(predict: PredictFn, flip_permutation: np.ndarray) -> PredictFn:
-    """Averages the prediction with that of the mirrored image, labels swapped back."""
+    """Averages the prediction with that of the mirrored image, labels swapped back.
+
+    `predict` may give extra axes between batch and landmarks (`[B, ..., K, 2]`,
+    confidence `[B, ..., K]`, e.g. an ensemble's members, `lmjax.tta.read_with`).
+    """
 
     def fn(images: np.ndarray):
         coords, conf = predict(images)
         fcoords, fconf = predict(images[:, :, ::-1])
         width = images.shape[2]
-        fcoords = np.asarray(fcoords)[:, flip_permutation].copy()
+        fcoords = np.asarray(fcoords)[..., flip_permutation, :].copy()
         fcoords[..., 0] = width - 1 - fcoords[..., 0]
         return (np.asarray(coords) + fcoords) / 2, (
-            np.asarray(conf) + np.asarray(fconf)[:, flip_permutation]
+            np.asarray(conf) + np.asarray(fconf)[..., flip_permutation]
         ) / 2
 
     return fn

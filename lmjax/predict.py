@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from lmjax import evaluate
+from lmjax import evaluate, tta
 from lmjax import review as queue
 from lmjax.data import affine, image_io
 from lmjax.data.cache import cache_hw
@@ -231,17 +231,18 @@ def write_outputs(
     return doc
 
 
-def _model(workdir, flip_tta: bool):
+def _model(workdir, flip_tta: bool, tta_scales: tuple[float, ...] | None = None):
     """`(infer, landmark_set, config)` of a trained workdir: `infer(dataset, batch) ->
-    (coords, confidence, regions)`; regions per image are None for map-head models."""
+    (coords, confidence, regions)`; regions per image are None for map-head models.
+    `tta_scales` replaces the config's `train.tta_scales` (None: the config's)."""
     from lmjax.train.predictors import predictor_for
     from lmjax.train.restore import read_config
 
     config = read_config(workdir)
     custom = predictor_for(config.task.mode)
     if custom is not None:
-        if flip_tta:
-            raise LandmarkDataError(f"flip TTA is not available for task.mode {config.task.mode!r}")
+        if flip_tta or tta_scales:
+            raise LandmarkDataError(f"TTA is not available for task.mode {config.task.mode!r}")
         model = custom(workdir)
         return (lambda dataset, _: model(dataset)), model.landmark_set, config
     config, mesh, state, eval_step = restore_trained(workdir)
@@ -251,6 +252,8 @@ def _model(workdir, flip_tta: bool):
         raise LandmarkDataError(f"flip TTA: landmark set {lset.name!r} has no left/right pairs")
     if (flip_tta or config.train.flip_tta) and lset.flip_pairs:
         predict = evaluate.with_flip_tta(predict, lset.flip_permutation())
+    scales = config.train.tta_scales if tta_scales is None else tta_scales
+    predict = tta.with_scale_tta(predict, scales)  # unchanged without scales
 
     def infer(dataset, batch):
         coords, conf = evaluate.predict_dataset(
@@ -274,6 +277,7 @@ def run_predict(
     batch_size: int | None = None,
     flip_tta: bool = False,
     review: bool = False,
+    tta_scales: tuple[float, ...] | None = None,
 ) -> list[dict[str, Any]]:
     """Predicts landmarks for image files and folders with a trained workdir.
 
@@ -283,6 +287,8 @@ def run_predict(
       output_dir: gets the per-image files and `predictions.csv`.
       batch_size: default the config's; rounded up to a multiple of the devices.
       flip_tta: average with the mirrored image (also done when the config says so).
+      tta_scales: multi-scale TTA factors replacing the config's `train.tta_scales`
+        (None: the config's; `lmjax.tta.with_scale_tta`).
       review: also write `review.csv` and `review.json`, images and landmarks most
         doubtful first (`lmjax.review`).
 
@@ -306,7 +312,7 @@ def run_predict(
     for name in (f"{s}{ext}" for s in stems for ext in (".json", ".png", ".labelme.json")):
         if (out / name).resolve() in sources:
             raise LandmarkDataError(f"{out / name}: the output would overwrite an input image")
-    infer, lset, config = _model(workdir, flip_tta)
+    infer, lset, config = _model(workdir, flip_tta, tta_scales)
     if config.data.get("roi"):  # a region model needs its box, which only annotations give
         raise LandmarkDataError(
             f"{workdir}: trained on the crops of region {config.data.roi!r} (data.roi); "

@@ -64,7 +64,8 @@ _TABLE = [
     ),
     Command(
         "predict",
-        "lmjax predict --workdir=DIR --output_dir=DIR [--flip_tta] [--review] INPUT [INPUT ...]",
+        "lmjax predict --workdir=DIR --output_dir=DIR [--flip_tta] [--tta_scales=S,...] "
+        "[--review] INPUT [INPUT ...]",
         "landmarks (JSON, overlay PNG, LabelMe file) for DICOM or image files and folders",
         model.define_predict,
         model.cmd_predict,

@@ -271,6 +271,13 @@ def define_predict(fv: flags.FlagValues) -> None:
     flags.DEFINE_bool(
         "flip_tta", False, "average with the prediction on the mirrored image", flag_values=fv
     )
+    flags.DEFINE_list(
+        "tta_scales",
+        None,
+        "multi-scale TTA: also predict on the input zoomed about its centre by these "
+        "factors (e.g. 0.9,1.1) and average; replaces the config's train.tta_scales",
+        flag_values=fv,
+    )
     flags.DEFINE_bool(
         "review",
         False,
@@ -283,11 +290,16 @@ def define_predict(fv: flags.FlagValues) -> None:
 
 def cmd_predict(inv: Invocation) -> int:
     from lmjax.predict import run_predict
+    from lmjax.tta import check_scales
 
     if not inv.value("workdir") or not inv.value("output_dir"):
         raise UsageError("--workdir and --output_dir are required")
     if not inv.args:
         raise UsageError("name at least one image file or folder to predict")
+    try:  # before any file is read
+        scales = check_scales(inv.value("tta_scales")) if inv.present("tta_scales") else None
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
     output_dir = inv.value("output_dir")
     results = run_predict(
         inv.value("workdir"),
@@ -295,6 +307,7 @@ def cmd_predict(inv: Invocation) -> int:
         output_dir,
         flip_tta=inv.value("flip_tta"),
         review=inv.value("review"),
+        tta_scales=scales,
     )
     written = sum("error" not in r for r in results)
     print(f"wrote {written} of {len(results)} predictions to {output_dir}")

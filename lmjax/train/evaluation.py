@@ -9,10 +9,11 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from lmjax import conformal, parallel
+from lmjax import conformal, parallel, tta
 from lmjax import evaluate as evaluation
 from lmjax.data.types import Dataset, LandmarkDataError
 from lmjax.task import HOST_EXTRACTORS, TaskSpec, host_coordinates, task_spec
+from lmjax.train import ensemble
 from lmjax.train.restore import read_config, restore_trained
 from lmjax.train.setup import load_config_dataset, load_landmark_set, load_splits
 
@@ -45,6 +46,8 @@ def reader(eval_step, mesh, state_ref: list, tasks: dict[str, TaskSpec]):
     An eval step built with these `readers` (`make_eval_step`) gives maps once and
     every extractor reads them; a plain one gives its own extractor's (or the
     model's) coordinates, read under the configured name. Collective like `predictor`.
+    An ensemble's plain eval step also gives each member's reading, `member/<k>`
+    (`ensemble.member_readings`, read with the first task's extractor).
     """
 
     def read(images: np.ndarray):
@@ -58,7 +61,8 @@ def reader(eval_step, mesh, state_ref: list, tasks: dict[str, TaskSpec]):
                 readings[name] = (out[f"coords/{name}"], out[f"confidence/{name}"], None)
             else:
                 readings[name] = (out["coords"], out["confidence"], None)
-        return readings
+        first = next(iter(tasks.values()))
+        return readings | ensemble.member_readings(out, first, images.shape[1:3])
 
     return read
 
@@ -98,19 +102,24 @@ def evaluate_state(
     process calls it and gets the same result (each predicts a share, see
     `evaluation.predict_dataset`). `extractor` replaces the configured one (the
     eval step must have it among its `readers`); `thresholds` are the SDR radii.
-    The report counts false positives for binary-mask extractors, unless flip TTA
-    averages two readings."""
+    The report counts false positives for binary-mask extractors, unless test-time
+    augmentation (flip, `train.tta_scales`; `lmjax.tta`) averages several readings.
+    An ensemble's report adds `members`: each member's errors, read with the same
+    augmentation in the same forward passes (`ensemble.member_report`)."""
     name = extractor or config.task.extractor
     read = reader(eval_step, mesh, [state], {name: task_spec(config, extractor=name)})
     inputs = _eval_input(config, cache_dir)
-    if config.train.flip_tta and dataset.landmark_set.flip_pairs:
-        predict = evaluation.with_flip_tta(
-            lambda images: read(images)[name][:2], dataset.landmark_set.flip_permutation()
-        )
-        (coords, conf), fp = evaluation.predict_dataset(predict, dataset, **inputs), None
-    else:
-        coords, conf, fp = evaluation.read_dataset(read, dataset, **inputs)[name]
+    augment = tta.wrapper(config, dataset.landmark_set)
+    if augment is not None:
+        read = tta.read_with(read, augment)
+    readings = evaluation.read_dataset(read, dataset, **inputs)
+    coords, conf, fp = readings[name]
     report = evaluation.error_report(coords, dataset, thresholds=thresholds, false_positives=fp)
+    members = ensemble.member_report(
+        readings, dataset, seed=config.train.seed, thresholds=thresholds
+    )
+    if members:
+        report["members"] = members
     return report, coords, conf
 
 
@@ -241,6 +250,8 @@ def evaluate_workdir(
     report = {**head, **chosen, **report}
     log(title)
     log(evaluation.format_report(report))
+    if "members" in report:
+        log(ensemble.format_members(report))
     if "conformal" in report:
         log(conformal.format_coverage(report["conformal"]))
     if detector:

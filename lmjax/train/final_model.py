@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from lmjax import evaluate
+from lmjax import evaluate, tta
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet
 from lmjax.task import task_spec
 from lmjax.train import setup
@@ -38,6 +38,7 @@ def load_final(
     flip_tta: bool = False,
     refine: bool = True,
     which: str = "best",
+    tta_scales: tuple[float, ...] | None = None,
 ) -> FinalModel:
     """The run in `workdir` as `predict` and `evaluate` use it.
 
@@ -45,11 +46,18 @@ def load_final(
       flip_tta: also average with the mirrored image (done anyway when the config
         says `train.flip_tta` and the landmark set has pairs).
       refine: apply the refinement stage when the workdir has one.
+      tta_scales: multi-scale TTA factors (`lmjax.tta.with_scale_tta`) replacing
+        the config's `train.tta_scales`; None: the config's, () or (1,): none.
+
+    An ensemble workdir (`train.ensemble > 1`) predicts the members' average
+    (`lmjax.train.ensemble`).
 
     Raises:
       FileNotFoundError: no checkpoint.
       LandmarkDataError: flip TTA asked for a landmark set without left/right pairs.
+      ValueError: a scale factor that is not positive and finite.
     """
+    scales = None if tta_scales is None else tta.check_scales(tta_scales)  # before restoring
     config, mesh, state, eval_step = restore_trained(workdir, which=which)
     lset = setup.load_landmark_set(workdir, config)
     predict_images = predictor(eval_step, mesh, [state], task_spec(config))
@@ -59,6 +67,10 @@ def load_final(
     if (flip_tta or config.train.flip_tta) and lset.flip_pairs:
         predict_images = evaluate.with_flip_tta(predict_images, lset.flip_permutation())
         stages.append("flip_tta")
+    scales = tta.check_scales(config.train.tta_scales) if scales is None else scales
+    if scales:
+        predict_images = tta.with_scale_tta(predict_images, scales)
+        stages.append("scale_tta")
 
     def predict_global(dataset: Dataset, batch_size: int | None = None):
         return evaluate.predict_dataset(

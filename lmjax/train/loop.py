@@ -18,6 +18,7 @@ import numpy as np
 from lmjax import configs, parallel
 from lmjax.task import task_spec
 from lmjax.train import checkpoint as ckpt_lib
+from lmjax.train import ensemble
 from lmjax.train.evaluation import evaluate_state
 from lmjax.train.logs import RunLog
 from lmjax.train.optim import ReduceOnPlateau
@@ -129,8 +130,11 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
                     f"step {step}  val MRE {report['mre']:.3f} {report['unit']}  "
                     f"SDR@2 {report['sdr']['2']:.1f}%  lr scale {scale:g}"
                 )
+                if "members" in report:  # an ensemble: each member beside it
+                    log(ensemble.format_members(report))
                 keys = ("mre", "sd", "median", "p95", "sdr", "unit")
-                history.write(step, "val", {key: report[key] for key in keys})
+                members = {f"member{m['member']}_mre": m["mre"] for m in report.get("members", ())}
+                history.write(step, "val", {key: report[key] for key in keys} | members)
                 checkpoints.save(
                     step,
                     state,

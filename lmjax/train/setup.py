@@ -7,6 +7,7 @@ restoring of a trained model share, so that they build the same thing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Any, NamedTuple
@@ -24,7 +25,7 @@ from lmjax.data.pipeline import make_pipeline, region_flip_table
 from lmjax.data.types import Dataset, LandmarkSet
 from lmjax.models import weights
 from lmjax.task import TaskSpec, task_spec
-from lmjax.train import folds
+from lmjax.train import ensemble, folds
 from lmjax.train.holdout import calibration_cut
 from lmjax.train.optim import OptimConfig, layer_decay_scales, make_optimizer
 from lmjax.train.state import create_train_state
@@ -231,7 +232,13 @@ def build(
     (`make_eval_step`)."""
     parts = build_state(config, num_landmarks, landmark_set, pretrained=pretrained, log=log)
     config = resolve(config)
-    train_step = make_train_step(
+    make_train, make_eval = make_train_step, make_eval_step
+    if ensemble.size(config) > 1:  # stacked members under jax.vmap
+        make_train = ensemble.make_train_step
+        make_eval = functools.partial(
+            ensemble.make_eval_step, average=config.train.ensemble_average
+        )
+    train_step = make_train(
         parts.graphdef,
         parts.task,
         parts.tx,
@@ -240,7 +247,7 @@ def build(
         augment=device_augment(config, landmark_set),
         trainable=parts.trainable,
     )
-    eval_step = make_eval_step(parts.graphdef, parts.task, parts.mesh, readers=readers)
+    eval_step = make_eval(parts.graphdef, parts.task, parts.mesh, readers=readers)
     return parts.mesh, parts.state, train_step, eval_step, parts.optim
 
 
@@ -279,8 +286,27 @@ def build_state(
     `config.model.pretrained` (a checkpoint file; "" for none), `pretrained_table`,
     `pretrained_strict` and `pretrained_ignore` load weights into the new model (see
     `lmjax.models.weights`; the summary goes to `log`) unless `pretrained` is False.
+
+    With `config.train.ensemble = N > 1` the state stacks N members, member k built
+    as this function builds a run seeded `train.seed + k` (`lmjax.train.ensemble`);
+    `build` then gives the vmapped steps.
     """
     config = resolve(config)
+    ensemble.check_config(config)
+    if ensemble.size(config) > 1:  # member k as a single run seeded seed + k, stacked
+        members = [
+            build_state(
+                ensemble.member_config(config, k),
+                num_landmarks,
+                landmark_set,
+                pretrained=pretrained,
+                log=log,
+            )
+            for k in range(ensemble.size(config))
+        ]
+        ensemble.check_config(config, members[0].task)
+        stacked = ensemble.stack_states([m.state for m in members], members[0].mesh)
+        return members[0]._replace(state=stacked)
     mesh = parallel.make_mesh()
     trainable = config.model.trainable
     skip = ("name", "trainable", *weights.CONFIG_KEYS)

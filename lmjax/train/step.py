@@ -49,6 +49,34 @@ def make_train_step(
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
 
+    `train_step_fn`'s step (see there), with the state replicated and the batch split
+    along `data`.
+    """
+    step = train_step_fn(
+        graphdef, task, tx, schedule=schedule, augment=augment, trainable=trainable
+    )
+    rep, data = replicated(mesh), data_sharding(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(rep, data),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+        compiler_options=xla_cpu.compiler_options(mesh),
+    )
+
+
+def train_step_fn(
+    graphdef: nnx.GraphDef,
+    task: TaskSpec,
+    tx: optax.GradientTransformation,
+    *,
+    schedule: optax.Schedule | None = None,
+    augment: Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]] | None = None,
+    trainable: Callable[[tuple[str | int, ...]], bool] | None = None,
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """The pure, unjitted `train_step(state, batch) -> (state, metrics)` (an ensemble
+    `jax.vmap`s it over its members, `lmjax.train.ensemble`).
+
     `batch` comes from `shard_batch`: `image` `[B, H, W, C]`, `landmarks` `[B, K, 2]`,
     `visible` `[B, K]`, optional `valid` `[B]`, and `region_mask` `[B, H, W]` int
     when `task.needs_region_mask` (others are ignored). Metrics are
@@ -104,14 +132,7 @@ def make_train_step(
         )
         return new_state, metrics
 
-    rep, data = replicated(mesh), data_sharding(mesh)
-    return jax.jit(
-        train_step,
-        in_shardings=(rep, data),
-        out_shardings=(rep, rep),
-        donate_argnums=0,
-        compiler_options=xla_cpu.compiler_options(mesh),
-    )
+    return train_step
 
 
 def make_eval_step(
@@ -147,32 +168,7 @@ def make_eval_step(
 
     def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         model = merge(graphdef, state.params, state, False, dtype)
-        outputs = model(batch["image"].astype(dtype))
-        extra = {}
-        if "landmarks" in batch and task.head.scores_masks and "heatmaps" in outputs:
-            extra["overlap"] = mask_overlap(task, outputs["heatmaps"], batch)
-        if readers and "heatmaps" in outputs and "coords" not in outputs:
-            maps = outputs["heatmaps"]
-            extra["probs"] = task.head.probabilities(maps.astype(jnp.float32))
-            for name, reader in readers.items():
-                if name not in HOST_EXTRACTORS:
-                    coords, conf = extract(reader, maps, batch["image"])
-                    extra[f"coords/{name}"], extra[f"confidence/{name}"] = coords, conf
-            return extra
-        on_host = task.extractor in HOST_EXTRACTORS
-        if on_host and "heatmaps" in outputs and "coords" not in outputs:
-            maps = outputs["heatmaps"].astype(jnp.float32)
-            return {"probs": task.head.probabilities(maps), **extra}
-        if "heatmaps" in outputs and not on_host:
-            coords, conf = extract(task, outputs["heatmaps"], batch["image"])
-        else:
-            conf = jnp.ones(outputs["coords"].shape[:-1], jnp.float32)
-        coords = outputs["coords"].astype(jnp.float32) if "coords" in outputs else coords
-        if "boxes" in outputs:  # detectors: per-class top-1 boxes and their scores
-            extra["boxes"] = outputs["boxes"].astype(jnp.float32)
-            extra["scores"] = outputs["scores"].astype(jnp.float32)
-            conf = extra["scores"]
-        return {"coords": coords, "confidence": conf, **extra}
+        return eval_outputs(task, model(batch["image"].astype(dtype)), batch, readers)
 
     data = data_sharding(mesh)
     return jax.jit(
@@ -181,3 +177,38 @@ def make_eval_step(
         out_shardings=data,
         compiler_options=xla_cpu.compiler_options(mesh),
     )
+
+
+def eval_outputs(
+    task: TaskSpec,
+    outputs: Mapping[str, jax.Array],
+    batch: Mapping[str, jax.Array],
+    readers: Mapping[str, TaskSpec] | None = None,
+) -> dict[str, jax.Array]:
+    """The eval step's result (see `make_eval_step`) from the model's `outputs`
+    (an ensemble gives its averaged outputs, `lmjax.train.ensemble`)."""
+    extra = {}
+    if "landmarks" in batch and task.head.scores_masks and "heatmaps" in outputs:
+        extra["overlap"] = mask_overlap(task, outputs["heatmaps"], batch)
+    if readers and "heatmaps" in outputs and "coords" not in outputs:
+        maps = outputs["heatmaps"]
+        extra["probs"] = task.head.probabilities(maps.astype(jnp.float32))
+        for name, reader in readers.items():
+            if name not in HOST_EXTRACTORS:
+                coords, conf = extract(reader, maps, batch["image"])
+                extra[f"coords/{name}"], extra[f"confidence/{name}"] = coords, conf
+        return extra
+    on_host = task.extractor in HOST_EXTRACTORS
+    if on_host and "heatmaps" in outputs and "coords" not in outputs:
+        maps = outputs["heatmaps"].astype(jnp.float32)
+        return {"probs": task.head.probabilities(maps), **extra}
+    if "heatmaps" in outputs and not on_host:
+        coords, conf = extract(task, outputs["heatmaps"], batch["image"])
+    else:
+        conf = jnp.ones(outputs["coords"].shape[:-1], jnp.float32)
+    coords = outputs["coords"].astype(jnp.float32) if "coords" in outputs else coords
+    if "boxes" in outputs:  # detectors: per-class top-1 boxes and their scores
+        extra["boxes"] = outputs["boxes"].astype(jnp.float32)
+        extra["scores"] = outputs["scores"].astype(jnp.float32)
+        conf = extra["scores"]
+    return {"coords": coords, "confidence": conf, **extra}
