@@ -22,7 +22,6 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from lmjax import evaluate, tta
 from lmjax import review as queue
 from lmjax.data import affine, image_io
 from lmjax.data.cache import cache_hw
@@ -30,10 +29,7 @@ from lmjax.data.labelme import natural_key, write_labelme
 from lmjax.data.tabular import write_csv
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Radiograph, Record
 from lmjax.measurements.report import measure_dataset
-from lmjax.task import task_spec
-from lmjax.train import setup
-from lmjax.train.evaluation import predictor
-from lmjax.train.restore import restore_trained
+from lmjax.train.final_model import load_final
 
 MAX_OVERLAY_SIDE = 2048
 _COLOURS = ((255, 99, 71), (50, 205, 50), (30, 144, 255), (255, 215, 0), (238, 130, 238))
@@ -233,7 +229,8 @@ def write_outputs(
 
 def _model(workdir, flip_tta: bool, tta_scales: tuple[float, ...] | None = None):
     """`(infer, landmark_set, config)` of a trained workdir: `infer(dataset, batch) ->
-    (coords, confidence, regions)`; regions per image are None for map-head models.
+    (coords, confidence, regions)`; regions per image are None for map-head models,
+    which predict through `lmjax.train.final_model.load_final`.
     `tta_scales` replaces the config's `train.tta_scales` (None: the config's)."""
     from lmjax.train.predictors import predictor_for
     from lmjax.train.restore import read_config
@@ -245,27 +242,14 @@ def _model(workdir, flip_tta: bool, tta_scales: tuple[float, ...] | None = None)
             raise LandmarkDataError(f"TTA is not available for task.mode {config.task.mode!r}")
         model = custom(workdir)
         return (lambda dataset, _: model(dataset)), model.landmark_set, config
-    config, mesh, state, eval_step = restore_trained(workdir)
-    lset = setup.load_landmark_set(workdir, config)
-    predict = predictor(eval_step, mesh, [state], task_spec(config))
-    if flip_tta and not lset.flip_pairs:
-        raise LandmarkDataError(f"flip TTA: landmark set {lset.name!r} has no left/right pairs")
-    if (flip_tta or config.train.flip_tta) and lset.flip_pairs:
-        predict = evaluate.with_flip_tta(predict, lset.flip_permutation())
-    scales = config.train.tta_scales if tta_scales is None else tta_scales
-    predict = tta.with_scale_tta(predict, scales)  # unchanged without scales
+    # Every stage the run holds (TTA, ensemble average, refinement), as evaluate uses it.
+    final = load_final(workdir, flip_tta=flip_tta, tta_scales=tta_scales)
 
     def infer(dataset, batch):
-        coords, conf = evaluate.predict_dataset(
-            predict,
-            dataset,
-            input_size=tuple(config.data.input_size),
-            batch_size=batch,
-            fit=config.data.fit,
-            normalize=config.data.normalize,
-        )
+        coords, conf = final.predict(dataset, batch)
         return coords, conf, [None] * len(coords)
 
+    lset, config = final.landmark_set, final.config
     return infer, lset, config
 
 

@@ -145,7 +145,9 @@ def _cell_centroids(images: np.ndarray):
 
 
 def test_predictions_are_in_the_original_frame(workdir, images, tmp_path, monkeypatch):
-    monkeypatch.setattr(predict_module, "predictor", lambda *_: _cell_centroids)
+    from lmjax.train import final_model
+
+    monkeypatch.setattr(final_model, "predictor", lambda *_: _cell_centroids)
     results = run_predict(workdir, [str(images / "small.png"), str(images / "big.png")], tmp_path)
     small, big = (_doc_coords(doc) for doc in results)
     # Pixel centres on integers: small pixel x covers big pixels 2x and 2x + 1.

@@ -9,6 +9,7 @@ import sys
 from lmjax.cli import convert_command as convert
 from lmjax.cli import data_commands as data
 from lmjax.cli import model_commands as model
+from lmjax.cli import predict_command as predict
 from lmjax.cli import refine_command as refine
 from lmjax.cli import sweep_command as sweep
 from lmjax.cli.framework import EXIT_OK, EXIT_USAGE, Command, execute, format_usage
@@ -28,7 +29,7 @@ _TABLE = [
         "evaluate",
         "lmjax evaluate --workdir=DIR [--data_dir=PATH] [--split=NAME] "
         "[--ground_truth=senior|junior|mean] [--extractor=NAME|all] [--sdr_mm=MM,...] "
-        "[--output=FILE.json]",
+        "[--norefine] [--output=FILE.json]",
         "errors in mm of a trained model on a split, in the original image frame",
         model.define_evaluate,
         model.cmd_evaluate,
@@ -38,8 +39,8 @@ _TABLE = [
         "calibrate",
         "lmjax calibrate --workdir=DIR [--output=FILE.json]",
         "conformal landmark radii on the run's calibration split, and its shape model",
-        model.define_calibrate,
-        model.cmd_calibrate,
+        predict.define_calibrate,
+        predict.cmd_calibrate,
         device=True,
     ),
     Command(
@@ -67,8 +68,8 @@ _TABLE = [
         "lmjax predict --workdir=DIR --output_dir=DIR [--flip_tta] [--tta_scales=S,...] "
         "[--review] INPUT [INPUT ...]",
         "landmarks (JSON, overlay PNG, LabelMe file) for DICOM or image files and folders",
-        model.define_predict,
-        model.cmd_predict,
+        predict.define_predict,
+        predict.cmd_predict,
         positional=True,
         device=True,
     ),

@@ -178,6 +178,13 @@ def define_evaluate(fv: flags.FlagValues) -> None:
         "radii of the success detection rates, in mm (pixels when a spacing is unknown)",
         flag_values=fv,
     )
+    flags.DEFINE_bool(
+        "refine",
+        None,
+        "apply the run's refinement stage (WORKDIR/refine) when it has one; "
+        "--norefine: the global model alone (default: refine)",
+        flag_values=fv,
+    )
     _define_output(fv, "the report (every error per image and landmark)")
 
 
@@ -221,96 +228,8 @@ def cmd_evaluate(inv: Invocation) -> int:
         extractor=extractor,
         # Only a changed list is passed: trainers that fix their radii still run.
         sdr_mm=radii if inv.present("sdr_mm") else None,
+        refine=inv.value("refine"),
     )
-    return 0
-
-
-# ---------------------------------------------------------------- calibrate
-
-
-def define_calibrate(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string(
-        "workdir",
-        None,
-        "the trained run's folder (required); it must hold a calibration split "
-        "(trained with data.calib_fraction > 0)",
-        flag_values=fv,
-    )
-    _define_output(fv, "the radii (as <workdir>/conformal.json)")
-
-
-def cmd_calibrate(inv: Invocation) -> int:
-    from lmjax.train.calibration import calibrate_workdir, fit_shape_model
-    from lmjax.train.restore import read_config
-    from lmjax.train.setup import load_calibration
-
-    workdir = inv.value("workdir")
-    if not workdir:
-        raise UsageError("--workdir is required")
-    if load_calibration(read_config(workdir)) is None:
-        raise UsageError(
-            f"{workdir}: the run has no calibration split; set data.calib_fraction "
-            "(e.g. --config.data.calib_fraction=0.2) when training"
-        )
-    fit_shape_model(workdir)
-    write_json(calibrate_workdir(workdir), inv.value("output"))
-    return 0
-
-
-# ---------------------------------------------------------------- predict
-
-
-def define_predict(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("workdir", None, "the trained run's folder (required)", flag_values=fv)
-    flags.DEFINE_string(
-        "output_dir",
-        None,
-        "where <stem>.json, <stem>.png, <stem>.labelme.json and predictions.csv go (required)",
-        flag_values=fv,
-    )
-    flags.DEFINE_bool(
-        "flip_tta", False, "average with the prediction on the mirrored image", flag_values=fv
-    )
-    flags.DEFINE_list(
-        "tta_scales",
-        None,
-        "multi-scale TTA: also predict on the input zoomed about its centre by these "
-        "factors (e.g. 0.9,1.1) and average; replaces the config's train.tta_scales",
-        flag_values=fv,
-    )
-    flags.DEFINE_bool(
-        "review",
-        False,
-        "also write review.csv and review.json: images and their landmarks ranked "
-        "most doubtful first (missed, implausible shape, conformal radius scaled by "
-        "confidence)",
-        flag_values=fv,
-    )
-
-
-def cmd_predict(inv: Invocation) -> int:
-    from lmjax.predict import run_predict
-    from lmjax.tta import check_scales
-
-    if not inv.value("workdir") or not inv.value("output_dir"):
-        raise UsageError("--workdir and --output_dir are required")
-    if not inv.args:
-        raise UsageError("name at least one image file or folder to predict")
-    try:  # before any file is read
-        scales = check_scales(inv.value("tta_scales")) if inv.present("tta_scales") else None
-    except ValueError as e:
-        raise UsageError(f"--{e}") from None
-    output_dir = inv.value("output_dir")
-    results = run_predict(
-        inv.value("workdir"),
-        inv.args,
-        output_dir,
-        flip_tta=inv.value("flip_tta"),
-        review=inv.value("review"),
-        tta_scales=scales,
-    )
-    written = sum("error" not in r for r in results)
-    print(f"wrote {written} of {len(results)} predictions to {output_dir}")
     return 0
 
 

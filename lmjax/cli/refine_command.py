@@ -9,7 +9,10 @@ from lmjax.cli.framework import Invocation, UsageError
 
 def define_refine(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
-        "workdir", None, "the trained run's folder; the stage goes to WORKDIR/refine", flag_values=fv
+        "workdir",
+        None,
+        "the trained run's folder; the stage goes to WORKDIR/refine",
+        flag_values=fv,
     )
     flags.DEFINE_bool(
         "evaluate", True, "evaluate the refined run on its default split afterwards", flag_values=fv

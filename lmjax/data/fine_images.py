@@ -108,7 +108,9 @@ def load_fine(
     pixels = np.zeros((len(records), *canvas), np.float16)
     for i, (p, *_) in enumerate(loaded):
         if p.shape[0] > canvas[0] or p.shape[1] > canvas[1]:
-            raise ValueError(f"image {i} at the fine spacing is {p.shape}, over the canvas {canvas}")
+            raise ValueError(
+                f"image {i} at the fine spacing is {p.shape}, over the canvas {canvas}"
+            )
         pixels[i, : p.shape[0], : p.shape[1]] = p
     to_fine = np.stack([m for _, m, _, _ in loaded]) if loaded else np.zeros((0, 3, 3))
     return FineImages(
@@ -123,9 +125,4 @@ def _round_up(n: int) -> int:
     return -(-n // CANVAS_MULTIPLE) * CANVAS_MULTIPLE
 
 
-def fine_to_original(to_fine: np.ndarray) -> np.ndarray:
-    """Inverse of each `[..., 3, 3]` original-to-fine affine."""
-    return np.linalg.inv(np.asarray(to_fine, np.float64)).astype(np.float32)
-
-
-__all__ = ["FineImages", "fine_to_original", "load_fine"]
+__all__ = ["FineImages", "load_fine"]

@@ -13,7 +13,7 @@ from lmjax import conformal, parallel, tta
 from lmjax import evaluate as evaluation
 from lmjax.data.types import Dataset, LandmarkDataError
 from lmjax.task import HOST_EXTRACTORS, TaskSpec, host_coordinates, task_spec
-from lmjax.train import ensemble
+from lmjax.train import ensemble, refine_stage
 from lmjax.train.restore import read_config, restore_trained
 from lmjax.train.setup import load_config_dataset, load_landmark_set, load_splits
 
@@ -167,6 +167,30 @@ def dataset_for_split(config, split: str | None) -> tuple[str, Dataset]:
     return name, load_config_dataset(config).split(name)
 
 
+def _stage_summary(report: dict) -> dict:
+    return {key: report[key] for key in ("mre", "sd", "median", "p95", "missed", "sdr")}
+
+
+def _refined(workdir, config, landmark_set, dataset, coords, report, thresholds):
+    """`(coords, report)` after the workdir's refinement stage; the report keeps the
+    global model's summary under `stages` (and its `members`, labelled global)."""
+    stage = refine_stage.load(workdir, config, landmark_set)
+    refined, _ = stage(dataset, coords)
+    out = evaluation.error_report(refined, dataset, thresholds=thresholds)
+    out["stages"] = {"global": _stage_summary(report), "refine": _stage_summary(out)}
+    if "members" in report:
+        out["members_global"] = report["members"]
+    return refined, out
+
+
+def format_stages(report: dict) -> str:
+    unit, lines = report["unit"], []
+    for name, s in report["stages"].items():
+        sdr = "  ".join(f"SDR@{t}{unit} {v:.1f}%" for t, v in s["sdr"].items())
+        lines.append(f"  {name:<8} MRE {s['mre']:.3f} {unit}  median {s['median']:.3f}  {sdr}")
+    return "stages:\n" + "\n".join(lines)
+
+
 def evaluate_workdir(
     workdir: str,
     *,
@@ -175,10 +199,14 @@ def evaluate_workdir(
     ground_truth: str | None = None,
     extractor: str | None = None,
     sdr_mm: tuple[float, ...] = evaluation.DEFAULT_THRESHOLDS,
+    refine: bool = True,
     log=print,
 ) -> dict:
     """The report of `lmjax evaluate`: errors (and measurements, mask overlap) of the
     best checkpoint in `workdir` on a split of its data, or of `data_dir`.
+
+    With a refinement stage in the workdir (and `refine`), the errors are those of
+    the refined landmarks, and `stages` gives the global model's summary beside them.
 
     `extractor` reads the model's maps with that extractor instead of the configured
     one, or with `"all"` with every one of `extractor_table.COMPARED` (the report is
@@ -228,6 +256,8 @@ def evaluate_workdir(
     report, coords, _ = evaluate_state(
         config, eval_step, mesh, state, dataset, extractor=extractor, thresholds=sdr_mm
     )
+    if refine and refine_stage.has_stage(workdir):
+        coords, report = _refined(workdir, config, trained, dataset, coords, report, sdr_mm)
     measurements = evaluation.measurement_report(coords, dataset)
     if measurements is not None:
         report["measurements"] = measurements
@@ -252,6 +282,8 @@ def evaluate_workdir(
     log(evaluation.format_report(report))
     if "members" in report:
         log(ensemble.format_members(report))
+    if "stages" in report:
+        log(format_stages(report))
     if "conformal" in report:
         log(conformal.format_coverage(report["conformal"]))
     if detector:

@@ -87,9 +87,24 @@ def load_final(
         from lmjax.train import refine_stage
 
         if refine_stage.has_stage(workdir):
-            predict = refine_stage.load(workdir, config, lset).wrap(predict_global)
+            stage = refine_stage.load(workdir, config, lset)
+            # One program per batch where the global answer is on the device already.
+            if stages == ["global"] and fusable(config, eval_step, state):
+                predict = stage.fused(eval_step, state, mesh, config)
+            else:
+                predict = stage.wrap(predict_global)
             stages.append("refine")
     return FinalModel(config, lset, predict, tuple(stages), int(state.step))
 
 
-__all__ = ["FinalModel", "load_final"]
+def fusable(config, eval_step, state) -> bool:
+    """Whether the eval step gives coordinates on the device (no host extractor) in a
+    single process: then global and refinement run as one jitted program."""
+    import jax
+
+    from lmjax.train.evaluation import gives_maps
+
+    return jax.process_count() == 1 and not gives_maps(config, eval_step, state)
+
+
+__all__ = ["FinalModel", "fusable", "load_final"]

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lmjax.data.fine_images import fine_to_original, load_fine
+from lmjax.data.fine_images import load_fine
 from lmjax.data.types import Dataset, LandmarkSet
 from lmjax.models import build_model
 from lmjax.ops import extractors, patches
@@ -49,7 +49,7 @@ def has_stage(workdir) -> bool:
 def spec_of(refine_config) -> dict[str, Any]:
     """The `refine` config section as a plain dict, checked."""
     spec = dict(refine_config)
-    if spec["patch_size"] < 8 or spec["patch_size"] % 2**(spec["num_levels"] - 1):
+    if spec["patch_size"] < 8 or spec["patch_size"] % 2 ** (spec["num_levels"] - 1):
         raise ValueError(
             f"refine.patch_size {spec['patch_size']} must be at least 8 and divisible by "
             f"2**(refine.num_levels - 1) = {2 ** (spec['num_levels'] - 1)}"
@@ -153,7 +153,9 @@ class RefineStage:
             rows = fine
             idx = np.arange(s, min(s + b, len(records)))
             if fine is None:
-                rows = load_fine(records[s : s + b], self.spec["spacing_mm"], cache_dir=self.cache_dir)
+                rows = load_fine(
+                    records[s : s + b], self.spec["spacing_mm"], cache_dir=self.cache_dir
+                )
                 take = np.arange(len(idx))
             else:
                 take = idx
@@ -170,6 +172,65 @@ class RefineStage:
         def predict(dataset: Dataset, batch_size: int | None = None):
             coords, _ = predict_global(dataset, batch_size)
             return self(dataset, coords)
+
+        return predict
+
+    def fused(self, eval_step, state, mesh, config):
+        """A `predict(dataset, batch_size=None)` running the global eval step, the map
+        to original pixels and every refinement pass as one jitted program per batch.
+
+        For global models whose eval step gives coordinates on the device (not a
+        host extractor), without test-time augmentation, in one process; `load_final`
+        composes the stages otherwise (two programs per batch, the same numbers).
+        """
+        from lmjax import parallel
+        from lmjax.evaluate import eval_batches
+
+        spec, graphdef = self.spec, self.graphdef
+
+        from lmjax import xla_cpu
+
+        # The eval step's own function: a nested jit may not carry compile options.
+        step = getattr(eval_step, "__wrapped__", eval_step)
+
+        def program(state, params, rest, images, to_original, fine):
+            out = step(state, {"image": images})
+            centres = patches.apply_frames(out["coords"], to_original[:, None])
+            return refine_points(graphdef, params, rest, fine, centres, spec)
+
+        run = jax.jit(program, compiler_options=xla_cpu.compiler_options(mesh))
+
+        def predict(dataset: Dataset, batch_size: int | None = None):
+            n, k = len(dataset.records), dataset.landmark_set.num_landmarks
+            coords = np.full((n, k, 2), np.nan, np.float32)
+            conf = np.zeros((n, k), np.float32)
+            batches = eval_batches(
+                dataset,
+                tuple(config.data.input_size),
+                batch_size or config.train.batch_size,
+                fit=config.data.fit,
+                normalize=config.data.normalize,
+            )
+            for batch in batches:
+                index = np.asarray(batch["index"])
+                valid = np.asarray(batch["valid"], bool)
+                fine = load_fine(
+                    [dataset.records[i] for i in index],
+                    spec["spacing_mm"],
+                    cache_dir=self.cache_dir,
+                )
+                images = parallel.shard_batch({"image": batch["image"].astype(np.float32)}, mesh)
+                got, c = run(
+                    state,
+                    self.params,
+                    self.rest,
+                    images["image"],
+                    np.asarray(batch["to_original"], np.float32),
+                    fine.take(np.arange(len(index))),
+                )
+                coords[index[valid]] = np.asarray(got)[valid]
+                conf[index[valid]] = np.asarray(c)[valid]
+            return coords, conf
 
         return predict
 

@@ -29,7 +29,9 @@ def test_subpixel_point_round_trips_through_patch_frame_near_the_border():
     # Landmarks at sub-pixel positions, some on and beyond the image border.
     points = np.array([[[0.37, 0.12], [511.9, 3.3], [-2.6, 200.01], [250.123, 399.77]]], np.float32)
     centres = points + rng.normal(0, 3, points.shape).astype(np.float32)
-    frames = _frames(centres, 64, 0.4, rng.uniform(-0.3, 0.3, (1, 4)), rng.uniform(0.9, 1.1, (1, 4)))
+    frames = _frames(
+        centres, 64, 0.4, rng.uniform(-0.3, 0.3, (1, 4)), rng.uniform(0.9, 1.1, (1, 4))
+    )
     inside = patches.apply_frames(points, patches.invert_frames(frames))
     back = patches.apply_frames(inside, frames)
     np.testing.assert_allclose(np.asarray(back), points, atol=1e-4)

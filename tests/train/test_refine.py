@@ -11,6 +11,7 @@ import pytest
 
 from lmjax.configs.phantom import get_config
 from lmjax.train import loop, refine, refine_stage
+from lmjax.train.evaluation import evaluate_workdir
 from lmjax.train.final_model import load_final
 from lmjax.train.restore import read_config
 from lmjax.train.setup import load_landmark_set, load_splits
@@ -109,3 +110,21 @@ def test_bad_refine_settings_are_refused(field, value, message):
     spec[field] = value
     with pytest.raises(ValueError, match=message):
         refine_stage.spec_of(spec)
+
+
+def test_refine_command_and_evaluate_with_and_without_the_stage(refined, tmp_path, capsys):
+    from tests.test_cli import run_cli
+
+    path, _ = refined
+    code, _, err = run_cli(capsys, "refine", f"--workdir={path}", "--config.train.steps=3")
+    assert code == 2 and "only --config.refine.FIELD" in err
+    code, _, err = run_cli(capsys, "refine", f"--workdir={tmp_path}")
+    assert code == 2 and "no checkpoint" in err
+    code, out, _ = run_cli(capsys, "evaluate", f"--workdir={path}", "--split=val")
+    assert code == 0 and "stages:" in out and "refine" in out
+    code, out, _ = run_cli(capsys, "evaluate", f"--workdir={path}", "--split=val", "--norefine")
+    assert code == 0 and "stages:" not in out
+    report = evaluate_workdir(str(path), split="val", log=lambda *_: None)
+    plain = evaluate_workdir(str(path), split="val", refine=False, log=lambda *_: None)
+    assert report["stages"]["global"]["mre"] == pytest.approx(plain["mre"])
+    assert report["stages"]["refine"]["mre"] == pytest.approx(report["mre"])

@@ -1,0 +1,97 @@
+"""The commands that read a finished run's predictions: calibrate and predict."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from lmjax.cli.data_commands import write_json
+from lmjax.cli.framework import Invocation, UsageError
+from lmjax.cli.model_commands import _define_output
+
+# ---------------------------------------------------------------- calibrate
+
+
+def define_calibrate(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "the trained run's folder (required); it must hold a calibration split "
+        "(trained with data.calib_fraction > 0)",
+        flag_values=fv,
+    )
+    _define_output(fv, "the radii (as <workdir>/conformal.json)")
+
+
+def cmd_calibrate(inv: Invocation) -> int:
+    from lmjax.train.calibration import calibrate_workdir, fit_shape_model
+    from lmjax.train.restore import read_config
+    from lmjax.train.setup import load_calibration
+
+    workdir = inv.value("workdir")
+    if not workdir:
+        raise UsageError("--workdir is required")
+    if load_calibration(read_config(workdir)) is None:
+        raise UsageError(
+            f"{workdir}: the run has no calibration split; set data.calib_fraction "
+            "(e.g. --config.data.calib_fraction=0.2) when training"
+        )
+    fit_shape_model(workdir)
+    write_json(calibrate_workdir(workdir), inv.value("output"))
+    return 0
+
+
+# ---------------------------------------------------------------- predict
+
+
+def define_predict(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "the trained run's folder (required)", flag_values=fv)
+    flags.DEFINE_string(
+        "output_dir",
+        None,
+        "where <stem>.json, <stem>.png, <stem>.labelme.json and predictions.csv go (required)",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "flip_tta", False, "average with the prediction on the mirrored image", flag_values=fv
+    )
+    flags.DEFINE_list(
+        "tta_scales",
+        None,
+        "multi-scale TTA: also predict on the input zoomed about its centre by these "
+        "factors (e.g. 0.9,1.1) and average; replaces the config's train.tta_scales",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "review",
+        False,
+        "also write review.csv and review.json: images and their landmarks ranked "
+        "most doubtful first (missed, implausible shape, conformal radius scaled by "
+        "confidence)",
+        flag_values=fv,
+    )
+
+
+def cmd_predict(inv: Invocation) -> int:
+    from lmjax.predict import run_predict
+    from lmjax.tta import check_scales
+
+    if not inv.value("workdir") or not inv.value("output_dir"):
+        raise UsageError("--workdir and --output_dir are required")
+    if not inv.args:
+        raise UsageError("name at least one image file or folder to predict")
+    try:  # before any file is read
+        scales = check_scales(inv.value("tta_scales")) if inv.present("tta_scales") else None
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
+    output_dir = inv.value("output_dir")
+    results = run_predict(
+        inv.value("workdir"),
+        inv.args,
+        output_dir,
+        flip_tta=inv.value("flip_tta"),
+        review=inv.value("review"),
+        tta_scales=scales,
+    )
+    written = sum("error" not in r for r in results)
+    print(f"wrote {written} of {len(results)} predictions to {output_dir}")
+    return 0
