@@ -37,6 +37,7 @@ from lmjax import configs
 
 _HEATMAP = pathlib.Path(__file__).with_name("isbi2015_unet_heatmap.py")
 
+
 def get_config(arg: str = "cpu"):
     if arg not in ("cpu", "gpu", "smoke"):
         raise ValueError(f"argument must be cpu, gpu or smoke, got {arg!r}")
