@@ -59,6 +59,13 @@ def test_refinement_corrects_a_deliberately_coarse_estimate(refined):
     coarse[0, 1] = np.nan
     again, conf = stage(val, coarse)
     assert np.isnan(again[0, 1]).all() and conf[0, 1] == 0
+    # A second pass re-centres on the first answer: it must not undo it.
+    twice = refine_stage.RefineStage(
+        {**stage.spec, "passes": 2}, stage.graphdef, stage.params, stage.rest
+    )
+    coarse[0, 1] = gt[0, 1] + 3.0
+    two, _ = twice(val, coarse)
+    assert _mm_error(two, val) < 0.4 * _mm_error(coarse, val)
     saved = json.loads((path / "refine" / "refine.json").read_text())
     assert saved["val_mre_refined"] == summary["val_mre_refined"]
     assert saved["jitter_mm"] == [8.0] * val.landmark_set.num_landmarks
@@ -68,6 +75,8 @@ def test_final_model_runs_global_then_refinement(refined):
     path, summary = refined
     final = load_final(path)
     assert final.stages[-1] == "refine"
+    # The phantom model's soft-argmax runs on the device: global + refine in one program.
+    assert "fused" in final.predict.__qualname__
     _, val, _ = load_splits(final.config)
     coords, _ = final.predict(val)
     plain, _ = load_final(path, refine=False).predict(val)
