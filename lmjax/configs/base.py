@@ -153,6 +153,7 @@ TRAIN = {
     "tta_scales": Field((), "multi-scale test-time augmentation: input scales besides 1"),
     "ensemble": Field(1, "members trained together under jax.vmap (own seeds, augmentation)"),
     "ensemble_average": Field("heatmap", "members' predictions averaged as heatmap or coords"),
+    "ensemble_map": Field("auto", "members as one vmap (accelerators) or unrolled (CPU): auto"),
 }
 
 # The coarse-to-fine refinement stage (lmjax.train.refine): a small local model on

@@ -12,7 +12,9 @@ batch is split along `data`, so the mesh logic is unchanged.
 
 The train step is the single model's step (`lmjax.train.step.train_step_fn`)
 `jax.vmap`ped over the members inside one `jax.jit` (state donated, the same
-shardings). Every member sees the same host batch; what differs:
+shardings); on CPUs (`train.ensemble_map="auto"`) the members instead run one
+after the other inside that same program, which XLA:CPU executes faster than the
+grouped convolutions vmap makes of theirs. Every member sees the same host batch; what differs:
 
   device augmentation  (`data.augment_on_device`) each member augments the batch
                        with its own key, `fold_in(rng_k, step)`, as a single run
@@ -49,6 +51,7 @@ member beside the ensemble (`member_report`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -66,6 +69,7 @@ from lmjax.train.state import TrainState, merge
 from lmjax.train.step import eval_outputs, train_step_fn
 
 AVERAGES = ("heatmap", "coords")
+MAPS = ("auto", "vmap", "unroll")
 MEMBER = "member/"  # reading names of the members, `member/<k>`
 # vmap axes of a stacked state: shared step and learning-rate scale.
 MEMBER_AXES = TrainState(step=None, params=0, model_state=0, opt_state=0, rng=0, lr_scale=None)
@@ -84,6 +88,10 @@ def check_config(config, task: TaskSpec | None = None) -> None:
         raise ValueError(f"train.ensemble must be an integer >= 1, got {n!r}")
     if average not in AVERAGES:
         raise ValueError(f"train.ensemble_average must be one of {AVERAGES}, got {average!r}")
+    if config.train.get("ensemble_map", "auto") not in MAPS:
+        raise ValueError(
+            f"train.ensemble_map must be one of {MAPS}, got {config.train.ensemble_map!r}"
+        )
     if n > 1 and task is not None and task.needs_items:
         raise ValueError("train.ensemble > 1: detectors' boxes cannot be averaged")
 
@@ -130,16 +138,56 @@ def reduce_metrics(per_member: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     return out
 
 
+def unrolls(how: str, mesh: Mesh) -> bool:
+    """Whether members run as one call each (`train.ensemble_map`): "auto" unrolls on
+    CPUs, where a vmapped convolution becomes a grouped one that runs slower per
+    member than the single model's (`experiments/results/ensemble_cpu`)."""
+    if how not in MAPS:
+        raise ValueError(f"train.ensemble_map must be one of {MAPS}, got {how!r}")
+    if how == "auto":
+        return all(d.platform == "cpu" for d in mesh.devices.flat)
+    return how == "unroll"
+
+
+def _stack(outs: list, axes):
+    """The members' outputs stacked as `jax.vmap` with `out_axes=axes` would give them."""
+    if axes is None:
+        return outs[0]
+    if isinstance(axes, TrainState):
+        fields = {f.name: getattr(axes, f.name) for f in dataclasses.fields(axes)}
+        return TrainState(
+            **{n: _stack([getattr(o, n) for o in outs], a) for n, a in fields.items()}
+        )
+    if isinstance(axes, tuple):
+        return tuple(_stack([o[i] for o in outs], a) for i, a in enumerate(axes))
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
+def over_members(fn, out_axes, *, unroll: bool):
+    """`fn(member state, x)` for every member of a stacked state, outputs stacked
+    along `out_axes`: `jax.vmap`, or with `unroll` one call per member in the same
+    program (the single model's own computation, repeated)."""
+    if not unroll:
+        return jax.vmap(fn, in_axes=(MEMBER_AXES, None), out_axes=out_axes)
+
+    def run(state: TrainState, x):
+        n = jax.tree.leaves(state.rng)[0].shape[0]
+        return _stack([fn(member_state(state, k), x) for k in range(n)], out_axes)
+
+    return run
+
+
 def make_train_step(
-    graphdef: nnx.GraphDef, task: TaskSpec, tx, mesh: Mesh, **step_options
+    graphdef: nnx.GraphDef, task: TaskSpec, tx, mesh: Mesh, *, how: str = "auto", **step_options
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted ensemble `train_step(state, batch) -> (state, metrics)`, state donated.
 
     `state` is stacked (`stack_states`); `batch` as for `make_train_step`, shared by
-    the members; `step_options` (schedule, augment, trainable) go to `train_step_fn`.
+    the members; `how` is `train.ensemble_map` (`unrolls`); `step_options`
+    (schedule, augment, trainable) go to `train_step_fn`.
     """
     single = train_step_fn(graphdef, task, tx, **step_options)
-    members = jax.vmap(single, in_axes=(MEMBER_AXES, None), out_axes=(MEMBER_AXES, 0))
+    members = over_members(single, (MEMBER_AXES, 0), unroll=unrolls(how, mesh))
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         state, per_member = members(state, batch)
@@ -184,6 +232,7 @@ def make_eval_step(
     mesh: Mesh,
     *,
     average: str = "heatmap",
+    how: str = "auto",
     readers: Mapping[str, TaskSpec] | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
     """The jitted ensemble `eval_step(state, batch)`: `make_eval_step`'s result for
@@ -199,7 +248,7 @@ def make_eval_step(
 
     def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         images = batch["image"].astype(dtype)
-        outputs = jax.vmap(forward, in_axes=(MEMBER_AXES, None))(state, images)
+        outputs = over_members(forward, 0, unroll=unrolls(how, mesh))(state, images)
         result = eval_outputs(task, average_outputs(task, outputs), batch, readers)
         if readers:
             return result

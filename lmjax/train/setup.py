@@ -234,9 +234,10 @@ def build(
     config = resolve(config)
     make_train, make_eval = make_train_step, make_eval_step
     if ensemble.size(config) > 1:  # stacked members under jax.vmap
-        make_train = ensemble.make_train_step
+        how = config.train.ensemble_map
+        make_train = functools.partial(ensemble.make_train_step, how=how)
         make_eval = functools.partial(
-            ensemble.make_eval_step, average=config.train.ensemble_average
+            ensemble.make_eval_step, average=config.train.ensemble_average, how=how
         )
     train_step = make_train(
         parts.graphdef,

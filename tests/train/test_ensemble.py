@@ -35,9 +35,10 @@ def _leaves(params):
     return jax.tree.leaves(jax.device_get(params))
 
 
-def test_member_k_equals_the_single_model_seeded_seed_plus_k(tmp_path):
+@pytest.mark.parametrize("how", ["vmap", "unroll"])
+def test_member_k_equals_the_single_model_seeded_seed_plus_k(tmp_path, how):
     # Device augmentation: each member draws its own stream from its own key.
-    config = _config(ensemble=2, seed=3)
+    config = _config(ensemble=2, seed=3, ensemble_map=how)
     with config.unlocked():
         config.data.augment = "default"
         config.data.augment_on_device = True
@@ -167,7 +168,12 @@ def test_ensemble_trains_reports_members_and_restores(tmp_path):
 
 
 def test_bad_ensemble_settings_are_refused():
-    for field, value in (("ensemble", 0), ("ensemble", -2), ("ensemble_average", "median")):
+    for field, value in (
+        ("ensemble", 0),
+        ("ensemble", -2),
+        ("ensemble_average", "median"),
+        ("ensemble_map", "sideways"),
+    ):
         config = _config(**{field: value})
         with pytest.raises(ValueError, match=f"train.{field}"):
             ensemble.check_config(config)
