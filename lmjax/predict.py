@@ -15,24 +15,22 @@ import json
 import os
 import pathlib
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from lmjax import review as queue
-from lmjax.data import affine, image_io
-from lmjax.data.cache import cache_hw
+from lmjax.data import image_io
 from lmjax.data.labelme import natural_key, write_labelme
 from lmjax.data.tabular import write_csv
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Radiograph, Record
 from lmjax.measurements.report import measure_dataset
+from lmjax.overlay import measurement_lines, overlay
 from lmjax.train.final_model import load_final
-
-MAX_OVERLAY_SIDE = 2048
-_COLOURS = ((255, 99, 71), (50, 205, 50), (30, 144, 255), (255, 215, 0), (238, 130, 238))
 
 
 def collect_inputs(inputs: list[str]) -> list[pathlib.Path]:
@@ -91,76 +89,8 @@ def _relative(path: pathlib.Path, start: pathlib.Path) -> str:
         return path.resolve().as_posix()
 
 
-def measurement_lines(measured: dict[str, Any]) -> list[str]:
-    """One text line per measurement: name, value with unit, class or why missing."""
-    lines = []
-    for name, m in measured.items():
-        value = "-" if m.get("value") is None else f"{m['value']:.1f} {m.get('unit', '')}"
-        tail = m.get("class") or m.get("reason") or ""
-        lines.append(f"{name} {value} {tail}".strip())
-    return lines
-
-
-def overlay(
-    grey: np.ndarray,
-    coords: np.ndarray,
-    lines: list[str] = (),
-    regions: list[dict] = (),
-    *,
-    radii_px: np.ndarray | None = None,
-    implausible: np.ndarray | None = None,
-) -> Image.Image:
-    """RGB uint8 `[H, W]` image with landmark k circled and numbered k + 1, outlines
-    and patches (`regions`: `{"kind", "points"}`) drawn as lines, and the
-    measurement `lines` in the top-left corner; downscaled (points too) to at most
-    MAX_OVERLAY_SIDE. `radii_px` `[K, 2]` (x, y semi-axes in original pixels, NaN:
-    none) draws each landmark's conformal radius as a thin ellipse of its colour;
-    landmarks flagged in `implausible` `[K]` get a red cross and a "!"."""
-    pic = Image.fromarray(grey).convert("RGB")
-    src_hw = grey.shape[:2]
-    dst_hw = cache_hw(src_hw, MAX_OVERLAY_SIDE)
-    scale = affine.resize(src_hw, dst_hw)
-    if dst_hw != src_hw:
-        pic = pic.resize(dst_hw[::-1], Image.BILINEAR)
-        coords = affine.apply(coords, scale)
-    axes = None
-    if radii_px is not None:  # semi-axes scale with the image sides
-        axes = np.asarray(radii_px, np.float64) * [dst_hw[1] / src_hw[1], dst_hw[0] / src_hw[0]]
-    draw = ImageDraw.Draw(pic)
-    r = max(2, max(dst_hw) // 200)
-    for k, region in enumerate(regions):
-        points = [tuple(p) for p in affine.apply(np.asarray(region["points"]), scale).tolist()]
-        if region["kind"] == "patch" and len(points) > 2:
-            points.append(points[0])
-        if len(points) > 1:
-            draw.line(points, fill=_COLOURS[(k + 2) % len(_COLOURS)], width=max(1, r // 2))
-    font = ImageFont.load_default(size=max(10, 3 * r))
-    for k, (x, y) in enumerate(np.asarray(coords, np.float64)):
-        if np.isfinite(x) and np.isfinite(y):
-            colour = _COLOURS[k % len(_COLOURS)]
-            draw.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=max(1, r // 2))
-            flagged = implausible is not None and bool(implausible[k])
-            label = f"{k + 1}!" if flagged else str(k + 1)
-            draw.text((x + r + 1, y - r), label, fill=colour, font=font)
-            if axes is not None and np.isfinite(axes[k]).all():
-                ax, ay = axes[k]
-                draw.ellipse([x - ax, y - ay, x + ax, y + ay], outline=colour, width=1)
-            if flagged:
-                c = 2 * r
-                for end in ((x - c, y - c, x + c, y + c), (x - c, y + c, x + c, y - c)):
-                    draw.line(end, fill=(255, 0, 0), width=max(1, r // 2))
-    step = max(10, 3 * r) + 2
-    for i, line in enumerate(lines):
-        y = 2 + i * step
-        draw.rectangle(draw.textbbox((4, y), line, font=font), fill=(0, 0, 0))
-        draw.text((4, y), line, fill=(255, 255, 255), font=font)
-    return pic
-
-
-def write_outputs(
-    out: pathlib.Path,
-    stem: str,
-    path: pathlib.Path,
+def prediction_doc(
+    path: pathlib.Path | str,
     rad: Radiograph,
     coords: np.ndarray,
     conf: np.ndarray,
@@ -169,12 +99,10 @@ def write_outputs(
     regions: list[dict[str, Any]] | None = None,
     uncertainty: queue.Annotation | None = None,
 ) -> dict[str, Any]:
-    """Writes `<stem>.json`, `.png`, `.labelme.json` for `coords` `[K, 2]` (original
-    pixels, NaN where the model gave none) and, from a cascade, `regions` (outline
-    polylines and patch polygons: `{"name", "kind", "points", "score", ...}`, kept
-    in the JSON under "regions", LabelMe linestrips and polygons); returns the JSON.
-    `uncertainty` (`lmjax.review.annotate`) adds each landmark's radius and shape check
-    to the JSON, the LabelMe description and the overlay."""
+    """The `<stem>.json` content of one image (also `lmjax.api.Result.to_dict()`):
+    `coords` `[K, 2]` (original pixels, NaN where the model gave none) and `conf`
+    `[K]` per landmark, in mm too when the spacing is known; `regions` and
+    `uncertainty` as in `write_outputs`."""
     landmarks = []
     for name, (x, y), c in zip(lset.names, coords.tolist(), conf.tolist(), strict=True):
         ok = bool(np.isfinite(x) and np.isfinite(y))
@@ -197,6 +125,28 @@ def write_outputs(
     }
     if regions is not None:
         doc["regions"] = regions
+    return doc
+
+
+def write_outputs(
+    out: pathlib.Path,
+    stem: str,
+    path: pathlib.Path,
+    rad: Radiograph,
+    coords: np.ndarray,
+    conf: np.ndarray,
+    lset: LandmarkSet,
+    measured: dict[str, Any],
+    regions: list[dict[str, Any]] | None = None,
+    uncertainty: queue.Annotation | None = None,
+) -> dict[str, Any]:
+    """Writes `<stem>.json`, `.png`, `.labelme.json` for `coords` `[K, 2]` (original
+    pixels, NaN where the model gave none) and, from a cascade, `regions` (outline
+    polylines and patch polygons: `{"name", "kind", "points", "score", ...}`, kept
+    in the JSON under "regions", LabelMe linestrips and polygons); returns the JSON.
+    `uncertainty` (`lmjax.review.annotate`) adds each landmark's radius and shape check
+    to the JSON, the LabelMe description and the overlay."""
+    doc = prediction_doc(path, rad, coords, conf, lset, measured, regions, uncertainty)
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=2))
     grey = image_io.to_display_uint8(rad)
     drawn = {}
@@ -227,11 +177,42 @@ def write_outputs(
     return doc
 
 
-def _model(workdir, flip_tta: bool, tta_scales: tuple[float, ...] | None = None):
-    """`(infer, landmark_set, config)` of a trained workdir: `infer(dataset, batch) ->
-    (coords, confidence, regions)`; regions per image are None for map-head models,
-    which predict through `lmjax.train.final_model.load_final`.
-    `tta_scales` replaces the config's `train.tta_scales` (None: the config's)."""
+class Loaded(NamedTuple):
+    """A trained workdir ready to predict (`load_model`)."""
+
+    workdir: str
+    # (Dataset, batch) -> (coords [N, K, 2] original pixels, confidence [N, K],
+    # regions per image: None for map-head models)
+    infer: Callable[..., tuple[np.ndarray, np.ndarray, list]]
+    landmark_set: LandmarkSet
+    config: Any
+    uncertainty: queue.Uncertainty  # conformal radii and shape model, either None
+    step: int | None  # the checkpoint step of the global model (None: not known here)
+
+    def batch(self, batch_size: int | None = None) -> int:
+        """`batch_size` (default the config's) rounded up to a multiple of the devices,
+        over which each batch is split."""
+        n = jax.device_count()
+        return -(-(batch_size or self.config.train.batch_size) // n) * n
+
+
+def load_model(
+    workdir: str | os.PathLike,
+    *,
+    flip_tta: bool = False,
+    tta_scales: tuple[float, ...] | None = None,
+) -> Loaded:
+    """A trained workdir as `lmjax predict` and `lmjax.api.Predictor` use it: map heads
+    through `lmjax.train.final_model.load_final` (every stage the run holds: TTA,
+    ensemble average, refinement), other task modes through their registered
+    predictor. `tta_scales` replaces the config's `train.tta_scales` (None: the config's).
+
+    Raises:
+      FileNotFoundError: the workdir has no checkpoint.
+      LandmarkDataError: a region model (`data.roi`), TTA for a task mode without it,
+        or flip TTA without left/right pairs.
+      ValueError: `conformal.json` or `shape_model.json` name other landmarks.
+    """
     from lmjax.train.predictors import predictor_for
     from lmjax.train.restore import read_config
 
@@ -241,16 +222,54 @@ def _model(workdir, flip_tta: bool, tta_scales: tuple[float, ...] | None = None)
         if flip_tta or tta_scales:
             raise LandmarkDataError(f"TTA is not available for task.mode {config.task.mode!r}")
         model = custom(workdir)
-        return (lambda dataset, _: model(dataset)), model.landmark_set, config
-    # Every stage the run holds (TTA, ensemble average, refinement), as evaluate uses it.
-    final = load_final(workdir, flip_tta=flip_tta, tta_scales=tta_scales)
+        infer, lset, step = (lambda dataset, _: model(dataset)), model.landmark_set, None
+    else:
+        final = load_final(workdir, flip_tta=flip_tta, tta_scales=tta_scales)
 
-    def infer(dataset, batch):
-        coords, conf = final.predict(dataset, batch)
-        return coords, conf, [None] * len(coords)
+        def infer(dataset, batch):
+            coords, conf = final.predict(dataset, batch)
+            return coords, conf, [None] * len(coords)
 
-    lset, config = final.landmark_set, final.config
-    return infer, lset, config
+        lset, config, step = final.landmark_set, final.config, final.step
+    if config.data.get("roi"):  # a region model needs its box, which only annotations give
+        raise LandmarkDataError(
+            f"{workdir}: trained on the crops of region {config.data.roi!r} (data.roi); "
+            "predict takes whole images without region boxes: use lmjax evaluate"
+        )
+    unc = queue.load(workdir, lset.names)
+    return Loaded(str(workdir), infer, lset, config, unc, step)
+
+
+class Prediction(NamedTuple):
+    """One image's prediction, rounded once so that every file holds the same numbers."""
+
+    coords: np.ndarray  # [K, 2] (x, y) original pixels, NaN where the model gave none
+    confidence: np.ndarray  # [K]
+    measurements: dict[str, Any]  # name -> {"value", "unit", "class", ...}
+    regions: list[dict[str, Any]] | None  # a cascade's outlines and patches
+    annotation: queue.Annotation  # radius and shape check per landmark (`lmjax.review`)
+
+
+def predict_radiographs(model: Loaded, rads: list[Radiograph], batch: int) -> list[Prediction]:
+    """Predicts decoded radiographs (one call of the model for all of them, in
+    batches of `batch`); returns one `Prediction` per radiograph, in order."""
+    if not rads:
+        return []
+    lset = model.landmark_set
+    nan = np.full((lset.num_landmarks, 2), np.nan)
+    # The bit depth gives the unit-range scaling of the file-based cache; 0 (an
+    # array of unknown depth): scaled by its maximum (`lmjax.data.cache.unit_range`).
+    records = [Record(r.pixels, nan, None, meta={"bit_depth": r.bit_depth or None}) for r in rads]
+    coords, conf, regions = model.infer(Dataset(lset, records), batch)
+    coords, conf = np.round(coords.astype(float), 3), np.round(conf.astype(float), 4)
+    spacing = np.array([r.spacing or (np.nan, np.nan) for r in rads]).reshape(-1, 2)
+    measured = measure_dataset(coords, spacing, lset, [r.path for r in rads])
+    return [
+        Prediction(
+            xy, c, m["measurements"], shapes, queue.annotate(model.uncertainty, xy, c, r.spacing)
+        )
+        for r, xy, c, m, shapes in zip(rads, coords, conf, measured, regions, strict=True)
+    ]
 
 
 def run_predict(
@@ -296,48 +315,36 @@ def run_predict(
     for name in (f"{s}{ext}" for s in stems for ext in (".json", ".png", ".labelme.json")):
         if (out / name).resolve() in sources:
             raise LandmarkDataError(f"{out / name}: the output would overwrite an input image")
-    infer, lset, config = _model(workdir, flip_tta, tta_scales)
-    if config.data.get("roi"):  # a region model needs its box, which only annotations give
-        raise LandmarkDataError(
-            f"{workdir}: trained on the crops of region {config.data.roi!r} (data.roi); "
-            "predict takes whole images without region boxes: use lmjax evaluate"
-        )
-    unc = queue.load(workdir, lset.names)
+    model = load_model(workdir, flip_tta=flip_tta, tta_scales=tta_scales)
+    lset, unc = model.landmark_set, model.uncertainty
     _uncertainty_notes(workdir, unc, flip_tta, review)
     annotated = unc.radii is not None or unc.shape is not None
     items = []  # the review queue's (image, names, coords, confidence, annotation)
-    n = jax.device_count()  # the batch is split over the devices
-    batch = -(-(batch_size or config.train.batch_size) // n) * n
+    batch = model.batch(batch_size)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     rows: list[tuple[str, np.ndarray, Any]] = []
-    nan = np.full((lset.num_landmarks, 2), np.nan)
     # Threads decode; one batch at a time bounds the memory of full-resolution images.
     with ThreadPoolExecutor(max_workers=min(batch, os.cpu_count() or 1)) as pool:
         for s in range(0, len(files), batch):
             read = list(pool.map(_read, files[s : s + batch]))
-            ok = [r for r in read if isinstance(r, Radiograph)]
-            # The bit depth gives the unit-range scaling of the file-based cache.
-            records = [Record(r.pixels, nan, None, meta={"bit_depth": r.bit_depth}) for r in ok]
-            coords, conf, regions = infer(Dataset(lset, records), batch)
-            # Rounded once, so the JSON, LabelMe and CSV files hold the same numbers.
-            coords, conf = np.round(coords.astype(float), 3), np.round(conf.astype(float), 4)
-            spacing = np.array([r.spacing or (np.nan, np.nan) for r in ok]).reshape(-1, 2)
-            measured = measure_dataset(coords, spacing, lset, [r.path for r in ok])
-            done = iter(zip(coords, conf, measured, regions, strict=True))
+            done = iter(
+                predict_radiographs(model, [r for r in read if isinstance(r, Radiograph)], batch)
+            )
             for path, stem, r in zip(files[s : s + batch], stems[s : s + batch], read, strict=True):
                 if isinstance(r, LandmarkDataError):
                     print(f"lmjax predict: skipped: {r}", file=sys.stderr)
                     results.append({"image": str(path), "error": str(r)})
                     continue
-                xy, c, m, shapes = next(done)
-                ann = queue.annotate(unc, xy, c, r.spacing)
-                more = {"regions": shapes, "uncertainty": ann if annotated else None}
+                p = next(done)
+                more = {"regions": p.regions, "uncertainty": p.annotation if annotated else None}
                 results.append(
-                    write_outputs(out, stem, path, r, xy, c, lset, m["measurements"], **more)
+                    write_outputs(
+                        out, stem, path, r, p.coords, p.confidence, lset, p.measurements, **more
+                    )
                 )
-                rows.append((_relative(path, out), xy, r.spacing or (np.nan, np.nan)))
-                items.append((rows[-1][0], lset.names, xy, c, ann))
+                rows.append((_relative(path, out), p.coords, r.spacing or (np.nan, np.nan)))
+                items.append((rows[-1][0], lset.names, p.coords, p.confidence, p.annotation))
     if not rows:
         errors = [r["error"] for r in results]
         many = f"none of the {len(errors)} images could be read; first: {errors[0]}"
