@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lmjax import predict
+from lmjax import predict, provenance
 from lmjax.data import image_io
 from lmjax.data.types import SPACING_NONE, LandmarkDataError, Radiograph, as_spacing
 
@@ -53,6 +53,8 @@ class Result:
         `conformal.json`. NaN: unbounded for that landmark.
       shape_score, implausible: `[K]` the shape check (`shape_model.json`), or None.
       warnings: problems found while reading the image.
+      provenance: lmjax version, config and weights hashes, checkpoint step and the
+        input's SHA-256 (`lmjax.provenance`).
     """
 
     image: str
@@ -69,6 +71,7 @@ class Result:
     shape_score: np.ndarray | None = None
     implausible: np.ndarray | None = None
     warnings: tuple[str, ...] = ()
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     doc: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,21 +157,23 @@ class Predictor:
         results: list[Result] = []
         # Decoded a batch at a time: full-resolution radiographs are large.
         for s in range(0, len(items), self._batch):
-            rads = [
+            read = [
                 _radiograph(items[i], spacings[i], i)
                 for i in range(s, min(s + self._batch, len(items)))
             ]
+            rads = [r for r, _ in read]
             done = predict.predict_radiographs(self.model, rads, self._batch)
-            results += [self._result(r, p) for r, p in zip(rads, done, strict=True)]
+            results += [self._result(r, p, sha) for (r, sha), p in zip(read, done, strict=True)]
         return results[0] if single else results
 
-    def _result(self, rad: Radiograph, p: predict.Prediction) -> Result:
+    def _result(self, rad: Radiograph, p: predict.Prediction, sha: str) -> Result:
         unc = self.model.uncertainty
         annotated = unc.radii is not None or unc.shape is not None
         lset = self.model.landmark_set
+        origin = {**self.model.origin, "input_sha256": sha}
         doc = predict.prediction_doc(
             rad.path, rad, p.coords, p.confidence, lset, p.measurements, p.regions,
-            p.annotation if annotated else None,
+            p.annotation if annotated else None, origin,
         )  # fmt: skip
         mm = None
         if rad.spacing is not None:  # (row_mm, col_mm): x goes with columns
@@ -189,6 +194,7 @@ class Predictor:
             shape_score=_column(fields, "shape_score"),
             implausible=_column(fields, "implausible", bool),
             warnings=tuple(rad.warnings),
+            provenance=origin,
             doc=doc,
         )
 
@@ -215,8 +221,9 @@ def _as_spacing(value: SpacingArg, what: str) -> tuple[float, float] | None:
     return out
 
 
-def _radiograph(image: Image, spacing: SpacingArg, index: int) -> Radiograph:
-    """A file read by `lmjax.data.image_io`, or an array wrapped as a radiograph."""
+def _radiograph(image: Image, spacing: SpacingArg, index: int) -> tuple[Radiograph, str]:
+    """`(radiograph, SHA-256 of the input)`: a file read by `lmjax.data.image_io`, or
+    an array wrapped as a radiograph."""
     if isinstance(image, np.ndarray):
         name = f"<array {index}>"
         if image.ndim != 2 or 0 in image.shape:
@@ -224,9 +231,10 @@ def _radiograph(image: Image, spacing: SpacingArg, index: int) -> Radiograph:
         sp = _as_spacing(spacing, name)
         bits = 8 if image.dtype == np.uint8 else 0  # 0: unknown, scaled by the maximum
         source = SPACING_NONE if sp is None else "user"
-        return Radiograph(image.astype(np.float32), sp, source, bits, path=name)
+        rad = Radiograph(image.astype(np.float32), sp, source, bits, path=name)
+        return rad, provenance.array_sha256(image)
     sp = _as_spacing(spacing, str(image))
-    return image_io.read_radiograph(image, spacing=sp)
+    return image_io.read_radiograph(image, spacing=sp), provenance.file_sha256(image)
 
 
 __all__ = ["Predictor", "Result"]

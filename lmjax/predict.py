@@ -3,7 +3,9 @@
 Per image: `<stem>.json` (landmarks in original pixels, and mm when the spacing is
 known; spacing, reading warnings, measurements), `<stem>.png` (windowed, numbered
 landmarks) and `<stem>.labelme.json` (for review; corrected, it is training data);
-`predictions.csv` has all images. Images are decoded once, a batch at a time, and
+`predictions.csv` has all images, `provenance.json` beside it the run's version,
+config and weights hashes and each image's SHA-256 (as `<stem>.json` has under
+`provenance`, `lmjax.provenance`). Images are decoded once, a batch at a time, and
 go through `predict_dataset` as in-memory records: the evaluation's resize, fit,
 normalisation and mapping back through `to_original`."""
 
@@ -23,6 +25,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from lmjax import provenance
 from lmjax import review as queue
 from lmjax.data import image_io
 from lmjax.data.labelme import natural_key, write_labelme
@@ -74,11 +77,13 @@ def unique_stems(files: list[pathlib.Path]) -> list[str]:
     return stems
 
 
-def _read(path: pathlib.Path) -> Radiograph | LandmarkDataError:
+def _read(path: pathlib.Path) -> tuple[Radiograph | LandmarkDataError, str | None]:
+    """The radiograph (or why not) and the SHA-256 of the file's bytes."""
     try:
-        return image_io.read_radiograph(path)
+        rad = image_io.read_radiograph(path)
     except LandmarkDataError as e:
-        return e
+        return e, None
+    return rad, provenance.file_sha256(path)
 
 
 def _relative(path: pathlib.Path, start: pathlib.Path) -> str:
@@ -98,11 +103,13 @@ def prediction_doc(
     measured: dict[str, Any],
     regions: list[dict[str, Any]] | None = None,
     uncertainty: queue.Annotation | None = None,
+    origin: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The `<stem>.json` content of one image (also `lmjax.api.Result.to_dict()`):
     `coords` `[K, 2]` (original pixels, NaN where the model gave none) and `conf`
     `[K]` per landmark, in mm too when the spacing is known; `regions` and
-    `uncertainty` as in `write_outputs`."""
+    `uncertainty` as in `write_outputs`; `origin`: the `provenance` block
+    (`lmjax.provenance`: version, config, checkpoint and input hashes)."""
     landmarks = []
     for name, (x, y), c in zip(lset.names, coords.tolist(), conf.tolist(), strict=True):
         ok = bool(np.isfinite(x) and np.isfinite(y))
@@ -125,6 +132,8 @@ def prediction_doc(
     }
     if regions is not None:
         doc["regions"] = regions
+    if origin is not None:
+        doc["provenance"] = origin
     return doc
 
 
@@ -139,14 +148,16 @@ def write_outputs(
     measured: dict[str, Any],
     regions: list[dict[str, Any]] | None = None,
     uncertainty: queue.Annotation | None = None,
+    origin: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Writes `<stem>.json`, `.png`, `.labelme.json` for `coords` `[K, 2]` (original
     pixels, NaN where the model gave none) and, from a cascade, `regions` (outline
     polylines and patch polygons: `{"name", "kind", "points", "score", ...}`, kept
     in the JSON under "regions", LabelMe linestrips and polygons); returns the JSON.
     `uncertainty` (`lmjax.review.annotate`) adds each landmark's radius and shape check
-    to the JSON, the LabelMe description and the overlay."""
-    doc = prediction_doc(path, rad, coords, conf, lset, measured, regions, uncertainty)
+    to the JSON, the LabelMe description and the overlay; `origin` is the JSON's
+    `provenance` block."""
+    doc = prediction_doc(path, rad, coords, conf, lset, measured, regions, uncertainty, origin)
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=2))
     grey = image_io.to_display_uint8(rad)
     drawn = {}
@@ -188,6 +199,8 @@ class Loaded(NamedTuple):
     config: Any
     uncertainty: queue.Uncertainty  # conformal radii and shape model, either None
     step: int | None  # the checkpoint step of the global model (None: not known here)
+    stages: tuple[str, ...]  # "global", "flip_tta", "refine", ... (map heads)
+    origin: dict[str, Any]  # `lmjax.provenance.run`: version, config and weights hashes
 
     def batch(self, batch_size: int | None = None) -> int:
         """`batch_size` (default the config's) rounded up to a multiple of the devices,
@@ -223,6 +236,7 @@ def load_model(
             raise LandmarkDataError(f"TTA is not available for task.mode {config.task.mode!r}")
         model = custom(workdir)
         infer, lset, step = (lambda dataset, _: model(dataset)), model.landmark_set, None
+        stages: tuple[str, ...] = ()
     else:
         final = load_final(workdir, flip_tta=flip_tta, tta_scales=tta_scales)
 
@@ -230,14 +244,15 @@ def load_model(
             coords, conf = final.predict(dataset, batch)
             return coords, conf, [None] * len(coords)
 
-        lset, config, step = final.landmark_set, final.config, final.step
+        lset, config, step, stages = final.landmark_set, final.config, final.step, final.stages
     if config.data.get("roi"):  # a region model needs its box, which only annotations give
         raise LandmarkDataError(
             f"{workdir}: trained on the crops of region {config.data.roi!r} (data.roi); "
             "predict takes whole images without region boxes: use lmjax evaluate"
         )
     unc = queue.load(workdir, lset.names)
-    return Loaded(str(workdir), infer, lset, config, unc, step)
+    origin = provenance.run(workdir, step, stages=stages)
+    return Loaded(str(workdir), infer, lset, config, unc, step, stages, origin)
 
 
 class Prediction(NamedTuple):
@@ -287,7 +302,7 @@ def run_predict(
     Args:
       workdir: the training run's folder; its best checkpoint is used.
       inputs: image files (DICOM, PNG, JPEG, BMP, TIFF) and folders of them.
-      output_dir: gets the per-image files and `predictions.csv`.
+      output_dir: gets the per-image files, `predictions.csv` and `provenance.json`.
       batch_size: default the config's; rounded up to a multiple of the devices.
       flip_tta: average with the mirrored image (also done when the config says so).
       tta_scales: multi-scale TTA factors replacing the config's `train.tta_scales`
@@ -324,20 +339,26 @@ def run_predict(
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     rows: list[tuple[str, np.ndarray, Any]] = []
+    inputs_sha: dict[str, str] = {}  # image (as in predictions.csv) -> SHA-256 of its file
     # Threads decode; one batch at a time bounds the memory of full-resolution images.
     with ThreadPoolExecutor(max_workers=min(batch, os.cpu_count() or 1)) as pool:
         for s in range(0, len(files), batch):
-            read = list(pool.map(_read, files[s : s + batch]))
+            read, hashes = zip(*pool.map(_read, files[s : s + batch]), strict=True)
             done = iter(
                 predict_radiographs(model, [r for r in read if isinstance(r, Radiograph)], batch)
             )
-            for path, stem, r in zip(files[s : s + batch], stems[s : s + batch], read, strict=True):
+            chunk = zip(files[s : s + batch], stems[s : s + batch], read, hashes, strict=True)
+            for path, stem, r, sha in chunk:
                 if isinstance(r, LandmarkDataError):
                     print(f"lmjax predict: skipped: {r}", file=sys.stderr)
                     results.append({"image": str(path), "error": str(r)})
                     continue
                 p = next(done)
-                more = {"regions": p.regions, "uncertainty": p.annotation if annotated else None}
+                more = {
+                    "regions": p.regions,
+                    "uncertainty": p.annotation if annotated else None,
+                    "origin": {**model.origin, "input_sha256": sha},
+                }
                 results.append(
                     write_outputs(
                         out, stem, path, r, p.coords, p.confidence, lset, p.measurements, **more
@@ -345,6 +366,7 @@ def run_predict(
                 )
                 rows.append((_relative(path, out), p.coords, r.spacing or (np.nan, np.nan)))
                 items.append((rows[-1][0], lset.names, p.coords, p.confidence, p.annotation))
+                inputs_sha[rows[-1][0]] = sha
     if not rows:
         errors = [r["error"] for r in results]
         many = f"none of the {len(errors)} images could be read; first: {errors[0]}"
@@ -352,6 +374,9 @@ def run_predict(
     images, coords, spacing = zip(*rows, strict=True)
     table = out / "predictions.csv"
     write_csv(table, list(images), np.stack(coords), lset.names, spacing=np.array(spacing))
+    # Beside the CSV, which stays a plain table: the run and each row's input hash.
+    sidecar = {**model.origin, "table": table.name, "input_sha256": inputs_sha}
+    (out / "provenance.json").write_text(json.dumps(sidecar, indent=2))
     if review:
         queue.write_review(out, unc, items)
     return results

@@ -38,8 +38,18 @@ def _evaluate_workdir(
             mode = read_config(workdir).task.mode
             raise UsageError(f"--{key} does not apply to task.mode {mode!r} runs")
     report = evaluate(workdir, split=split, data_dir=data_dir, ground_truth=ground_truth, **options)
+    report["provenance"] = _provenance(workdir, report)
     write_json(report, output)
     return report
+
+
+def _provenance(workdir: str, report: dict) -> dict:
+    """The run behind a report (`lmjax.provenance.run`): the evaluated checkpoint and,
+    when the report's errors are the refined ones, the refinement stage."""
+    from lmjax import provenance
+
+    stages = tuple(report.get("stages", {}))  # ("global", "refine") after refinement
+    return provenance.run(workdir, report.get("checkpoint_step"), stages=stages)
 
 
 def _define_output(fv: flags.FlagValues, what: str) -> None:
