@@ -29,7 +29,7 @@ _TABLE = [
         "evaluate",
         "lmjax evaluate --workdir=DIR [--data_dir=PATH] [--split=NAME] "
         "[--ground_truth=senior|junior|mean] [--extractor=NAME|all] [--sdr_mm=MM,...] "
-        "[--norefine] [--output=FILE.json]",
+        "[--norefine] [--tta_scales=S,...] [--output=FILE.json]",
         "errors in mm of a trained model on a split, in the original image frame",
         model.define_evaluate,
         model.cmd_evaluate,

@@ -195,6 +195,13 @@ def define_evaluate(fv: flags.FlagValues) -> None:
         "--norefine: the global model alone (default: refine)",
         flag_values=fv,
     )
+    flags.DEFINE_list(
+        "tta_scales",
+        None,
+        "multi-scale TTA: also read the input zoomed by these factors (e.g. 0.9,1.1) and "
+        "average; replaces the config's train.tta_scales",
+        flag_values=fv,
+    )
     _define_output(fv, "the report (every error per image and landmark)")
 
 
@@ -215,6 +222,18 @@ def sdr_radii(inv: Invocation) -> tuple[float, ...]:
     if not radii:
         raise UsageError("--sdr_mm needs at least one distance in mm")
     return tuple(radii)
+
+
+def _scales(inv: Invocation) -> tuple[float, ...] | None:
+    """`--tta_scales` checked, or None when not given."""
+    if not inv.present("tta_scales"):
+        return None
+    from lmjax.tta import check_scales
+
+    try:
+        return check_scales(inv.value("tta_scales") or [])
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
 
 
 def cmd_evaluate(inv: Invocation) -> int:
@@ -239,6 +258,7 @@ def cmd_evaluate(inv: Invocation) -> int:
         # Only a changed list is passed: trainers that fix their radii still run.
         sdr_mm=radii if inv.present("sdr_mm") else None,
         refine=inv.value("refine"),
+        tta_scales=_scales(inv),
     )
     return 0
 

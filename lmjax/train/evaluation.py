@@ -200,6 +200,7 @@ def evaluate_workdir(
     extractor: str | None = None,
     sdr_mm: tuple[float, ...] = evaluation.DEFAULT_THRESHOLDS,
     refine: bool = True,
+    tta_scales: tuple[float, ...] | None = None,
     log=print,
 ) -> dict:
     """The report of `lmjax evaluate`: errors (and measurements, mask overlap) of the
@@ -207,6 +208,7 @@ def evaluate_workdir(
 
     With a refinement stage in the workdir (and `refine`), the errors are those of
     the refined landmarks, and `stages` gives the global model's summary beside them.
+    `tta_scales` replaces the config's `train.tta_scales` (multi-scale TTA).
 
     `extractor` reads the model's maps with that extractor instead of the configured
     one, or with `"all"` with every one of `extractor_table.COMPARED` (the report is
@@ -231,6 +233,8 @@ def evaluate_workdir(
             config.data.data_dir = data_dir
         if ground_truth is not None:
             config.data.ground_truth = ground_truth
+        if tta_scales is not None:
+            config.train.tta_scales = tuple(tta.check_scales(tta_scales))
     name, dataset = dataset_for_split(config, split)
     trained = load_landmark_set(workdir, config)
     if dataset.landmark_set.num_landmarks != trained.num_landmarks:

@@ -133,6 +133,10 @@ def test_refine_command_and_evaluate_with_and_without_the_stage(refined, tmp_pat
     assert code == 0 and "stages:" in out and "refine" in out
     code, out, _ = run_cli(capsys, "evaluate", f"--workdir={path}", "--split=val", "--norefine")
     assert code == 0 and "stages:" not in out
+    code, _, err = run_cli(capsys, "evaluate", f"--workdir={path}", "--tta_scales=0,1.1")
+    assert code == 2 and "--tta_scales" in err
+    scaled = evaluate_workdir(str(path), split="val", tta_scales=(0.9, 1.1), log=lambda *_: None)
+    assert "stages" in scaled and np.isfinite(scaled["mre"])
     report = evaluate_workdir(str(path), split="val", log=lambda *_: None)
     plain = evaluate_workdir(str(path), split="val", refine=False, log=lambda *_: None)
     assert report["stages"]["global"]["mre"] == pytest.approx(plain["mre"])
