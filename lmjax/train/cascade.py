@@ -56,7 +56,7 @@ def check(config) -> None:
 def _finished(workdir: pathlib.Path, steps: int) -> bool:
     if not ckpt_lib.has_checkpoint(workdir):
         return False
-    checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=1)
+    checkpoints = ckpt_lib.Checkpointer(workdir, read_only=True)
     try:
         return (checkpoints.latest_step() or 0) >= steps
     finally:

@@ -167,7 +167,7 @@ def run_joint_stage(config, workdir, det_dir, *, log=print) -> pathlib.Path:
     det_config = read_config(det_dir)
     lset = load_landmark_set(det_dir, det_config)
     det = build_state(det_config, lset.num_landmarks, lset, pretrained=False, log=lambda _: None)
-    source = ckpt_lib.Checkpointer(det_dir, max_to_keep=det_config.train.keep)
+    source = ckpt_lib.Checkpointer(det_dir, read_only=True)
     det_state = ckpt_lib.restore_state(source, det.state)
     _, model, dec_graphdef, dec_state = sam_data.restore(workdir)
     tx = sam_data.decoder_optimizer(config)

@@ -17,7 +17,14 @@ Saves are asynchronous: `save` returns once the arrays are copied to host memory
 donating `state` to the next train step is safe); files are written in the background.
 Call `wait()` (or `close()`) before the process exits, e.g. in a SIGTERM handler. A save
 cut short leaves only a `*.orbax-checkpoint-tmp` directory, which is never restored and
-is removed when the next Checkpointer on the workdir starts.
+is removed when the next writing Checkpointer on the workdir starts.
+
+Readers (evaluate, predict, a run initialised from another) open with `read_only=True`:
+no temp-directory cleanup (that would delete the save a running training has in
+flight), no directory creation, no root metadata, no deletions. They see only
+finished steps (Orbax lists a step once its temporary folder is renamed into place),
+and a step that the training deletes while it is being read is retried on the
+newest finished one.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as keep
 
 PyTree = Any
 log = logging.getLogger(__name__)
+_READ_RETRIES = 3  # a reader racing a training's keep policy loses a step at most rarely
 
 
 def abstract_like(state: PyTree) -> PyTree:
@@ -64,6 +72,8 @@ class Checkpointer:
       max_to_keep: how many of the latest checkpoints to keep (besides the best).
       best_metric: key in the `metrics` dict that ranks checkpoints.
       best_mode: "min" (errors such as MRE) or "max" (e.g. SDR).
+      read_only: never write to the workdir (see the module docstring); `save`
+        raises RuntimeError.
     """
 
     def __init__(
@@ -73,6 +83,7 @@ class Checkpointer:
         max_to_keep: int = 3,
         best_metric: str = "val_mre",
         best_mode: Literal["min", "max"] = "min",
+        read_only: bool = False,
     ) -> None:
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
@@ -80,6 +91,7 @@ class Checkpointer:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.workdir = epath.Path(workdir)
         self.best_metric, self.best_mode = best_metric, best_mode
+        self.read_only = read_only
         # BestN keeps the n highest after sorting; `reverse` puts the lowest last for "min".
         best = keep.BestN(
             get_metric_fn=self._score,
@@ -88,12 +100,26 @@ class Checkpointer:
             keep_checkpoints_without_metrics=False,  # LatestN alone decides those
         )
         policy = keep.AnyPreservationPolicy([keep.LatestN(n=max_to_keep), best])
-        options = ocp.CheckpointManagerOptions(
-            best_fn=self._score,  # still needed: it makes `best_step()` rank by metric
-            best_mode=best_mode,
-            preservation_policy=policy,
-            cleanup_tmp_directories=True,  # drop saves cut short by a killed run
-        )
+        if read_only:
+            # A reader must leave a running training's in-flight save (a temporary
+            # folder) alone, and create nothing: Orbax's read_only skips saves and
+            # deletions, create=False the folder, save_root_metadata its metadata file.
+            options = ocp.CheckpointManagerOptions(
+                best_fn=self._score,
+                best_mode=best_mode,
+                read_only=True,
+                create=False,
+                cleanup_tmp_directories=False,
+                save_root_metadata=False,
+                enable_async_checkpointing=False,
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(
+                best_fn=self._score,  # still needed: it makes `best_step()` rank by metric
+                best_mode=best_mode,
+                preservation_policy=policy,
+                cleanup_tmp_directories=True,  # drop saves cut short by a killed run
+            )
         handlers = {
             "state": ocp.StandardCheckpointHandler(),
             # primary_host=None: every process writes its own iterator state.
@@ -127,7 +153,12 @@ class Checkpointer:
         Call on every process. `data_state` is this process's `iterator.get_state()`;
         `config` must be JSON-serialisable; metrics values are converted to float.
         Call `wait()` before exiting, or the save may be left unfinished.
+
+        Raises:
+          RuntimeError: the Checkpointer is read-only.
         """
+        if self.read_only:
+            raise RuntimeError(f"{self._manager.directory}: opened read-only; cannot save")
         items = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(dict(data_state)),
@@ -160,8 +191,30 @@ class Checkpointer:
         of the restored state, so a checkpoint restores onto any mesh or device count.
         `data_state` is None when this process layout has no saved iterator state (the
         checkpoint came from a different number of processes); the data restarts then.
+
+        Read-only, a latest or best step that a running training deletes while it is
+        read is retried (a few times) on the then newest (best) finished step.
+
+        Raises:
+          FileNotFoundError: no such step (one line).
+          ValueError: saved shapes differ from `abstract_state`, or Orbax cannot
+            restore the state; the message names the step folder.
         """
-        step = self._resolve(step)
+        for attempt in range(_READ_RETRIES):
+            chosen = self._resolve(step)
+            try:
+                return self._restore_step(chosen, abstract_state)
+            except Exception:
+                vanished = not (self._manager.directory / str(chosen)).exists()
+                if not (self.read_only and vanished and isinstance(step, str | None)):
+                    raise
+                if attempt == _READ_RETRIES - 1:
+                    raise
+                log.warning("%s: step %d was deleted while read; retrying", self.workdir, chosen)
+                self._manager.reload()
+        raise AssertionError("unreachable")
+
+    def _restore_step(self, step: int, abstract_state: PyTree) -> tuple:
         self._check_shapes(step, abstract_state)
         items = {
             "state": ocp.args.StandardRestore(abstract_state),

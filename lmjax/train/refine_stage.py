@@ -249,7 +249,7 @@ def load(workdir, config, landmark_set: LandmarkSet) -> RefineStage:
         build_local_model(spec, landmark_set.num_landmarks), nnx.Param, ...
     )
     like = {"params": params, "rest": rest}
-    checkpoints = ckpt_lib.Checkpointer(stage_dir(workdir), max_to_keep=1)
+    checkpoints = ckpt_lib.Checkpointer(stage_dir(workdir), read_only=True)
     state = ckpt_lib.restore_state(checkpoints, like)
     cache_dir = config.data.cache_dir or None
     return RefineStage(spec, graphdef, state["params"], state["rest"], cache_dir=cache_dir)

@@ -54,7 +54,7 @@ def restore_trained(
     mesh, state, _, eval_step, _ = build(
         config, landmark_set.num_landmarks, landmark_set, pretrained=False, readers=readers
     )
-    checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
+    checkpoints = ckpt_lib.Checkpointer(workdir, read_only=True)  # it may be training
     state = ckpt_lib.restore_state(checkpoints, state, which=which)
     return config, mesh, state, eval_step
 
@@ -78,7 +78,7 @@ def init_from(state, workdir: str | pathlib.Path, landmark_set, *, log=print):
             f"({landmark_set.num_landmarks}); a specialist keeps the mixture's set "
             "(data.mixture with data.mixture_only)"
         )
-    checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=1)
+    checkpoints = ckpt_lib.Checkpointer(workdir, read_only=True)
     try:
         source = ckpt_lib.restore_state(checkpoints, state)
     except (ValueError, KeyError, TypeError) as e:

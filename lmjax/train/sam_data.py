@@ -265,12 +265,17 @@ def prompt_set(dataset: Dataset, config, cache: EmbeddingCache, model: Sam, *, l
     )
 
 
-def checkpointer(workdir, config):
-    """Checkpoints ranked by validation mask IoU over every item (higher is better)."""
+def checkpointer(workdir, config, *, read_only: bool = False):
+    """Checkpoints ranked by validation mask IoU over every item (higher is better);
+    `read_only` for readers (see `lmjax.train.checkpoint`)."""
     from lmjax.train import checkpoint as ckpt_lib
 
     return ckpt_lib.Checkpointer(
-        workdir, max_to_keep=config.train.keep, best_metric="val_mask_iou", best_mode="max"
+        workdir,
+        max_to_keep=config.train.keep,
+        best_metric="val_mask_iou",
+        best_mode="max",
+        read_only=read_only,
     )
 
 
@@ -284,5 +289,6 @@ def restore(workdir, *, which: str = "best"):
     config = read_config(workdir)
     model, _ = build_sam(config, log=lambda _: None)
     graphdef, state = decoder_state(config, model, decoder_optimizer(config))
-    state = ckpt_lib.restore_state(checkpointer(workdir, config), state, which=which)
+    reader = checkpointer(workdir, config, read_only=True)
+    state = ckpt_lib.restore_state(reader, state, which=which)
     return config, model, graphdef, state

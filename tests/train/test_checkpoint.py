@@ -142,6 +142,69 @@ def test_shape_mismatch_names_the_key(tmp_path):
     assert "conv" not in message  # only the mismatched leaf is named
 
 
+def _tree(path) -> dict:
+    """Every file and folder under `path` with its size and modification time."""
+    return {
+        str(q.relative_to(path)): (q.is_dir(), q.stat().st_size, q.stat().st_mtime_ns)
+        for q in sorted(path.rglob("*"))
+    }
+
+
+def test_read_only_writes_nothing_and_spares_a_save_in_flight(tmp_path):
+    mre = {1: 2.0, 2: 0.5, 3: 1.0}
+    with Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        for step, value in mre.items():
+            ckpt.save(
+                step, make_state(step), data_state={}, config=CONFIG, metrics={"val_mre": value}
+            )
+    # What a training's unfinished save looks like; a writer would delete it on start.
+    in_flight = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-123"
+    (in_flight / "state").mkdir(parents=True)
+    before = _tree(tmp_path)
+    with Checkpointer(tmp_path, read_only=True) as reader:
+        assert reader.all_steps() == [1, 2, 3]  # the folder in flight is not a step
+        assert reader.best_step() == 2 and reader.latest_step() == 3
+        state, _, config, metrics = reader.restore(
+            "best", abstract_state=abstract_like(make_state())
+        )
+        with pytest.raises(RuntimeError, match="read-only"):
+            reader.save(5, make_state(), data_state={}, config=CONFIG)
+    assert_same_state(state, make_state(2))
+    assert config == CONFIG and metrics == {"val_mre": 0.5}
+    assert _tree(tmp_path) == before  # nothing created, touched or removed
+    with Checkpointer(tmp_path) as writer:
+        writer.save(5, make_state(), data_state={}, config=CONFIG)  # waits for the clean-up
+    assert not in_flight.exists()  # the writer's clean-up, which readers must not do
+
+
+def test_read_only_on_an_empty_workdir_creates_nothing(tmp_path):
+    with Checkpointer(tmp_path / "run", read_only=True) as reader:
+        assert reader.latest_step() is None and reader.best_step() is None
+        with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+            reader.restore(abstract_state=abstract_like(make_state()))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_only_retries_a_step_deleted_while_read(tmp_path, monkeypatch):
+    import shutil
+
+    with Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, make_state(step), data_state={}, config=CONFIG)
+    reader = Checkpointer(tmp_path, read_only=True)
+    real = reader._restore_step
+
+    def deleted_under_it(step, abstract_state):
+        if step == 2:  # a training's keep policy removes it mid-read
+            shutil.rmtree(tmp_path / "checkpoints" / "2")
+        return real(step, abstract_state)
+
+    monkeypatch.setattr(reader, "_restore_step", deleted_under_it)
+    with reader:
+        state, _, _, _ = reader.restore(abstract_state=abstract_like(make_state()))
+    assert_same_state(state, make_state(1))  # the then newest finished step
+
+
 RESTORE_ON_4_DEVICES = """
 import json
 import jax
