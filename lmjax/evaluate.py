@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lmjax import metrics
+from lmjax import metrics, progress
 from lmjax.data import affine
 from lmjax.data.pipeline import make_pipeline
 from lmjax.data.types import Dataset
@@ -111,6 +111,8 @@ def read_dataset(
       positives [N, K] or None)}` for each name `read` gives; collective with
       several processes, like `predict_dataset`.
     """
+    import jax
+
     from lmjax import parallel
 
     # Each process predicts only its share, rather than all of them the whole set:
@@ -123,22 +125,31 @@ def read_dataset(
     batches = eval_batches(
         dataset, input_size, batch_size, fit=fit, normalize=normalize, cache_dir=cache_dir
     )
-    for batch in batches:
-        for name, (pred, score, fp) in read(batch["image"]).items():
-            coords, conf, fps = tables.setdefault(name, _unread(n, k))
-            counted[name] = fp is not None
-            for i in np.flatnonzero(batch["valid"]):
-                idx = int(batch["index"][i])
-                coords[idx] = affine.apply(np.asarray(pred[i], np.float32), batch["to_original"][i])
-                conf[idx] = score[i]
-                fps[idx] = 0 if fp is None else fp[i]
-        filled[np.asarray(batch["index"])[np.asarray(batch["valid"], bool)]] = True
+    share = len(range(jax.process_index(), n, jax.process_count()))  # this process's images
+    with progress.Progress(share, "evaluate", unit="image") as bar:
+        for batch in batches:
+            _read_batch(read, batch, tables, counted, n, k)
+            filled[np.asarray(batch["index"])[np.asarray(batch["valid"], bool)]] = True
+            bar.advance(int(np.sum(batch["valid"])))
     names = sorted(tables)  # the same order on every process
     merged = parallel.merge_process_rows(filled, *(a for name in names for a in tables[name]))
     return {
         name: (*merged[3 * j : 3 * j + 2], merged[3 * j + 2] if counted[name] else None)
         for j, name in enumerate(names)
     }
+
+
+def _read_batch(read: ReadFn, batch, tables: dict, counted: dict, n: int, k: int) -> None:
+    """One batch's readings into `tables` (`{name: (coords, conf, fps)}` over all N
+    records) at the rows of its valid images, mapped back to the original frame."""
+    for name, (pred, score, fp) in read(batch["image"]).items():
+        coords, conf, fps = tables.setdefault(name, _unread(n, k))
+        counted[name] = fp is not None
+        for i in np.flatnonzero(batch["valid"]):
+            idx = int(batch["index"][i])
+            coords[idx] = affine.apply(np.asarray(pred[i], np.float32), batch["to_original"][i])
+            conf[idx] = score[i]
+            fps[idx] = 0 if fp is None else fp[i]
 
 
 def eval_batches(dataset: Dataset, input_size, batch_size: int, **kw):

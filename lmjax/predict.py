@@ -25,56 +25,16 @@ import jax
 import numpy as np
 from PIL import Image
 
-from lmjax import provenance
+from lmjax import progress, provenance
 from lmjax import review as queue
 from lmjax.data import image_io
-from lmjax.data.labelme import natural_key, write_labelme
+from lmjax.data.labelme import write_labelme
 from lmjax.data.tabular import write_csv
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Radiograph, Record
 from lmjax.measurements.report import measure_dataset
 from lmjax.overlay import measurement_lines, overlay
+from lmjax.predict_inputs import collect_inputs, relative, unique_stems
 from lmjax.train.final_model import load_final
-
-
-def collect_inputs(inputs: list[str]) -> list[pathlib.Path]:
-    """Image files named by `inputs`, folders giving theirs in natural order; other
-    files in a folder are skipped with a note on stderr, a file named twice counts once.
-
-    Raises:
-      LandmarkDataError: an input is missing, a named file is not an image file,
-        or a folder holds no image files.
-    """
-    files: list[pathlib.Path] = []
-    for path in map(pathlib.Path, inputs):
-        if path.is_dir():
-            found = sorted(path.iterdir(), key=lambda p: natural_key(p.name))
-            for p in found:
-                if not image_io.is_image_file(p):  # also false for folders: not recursed
-                    print(f"lmjax predict: {p}: not an image file; skipped", file=sys.stderr)
-            found = [p for p in found if image_io.is_image_file(p)]
-            if not found:
-                raise LandmarkDataError(f"{path}: no image files")
-            files += found
-        elif not path.is_file():
-            raise LandmarkDataError(f"{path}: no such file or folder")
-        elif not image_io.is_image_file(path):
-            raise LandmarkDataError(f"{path}: not an image file (DICOM, PNG, JPEG, BMP or TIFF)")
-        else:
-            files.append(path)
-    first = {p.resolve(): p for p in reversed(files)}
-    return [p for p in files if first[p.resolve()] is p]
-
-
-def unique_stems(files: list[pathlib.Path]) -> list[str]:
-    """File stems, with `_2`, `_3`, ... where they collide (ignoring case, as macOS
-    and Windows file systems do)."""
-    stems: list[str] = []
-    for p in files:
-        taken, n = {s.lower() for s in stems}, 1
-        while (stem := p.stem if n == 1 else f"{p.stem}_{n}").lower() in taken:
-            n += 1
-        stems.append(stem)
-    return stems
 
 
 def _read(path: pathlib.Path) -> tuple[Radiograph | LandmarkDataError, str | None]:
@@ -84,14 +44,6 @@ def _read(path: pathlib.Path) -> tuple[Radiograph | LandmarkDataError, str | Non
     except LandmarkDataError as e:
         return e, None
     return rad, provenance.file_sha256(path)
-
-
-def _relative(path: pathlib.Path, start: pathlib.Path) -> str:
-    """`path` relative to `start` with `/`, or absolute across Windows drives."""
-    try:
-        return pathlib.Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
-    except ValueError:
-        return path.resolve().as_posix()
 
 
 def prediction_doc(
@@ -165,7 +117,7 @@ def write_outputs(
         drawn = {"radii_px": uncertainty.ellipse_px, "implausible": uncertainty.implausible}
     lines = measurement_lines(measured)
     overlay(grey, coords, lines, regions or (), **drawn).save(out / f"{stem}.png")
-    review, rel = out / f"{stem}.labelme.json", _relative(path, out)
+    review, rel = out / f"{stem}.labelme.json", relative(path, out)
     # LabelMe resolves imagePath against the folder of the JSON file. Outlines and
     # patches are their shapes there, not points.
     points = np.where(np.array([k == "landmark" for k in lset.item_kinds])[:, None], coords, np.nan)
@@ -341,7 +293,10 @@ def run_predict(
     rows: list[tuple[str, np.ndarray, Any]] = []
     inputs_sha: dict[str, str] = {}  # image (as in predictions.csv) -> SHA-256 of its file
     # Threads decode; one batch at a time bounds the memory of full-resolution images.
-    with ThreadPoolExecutor(max_workers=min(batch, os.cpu_count() or 1)) as pool:
+    with (
+        ThreadPoolExecutor(max_workers=min(batch, os.cpu_count() or 1)) as pool,
+        progress.Progress(len(files), "predict", unit="image") as bar,
+    ):
         for s in range(0, len(files), batch):
             read, hashes = zip(*pool.map(_read, files[s : s + batch]), strict=True)
             done = iter(
@@ -364,9 +319,10 @@ def run_predict(
                         out, stem, path, r, p.coords, p.confidence, lset, p.measurements, **more
                     )
                 )
-                rows.append((_relative(path, out), p.coords, r.spacing or (np.nan, np.nan)))
+                rows.append((relative(path, out), p.coords, r.spacing or (np.nan, np.nan)))
                 items.append((rows[-1][0], lset.names, p.coords, p.confidence, p.annotation))
                 inputs_sha[rows[-1][0]] = sha
+            bar.advance(len(read))
     if not rows:
         errors = [r["error"] for r in results]
         many = f"none of the {len(errors)} images could be read; first: {errors[0]}"

@@ -181,7 +181,11 @@ def main(args: list[str]) -> int:
         return EXIT_USAGE
     if first not in COMMANDS:
         return _unknown("command", first, COMMANDS)
-    return execute(COMMANDS[first], args[1:])
+    from lmjax import progress
+
+    # Long loops report (a bar on a terminal, plain lines in logs); library calls do not.
+    with progress.shown():
+        return execute(COMMANDS[first], args[1:])
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -120,6 +120,11 @@ def cmd_train(inv: Invocation) -> int:
     workdir = inv.value("workdir") or tempfile.mkdtemp(prefix="lmjax_")
     data = config.data.data_dir or "the phantom"
     print(f"training {config.model.name} on {data} into {workdir}")
+    if config.train.tensorboard:  # each run (and fold) writes <its workdir>/tensorboard
+        print(
+            f"TensorBoard logs go under {workdir}; to watch them: "
+            f"tensorboard --logdir {workdir}  (pip install tensorboard), then http://localhost:6006"
+        )
     if folds.cv_enabled(config) and config.data.cv_fold < 0:
         summary = cross_validate(config, workdir)
         if "stopped_by" not in summary:

@@ -22,6 +22,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from lmjax import progress
 from lmjax.data.cache import _atomic_write
 from lmjax.data.sam_preprocess import sam_preprocess
 from lmjax.data.types import Record
@@ -208,25 +209,27 @@ class EmbeddingCache:
         if todo:
             size = int(model.image_size[0])
             embed = _jitted_embed(model)
-            for start in range(0, len(todo), batch_size):
-                idx = todo[start : start + batch_size]
-                pixels = [_pixels(items[i]) for i in idx]
-                prepared = [self.preprocess(px, size) for px in pixels]
-                batch = np.stack([img for img, _ in prepared])
-                if len(idx) < batch_size:
-                    pad = np.zeros((batch_size - len(idx), *batch.shape[1:]), batch.dtype)
-                    batch = np.concatenate([batch, pad])
-                emb = np.asarray(embed(batch))
-                for j, i in enumerate(idx):
-                    src = items[i].image if isinstance(items[i], Record) else items[i]
-                    meta = {
-                        "to_original": prepared[j][1].tolist(),
-                        "original_hw": list(pixels[j].shape[:2]),
-                        "source": None if isinstance(src, np.ndarray) else str(src),
-                        "view": str(view),
-                    }
-                    self.put(keys[i], emb[j], meta)
-                    out[i] = emb[j]
+            with progress.Progress(len(todo), "SAM embeddings", unit="image") as bar:
+                for start in range(0, len(todo), batch_size):
+                    idx = todo[start : start + batch_size]
+                    pixels = [_pixels(items[i]) for i in idx]
+                    prepared = [self.preprocess(px, size) for px in pixels]
+                    batch = np.stack([img for img, _ in prepared])
+                    if len(idx) < batch_size:
+                        pad = np.zeros((batch_size - len(idx), *batch.shape[1:]), batch.dtype)
+                        batch = np.concatenate([batch, pad])
+                    emb = np.asarray(embed(batch))
+                    for j, i in enumerate(idx):
+                        src = items[i].image if isinstance(items[i], Record) else items[i]
+                        meta = {
+                            "to_original": prepared[j][1].tolist(),
+                            "original_hw": list(pixels[j].shape[:2]),
+                            "source": None if isinstance(src, np.ndarray) else str(src),
+                            "view": str(view),
+                        }
+                        self.put(keys[i], emb[j], meta)
+                        out[i] = emb[j]
+                    bar.advance(len(idx))
         if log is not None:
             log(
                 f"SAM embeddings: {len(items) - len(todo)} cached, {len(todo)} computed "

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from lmjax import progress
 from lmjax.data import cache
 from lmjax.data.types import Record
 
@@ -100,7 +101,8 @@ def load_fine(
     if not spacing_mm > 0:
         raise ValueError(f"refine.spacing_mm must be positive, got {spacing_mm}")
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        loaded = list(pool.map(lambda r: _one(r, spacing_mm, cache_dir), records))
+        done = pool.map(lambda r: _one(r, spacing_mm, cache_dir), records)
+        loaded = list(progress.track(done, desc="fine images", total=len(records), unit="image"))
     if canvas is None:
         hs = max((p.shape[0] for p, *_ in loaded), default=1)
         ws = max((p.shape[1] for p, *_ in loaded), default=1)

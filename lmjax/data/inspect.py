@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from lmjax import progress
 from lmjax.data import image_io
 from lmjax.data.types import ITEM_KINDS, Dataset, LandmarkDataError
 
@@ -33,7 +34,13 @@ def summarize(dataset: Dataset, *, read_images: bool = True) -> dict[str, Any]:
     depths: collections.Counter[int] = collections.Counter()
     missing_per_landmark = np.zeros(lset.num_landmarks, np.int64)
     unreadable = 0
-    for record in dataset.records:
+    # Reading every image is the slow part: counted when images are read.
+    records = (
+        progress.track(dataset.records, desc="inspect", unit="image")
+        if read_images
+        else dataset.records
+    )
+    for record in records:
         spacing_sources[record.spacing_source if record.spacing else "none"] += 1
         missing_per_landmark += ~record.visible
         if not read_images:
