@@ -33,6 +33,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from lmjax.data.dicom_display import display_of_file
 from lmjax.data.types import SPACING_NONE, LandmarkDataError, Radiograph, Spacing, as_spacing
 
 SUPPORTED_EXTENSIONS = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -153,9 +154,12 @@ def to_display_uint8(radiograph: Radiograph) -> np.ndarray:
       radiograph: a radiograph as `read_radiograph` returns it.
 
     Returns:
-      uint8 `[H, W]`: the VOI window `[center - width/2, center + width/2]`
-      stretched to 0..255 when the radiograph has one, else its min..max.
+      uint8 `[H, W]`: a DICOM file's own display (its modality, VOI and presentation
+      LUTs, `lmjax.data.dicom_display`) when it states a VOI or Presentation LUT;
+      else the VOI window stretched to 0..255 when it has one, else its min..max.
     """
+    if radiograph.display_lut is not None:
+        return radiograph.display_lut(radiograph.pixels)
     x = radiograph.pixels.astype(np.float32)
     if radiograph.window is not None:
         center, width = radiograph.window
@@ -210,18 +214,21 @@ def _read_dicom(path: Path) -> Radiograph:
     width = _first(_tag_numbers(ds, "WindowWidth", name, warns, lambda v: v[0] > 0))
     window = (center, width) if center is not None and width is not None else None
     values = stored.astype(np.float64)
-    if photometric == "MONOCHROME1":
-        signed = int(ds.get("PixelRepresentation", 0)) == 1
-        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-        if values.min() < lo or values.max() > hi:
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    if values.min() < lo or values.max() > hi:
+        if photometric == "MONOCHROME1":  # only its inversion depends on the range
             warns.append(f"{name}: pixel values exceed BitsStored {bits}; inverted in their range")
-            lo, hi = min(lo, values.min()), max(hi, values.max())
+        lo, hi = int(min(lo, values.min())), int(max(hi, values.max()))
+    lut = dict(bits=bits, stored_range=(lo, hi), slope=slope, intercept=intercept, window=window)
+    display = display_of_file(ds, stored, name, warns, inverted=photometric == "MONOCHROME1", **lut)
+    if photometric == "MONOCHROME1":
         values = (lo + hi) - values
         if window is not None:
             # The same inversion seen after rescaling: v' = slope*(lo+hi) + 2*intercept - v.
             window = (float(slope * (lo + hi) + 2 * intercept - window[0]), window[1])
     pixels = (values * slope + intercept).astype(np.float32)
-    return Radiograph(pixels, spacing, source, bits, photometric, window, name, warns)
+    return Radiograph(pixels, spacing, source, bits, photometric, window, name, warns, display)
 
 
 def _decode_dicom(ds: pydicom.Dataset, name: str) -> np.ndarray:

@@ -39,6 +39,8 @@ class Radiograph:
       window: `(center, width)` VOI window for display, in `pixels` units, or None.
       path: the source file, or a description for in-memory images.
       warnings: problems found while reading that did not stop it.
+      display_lut: how the file says to show `pixels` (a DICOM VOI or Presentation
+        LUT, `lmjax.data.dicom_display.DisplayLUT`), or None: by `window`.
     """
 
     pixels: np.ndarray
@@ -49,6 +51,7 @@ class Radiograph:
     window: tuple[float, float] | None = None
     path: str = ""
     warnings: list[str] = dataclasses.field(default_factory=list)
+    display_lut: Any = None
 
     @property
     def shape(self) -> tuple[int, int]:
