@@ -33,7 +33,15 @@ from lmjax.data.tabular import write_csv
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Radiograph, Record
 from lmjax.measurements.report import measure_dataset
 from lmjax.overlay import measurement_lines, overlay
-from lmjax.predict_inputs import collect_inputs, relative, unique_stems
+from lmjax.predict_inputs import (  # noqa: F401  (collect_inputs, unique_stems: re-exported)
+    OUTPUT_EXTENSIONS,
+    collect_inputs,
+    existing,
+    from_doc,
+    plan_inputs,
+    relative,
+    unique_stems,
+)
 from lmjax.train.final_model import load_final
 
 
@@ -106,18 +114,21 @@ def write_outputs(
     pixels, NaN where the model gave none) and, from a cascade, `regions` (outline
     polylines and patch polygons: `{"name", "kind", "points", "score", ...}`, kept
     in the JSON under "regions", LabelMe linestrips and polygons); returns the JSON.
+    `stem` may name a subfolder of `out` (made as needed); the JSON is written last,
+    so that it marks the three complete.
     `uncertainty` (`lmjax.review.annotate`) adds each landmark's radius and shape check
     to the JSON, the LabelMe description and the overlay; `origin` is the JSON's
     `provenance` block."""
     doc = prediction_doc(path, rad, coords, conf, lset, measured, regions, uncertainty, origin)
-    (out / f"{stem}.json").write_text(json.dumps(doc, indent=2))
+    target = out / f"{stem}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
     grey = image_io.to_display_uint8(rad)
     drawn = {}
     if uncertainty is not None:
         drawn = {"radii_px": uncertainty.ellipse_px, "implausible": uncertainty.implausible}
     lines = measurement_lines(measured)
     overlay(grey, coords, lines, regions or (), **drawn).save(out / f"{stem}.png")
-    review, rel = out / f"{stem}.labelme.json", relative(path, out)
+    review, rel = out / f"{stem}.labelme.json", relative(path, target.parent)
     # LabelMe resolves imagePath against the folder of the JSON file. Outlines and
     # patches are their shapes there, not points.
     points = np.where(np.array([k == "landmark" for k in lset.item_kinds])[:, None], coords, np.nan)
@@ -137,6 +148,10 @@ def write_outputs(
         Image.fromarray(grey).save(png, format="PNG")
         doc_lm["imageData"] = base64.b64encode(png.getvalue()).decode("ascii")
         review.write_text(json.dumps(doc_lm, indent=2))
+    # Written whole or not at all: --skip_existing takes a readable JSON as done.
+    partial = target.with_name(f".{target.name}.tmp")
+    partial.write_text(json.dumps(doc, indent=2))
+    os.replace(partial, target)
     return doc
 
 
@@ -248,12 +263,14 @@ def run_predict(
     flip_tta: bool = False,
     review: bool = False,
     tta_scales: tuple[float, ...] | None = None,
+    skip_existing: bool = False,
 ) -> list[dict[str, Any]]:
     """Predicts landmarks for image files and folders with a trained workdir.
 
     Args:
       workdir: the training run's folder; its best checkpoint is used.
-      inputs: image files (DICOM, PNG, JPEG, BMP, TIFF) and folders of them.
+      inputs: image files (DICOM, PNG, JPEG, BMP, TIFF) and folders of them, searched
+        recursively (`lmjax.predict_inputs`: the outputs keep the folders' layout).
       output_dir: gets the per-image files, `predictions.csv` and `provenance.json`.
       batch_size: default the config's; rounded up to a multiple of the devices.
       flip_tta: average with the mirrored image (also done when the config says so).
@@ -261,6 +278,9 @@ def run_predict(
         (None: the config's; `lmjax.tta.with_scale_tta`).
       review: also write `review.csv` and `review.json`, images and landmarks most
         doubtful first (`lmjax.review`).
+      skip_existing: keep an image's outputs when an earlier run of the same model
+        wrote them whole (`lmjax.predict_inputs.existing`), to resume a large job;
+        the table, `provenance.json` and the review still list every image.
 
     With the workdir's `conformal.json` and `shape_model.json` each landmark gets
     its radius and shape check (`lmjax.review.annotate`).
@@ -272,41 +292,44 @@ def run_predict(
     Raises:
       FileNotFoundError: the workdir has no checkpoint.
       LandmarkDataError: a region model (`data.roi`), bad inputs (see
-        `collect_inputs`), outputs that would overwrite inputs, flip TTA without
+        `plan_inputs`), outputs that would overwrite inputs, flip TTA without
         left/right pairs, or no readable image.
     """
-    files = collect_inputs(inputs)
-    stems = unique_stems(files)
     out = pathlib.Path(output_dir)
-    sources = {p.resolve() for p in files}
-    for name in (f"{s}{ext}" for s in stems for ext in (".json", ".png", ".labelme.json")):
+    planned = plan_inputs(inputs, exclude=out)
+    sources = {item.path.resolve() for item in planned}
+    for name in (f"{i.name}{ext}" for i in planned for ext in OUTPUT_EXTENSIONS):
         if (out / name).resolve() in sources:
             raise LandmarkDataError(f"{out / name}: the output would overwrite an input image")
     model = load_model(workdir, flip_tta=flip_tta, tta_scales=tta_scales)
     lset, unc = model.landmark_set, model.uncertainty
     _uncertainty_notes(workdir, unc, flip_tta, review)
     annotated = unc.radii is not None or unc.shape is not None
-    items = []  # the review queue's (image, names, coords, confidence, annotation)
     batch = model.batch(batch_size)
     out.mkdir(parents=True, exist_ok=True)
-    results: list[dict[str, Any]] = []
-    rows: list[tuple[str, np.ndarray, Any]] = []
-    inputs_sha: dict[str, str] = {}  # image (as in predictions.csv) -> SHA-256 of its file
+    docs: dict[int, dict[str, Any]] = {}  # by input: its JSON, or {"image", "error"}
+    if skip_existing:
+        for k, item in enumerate(planned):
+            if (doc := existing(out, item, model.origin, lset.names)) is not None:
+                docs[k] = doc
+        if docs:
+            print(f"lmjax predict: kept {len(docs)} existing predictions", file=sys.stderr)
+    todo = [k for k in range(len(planned)) if k not in docs]
     # Threads decode; one batch at a time bounds the memory of full-resolution images.
     with (
         ThreadPoolExecutor(max_workers=min(batch, os.cpu_count() or 1)) as pool,
-        progress.Progress(len(files), "predict", unit="image") as bar,
+        progress.Progress(len(todo), "predict", unit="image") as bar,
     ):
-        for s in range(0, len(files), batch):
-            read, hashes = zip(*pool.map(_read, files[s : s + batch]), strict=True)
+        for s in range(0, len(todo), batch):
+            chunk = [planned[k] for k in todo[s : s + batch]]
+            read, hashes = zip(*pool.map(_read, [i.path for i in chunk]), strict=True)
             done = iter(
                 predict_radiographs(model, [r for r in read if isinstance(r, Radiograph)], batch)
             )
-            chunk = zip(files[s : s + batch], stems[s : s + batch], read, hashes, strict=True)
-            for path, stem, r, sha in chunk:
+            for k, item, r, sha in zip(todo[s : s + batch], chunk, read, hashes, strict=True):
                 if isinstance(r, LandmarkDataError):
                     print(f"lmjax predict: skipped: {r}", file=sys.stderr)
-                    results.append({"image": str(path), "error": str(r)})
+                    docs[k] = {"image": str(item.path), "error": str(r)}
                     continue
                 p = next(done)
                 more = {
@@ -314,15 +337,22 @@ def run_predict(
                     "uncertainty": p.annotation if annotated else None,
                     "origin": {**model.origin, "input_sha256": sha},
                 }
-                results.append(
-                    write_outputs(
-                        out, stem, path, r, p.coords, p.confidence, lset, p.measurements, **more
-                    )
-                )
-                rows.append((relative(path, out), p.coords, r.spacing or (np.nan, np.nan)))
-                items.append((rows[-1][0], lset.names, p.coords, p.confidence, p.annotation))
-                inputs_sha[rows[-1][0]] = sha
+                docs[k] = write_outputs(
+                    out, item.name, item.path, r, p.coords, p.confidence, lset, p.measurements,
+                    **more,
+                )  # fmt: skip
             bar.advance(len(read))
+    results = [docs[k] for k in range(len(planned))]
+    # Every image with a prediction, new or kept, is in the table and the review.
+    rows, items, inputs_sha = [], [], {}
+    for item, doc in zip(planned, results, strict=True):
+        if "error" in doc:
+            continue
+        coords, conf, spacing = from_doc(doc)
+        image = relative(item.path, out)
+        rows.append((image, coords, spacing or (np.nan, np.nan)))
+        items.append((image, lset.names, coords, conf, queue.annotate(unc, coords, conf, spacing)))
+        inputs_sha[image] = (doc.get("provenance") or {}).get("input_sha256")
     if not rows:
         errors = [r["error"] for r in results]
         many = f"none of the {len(errors)} images could be read; first: {errors[0]}"

@@ -66,7 +66,7 @@ _TABLE = [
     Command(
         "predict",
         "lmjax predict --workdir=DIR --output_dir=DIR [--flip_tta] [--tta_scales=S,...] "
-        "[--review] INPUT [INPUT ...]",
+        "[--review] [--skip_existing] INPUT [INPUT ...]",
         "landmarks (JSON, overlay PNG, LabelMe file) for DICOM or image files and folders",
         predict.define_predict,
         predict.cmd_predict,

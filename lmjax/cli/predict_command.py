@@ -69,6 +69,13 @@ def define_predict(fv: flags.FlagValues) -> None:
         "confidence)",
         flag_values=fv,
     )
+    flags.DEFINE_bool(
+        "skip_existing",
+        False,
+        "keep the outputs of images an earlier run of the same model wrote whole (resume a "
+        "large job); predictions.csv, provenance.json and the review still list every image",
+        flag_values=fv,
+    )
 
 
 def cmd_predict(inv: Invocation) -> int:
@@ -91,6 +98,7 @@ def cmd_predict(inv: Invocation) -> int:
         flip_tta=inv.value("flip_tta"),
         review=inv.value("review"),
         tta_scales=scales,
+        skip_existing=inv.value("skip_existing"),
     )
     written = sum("error" not in r for r in results)
     print(f"wrote {written} of {len(results)} predictions to {output_dir}")
