@@ -7,6 +7,10 @@ model, minutes saved per start). It has to be called before the first compile of
 the process: JAX opens the cache once. `count_cache_events()` counts hits and
 misses through `jax.monitoring`, for reports and tests.
 
+The commands that read a trained run (evaluate, calibrate, predict) keep the cache on
+by default in a per-user folder (`user_cache_dir`, `default_cache_dir`): their start-up
+is then mostly reading, not compiling (see experiments/results/predict_startup_cpu/).
+
 Compile check. `compile_check(config)` answers "does this config compile for this
 mesh and global batch, and does it fit?" without running anything: the model, the
 optimizer state and the train step are built by `lmjax.train.setup.build` under
@@ -27,6 +31,8 @@ from typing import Any
 import jax
 
 CACHE_ENV = "LMJAX_COMPILATION_CACHE"  # default of the CLI's --compilation_cache_dir
+CACHE_OFF = ("", "0")  # a folder value (flag or environment) that turns the cache off
+READER_MIN_COMPILE_TIME_S = 0.1  # see `enable_for_command`
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 CACHE_MISS_EVENT = "/jax/compilation_cache/cache_misses"
 
@@ -63,12 +69,44 @@ def enable_persistent_cache(
             f"min_entry_size_bytes={min_entry_size_bytes}"
         )
     path = os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
-    os.makedirs(path, exist_ok=True)
+    # Private to the user where we create it: cache entries are executable code.
+    os.makedirs(path, mode=0o700, exist_ok=True)
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", int(min_entry_size_bytes))
     return path
+
+
+def user_cache_dir() -> str:
+    """`$XDG_CACHE_HOME/lmjax/jax`, or `~/.cache/lmjax/jax` without XDG_CACHE_HOME."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "lmjax", "jax")
+
+
+def default_cache_dir(*, on_by_default: bool) -> str:
+    """The default of `--compilation_cache_dir`: `$LMJAX_COMPILATION_CACHE` when set
+    (empty or "0": off), else `user_cache_dir()` where `on_by_default`, else "" (off)."""
+    env = os.environ.get(CACHE_ENV)
+    if env is not None:
+        return "" if env.strip() in CACHE_OFF else env
+    return user_cache_dir() if on_by_default else ""
+
+
+def enable_for_command(flag_value: str | None, *, reader: bool) -> str | None:
+    """The cache as a command's `--compilation_cache_dir` asks (None: the flag was not
+    given, then `default_cache_dir(on_by_default=reader)`); the folder, or None if off.
+
+    A reader (evaluate, calibrate, predict) caches every program that compiled in
+    `READER_MIN_COMPILE_TIME_S` or more: its start-up compiles few programs, each
+    well under JAX's 1 s default on a small CPU (the ISBI U-Net's eval step takes
+    about 0.5 s on 2 cores), and a cached one costs only its load.
+    """
+    cache_dir = default_cache_dir(on_by_default=reader) if flag_value is None else flag_value
+    if cache_dir.strip() in CACHE_OFF:
+        return None
+    threshold = READER_MIN_COMPILE_TIME_S if reader else 1.0
+    return enable_persistent_cache(cache_dir, min_compile_time_s=threshold)
 
 
 @contextlib.contextmanager

@@ -206,3 +206,51 @@ def test_cli_compile_check_rejects_zero_devices():
     assert out.returncode == 2
     assert "--devices must be at least 1" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(compilation.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compilation.default_cache_dir(on_by_default=True) == str(tmp_path / "lmjax" / "jax")
+    assert compilation.default_cache_dir(on_by_default=False) == ""
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    home = os.path.expanduser("~")
+    assert compilation.user_cache_dir() == os.path.join(home, ".cache", "lmjax", "jax")
+    for off in ("0", ""):
+        monkeypatch.setenv(compilation.CACHE_ENV, off)
+        assert compilation.default_cache_dir(on_by_default=True) == ""
+    monkeypatch.setenv(compilation.CACHE_ENV, str(tmp_path / "mine"))
+    assert compilation.default_cache_dir(on_by_default=False) == str(tmp_path / "mine")
+
+
+@pytest.mark.parametrize(
+    "env_value, flags, where",
+    [
+        (None, (), "xdg/lmjax/jax"),  # on by default, in the user's cache folder
+        ("0", (), None),  # turned off
+        (None, ("--compilation_cache_dir=0",), None),
+        ("0", ("--compilation_cache_dir={tmp}/given",), "given"),  # the flag wins
+    ],
+)
+def test_predict_keeps_the_compilation_cache_on_by_default(tmp_path, env_value, flags, where):
+    # A run without a checkpoint: the command fails after the cache is set up.
+    env = {k: v for k, v in os.environ.items() if k != compilation.CACHE_ENV}
+    env |= {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "JAX_PLATFORMS": "cpu"}
+    if env_value is not None:
+        env[compilation.CACHE_ENV] = env_value
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    out = subprocess.run(
+        [sys.executable, "-m", "lmjax.cli", "predict", f"--workdir={tmp_path / 'run'}"]
+        + [f"--output_dir={tmp_path / 'out'}", str(tmp_path / "x.png"), *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    made = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_dir())
+    if where is None:
+        assert made == [], made
+    else:
+        assert made[-1] == where and all(where.startswith(m) for m in made), made
+        assert (tmp_path / where).stat().st_mode & 0o777 == 0o700  # private: cached code

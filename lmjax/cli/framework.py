@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import difflib
 import logging
-import os
 import sys
 import textwrap
 import warnings
@@ -81,6 +80,8 @@ class Command:
     positional: bool = False  # takes file arguments
     config: bool = False  # takes --config and --config.FIELD=VALUE
     device: bool = False  # compiles: --compilation_cache_dir and the multi-process flags
+    # Reads a trained run: the compilation cache is on by default (a per-user folder).
+    cache_by_default: bool = False
 
     def flag_values(self) -> flags.FlagValues:
         fv = flags.FlagValues()
@@ -96,7 +97,7 @@ class Command:
             )
         self.define(fv)
         if self.device:
-            define_device_flags(fv)
+            define_device_flags(fv, cache_by_default=self.cache_by_default)
         flags.DEFINE_integer(
             "verbosity",
             0,
@@ -106,12 +107,16 @@ class Command:
         return fv
 
 
-def define_device_flags(fv: flags.FlagValues) -> None:
+def define_device_flags(fv: flags.FlagValues, *, cache_by_default: bool = False) -> None:
+    # The default is resolved in `_prepare` (`compilation.enable_for_command`), so that
+    # help and flag parsing do not import jax.
+    fallback = "$XDG_CACHE_HOME/lmjax/jax (~/.cache/lmjax/jax)" if cache_by_default else "off"
     flags.DEFINE_string(
         "compilation_cache_dir",
-        os.environ.get("LMJAX_COMPILATION_CACHE", ""),
+        None,
         "JAX's persistent compilation cache folder, so a later run loads compiled "
-        "programs instead of compiling them; default: $LMJAX_COMPILATION_CACHE, empty: off",
+        f"programs instead of compiling them; default: $LMJAX_COMPILATION_CACHE, else "
+        f"{fallback}; empty or 0: off",
         flag_values=fv,
     )
     flags.DEFINE_string(
@@ -332,11 +337,10 @@ def _prepare(inv: Invocation, command: Command) -> None:
             process_id=inv.value("process_id"),
             cpu_collectives=inv.value("cpu_collectives"),
         )
-        if inv.value("compilation_cache_dir"):
-            from lmjax.compilation import enable_persistent_cache
+        from lmjax.compilation import enable_for_command
 
-            # JAX opens the cache once per process, at the first compile.
-            enable_persistent_cache(inv.value("compilation_cache_dir"))
+        # JAX opens the cache once per process, at the first compile.
+        enable_for_command(inv.value("compilation_cache_dir"), reader=command.cache_by_default)
     else:
         parallel.initialize()  # under SLURM every process of the job must join
 

@@ -34,6 +34,7 @@ _TABLE = [
         model.define_evaluate,
         model.cmd_evaluate,
         device=True,
+        cache_by_default=True,
     ),
     Command(
         "calibrate",
@@ -42,6 +43,7 @@ _TABLE = [
         predict.define_calibrate,
         predict.cmd_calibrate,
         device=True,
+        cache_by_default=True,
     ),
     Command(
         "refine",
@@ -72,6 +74,7 @@ _TABLE = [
         predict.cmd_predict,
         positional=True,
         device=True,
+        cache_by_default=True,
     ),
     Command(
         "benchmark",

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -56,6 +57,19 @@ def abstract_like(state: PyTree) -> PyTree:
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) if is_array else x
 
     return jax.tree.map(one, state)
+
+
+class _DropReadOnlyNotice(logging.Filter):
+    # Orbax warns "Given directory is read only" on every read-only open: to a user of
+    # lmjax evaluate/predict that reads as a problem where none is.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+def _quiet_read_only_notices() -> None:
+    absl_log = logging.getLogger("absl")
+    if not any(isinstance(f, _DropReadOnlyNotice) for f in absl_log.filters):
+        absl_log.addFilter(_DropReadOnlyNotice())
 
 
 def _data_filename() -> str:
@@ -89,7 +103,9 @@ class Checkpointer:
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
-        self.workdir = epath.Path(workdir)
+        # Orbax's array reader wants an absolute path; a remote one (gs://) already is.
+        where = os.fspath(workdir)
+        self.workdir = epath.Path(where if "://" in where else os.path.abspath(where))
         self.best_metric, self.best_mode = best_metric, best_mode
         self.read_only = read_only
         # BestN keeps the n highest after sorting; `reverse` puts the lowest last for "min".
@@ -101,6 +117,7 @@ class Checkpointer:
         )
         policy = keep.AnyPreservationPolicy([keep.LatestN(n=max_to_keep), best])
         if read_only:
+            _quiet_read_only_notices()
             # A reader must leave a running training's in-flight save (a temporary
             # folder) alone, and create nothing: Orbax's read_only skips saves and
             # deletions, create=False the folder, save_root_metadata its metadata file.
@@ -108,6 +125,7 @@ class Checkpointer:
                 best_fn=self._score,
                 best_mode=best_mode,
                 read_only=True,
+                save_interval_steps=0,  # what read_only sets anyway, without its warning
                 create=False,
                 cleanup_tmp_directories=False,
                 save_root_metadata=False,

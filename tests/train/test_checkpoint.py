@@ -177,6 +177,16 @@ def test_read_only_writes_nothing_and_spares_a_save_in_flight(tmp_path):
     assert not in_flight.exists()  # the writer's clean-up, which readers must not do
 
 
+def test_read_only_takes_a_relative_workdir(tmp_path, monkeypatch, caplog):
+    with Checkpointer(tmp_path / "run") as ckpt:
+        ckpt.save(1, make_state(3.0), data_state={}, config=CONFIG)
+    monkeypatch.chdir(tmp_path)
+    with Checkpointer("run", read_only=True) as reader:
+        state, _, _, _ = reader.restore(abstract_state=abstract_like(make_state()))
+    assert_same_state(state, make_state(3.0))
+    assert "read only" not in caplog.text and "read_only" not in caplog.text
+
+
 def test_read_only_on_an_empty_workdir_creates_nothing(tmp_path):
     with Checkpointer(tmp_path / "run", read_only=True) as reader:
         assert reader.latest_step() is None and reader.best_step() is None
