@@ -10,15 +10,20 @@ Patches: every category without keypoints whose annotations carry polygon
 keypoints (categories in file order). Each such annotation gives one image's
 patch as a single polygon `[x1, y1, x2, y2, ...]`; its landmark is the polygon's
 area centroid. The keypoint annotation's own segmentation is not read.
+
+Hostile files: a `file_name` must stay inside the image folder (no absolute path,
+no `..` out of it; `lmjax.data.limits` has the switch that allows it), the JSON
+must be under the annotation size limit, and keypoints and boxes must be finite;
+any other malformed structure is a LandmarkDataError naming the file.
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import numpy as np
 
+from lmjax.data import limits
 from lmjax.data.formats import ReadOptions, register_format
 from lmjax.data.items import check_item, item_centroid
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
@@ -109,6 +114,11 @@ def load_coco(
       image_dir: folder the `file_name`s are relative to (default: the JSON's,
         then its `images/` subfolder).
       category_id: which category to read when the file has several.
+
+    Raises:
+      LandmarkDataError: naming the file: unreadable, over the size limit, not a
+        COCO keypoints document, malformed, or a `file_name` outside the image
+        folder. Problems of single annotations go to the dataset's `errors`.
     """
     path = pathlib.Path(path)
     if path.is_dir():
@@ -116,14 +126,17 @@ def load_coco(
         if len(found) != 1:
             raise LandmarkDataError(f"{path}: expected one COCO .json file, found {len(found)}")
         path = found[0]
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise LandmarkDataError(f"{path}: not a readable JSON file ({e})") from e
+    doc = limits.read_json(path, "COCO JSON file")
     if not isinstance(doc, dict) or not all(
         k in doc for k in ("images", "annotations", "categories")
     ):
         raise LandmarkDataError(f"{path}: needs 'images', 'annotations' and 'categories'")
+    with limits.malformed(str(path), "COCO file"):
+        return _read_doc(doc, path, image_dir, category_id)
+
+
+def _read_doc(doc: dict, path: pathlib.Path, image_dir, category_id) -> Dataset:
+    """`load_coco`'s dataset from the parsed document `doc` of `path`."""
     cats = [c for c in doc["categories"] if c.get("keypoints")]
     if category_id is not None:
         cats = [c for c in cats if c.get("id") == category_id]
@@ -137,7 +150,8 @@ def load_coco(
     lset = _landmark_set(cat, str(path), patch_names)
     k = lset.num_landmarks - len(patch_names)
     patches, problems, patch_warnings = _read_patches(doc, patch_cats, path)
-    dirs = [pathlib.Path(image_dir)] if image_dir else [path.parent, path.parent / "images"]
+    root = pathlib.Path(image_dir) if image_dir else path.parent  # file_names stay inside
+    dirs = [root] if image_dir else [root, root / "images"]
     images = {im["id"]: im for im in doc["images"]}
     records, errors, warnings, seen = [], [], patch_warnings, set()
     for ann in doc["annotations"]:
@@ -151,13 +165,24 @@ def load_coco(
         if im["id"] in seen:
             warnings.append(f"{where}: second annotation for {im['file_name']}; kept the first")
             continue
-        kp = np.asarray(ann.get("keypoints", []), np.float32)
+        kp = np.asarray(ann.get("keypoints", []), np.float64)  # float32 only once checked
         if kp.size != 3 * k:
             errors.append(f"{where}: {kp.size // 3} keypoints, category has {k}")
             continue
         kp = kp.reshape(k, 3)
+        if not np.isin(kp[:, 2], (0, 1, 2)).all():
+            errors.append(f"{where}: visibility flags {kp[:, 2].tolist()} are not 0, 1 or 2")
+            continue
         flags = kp[:, 2].astype(np.int32)
-        image = next((d / im["file_name"] for d in dirs if (d / im["file_name"]).is_file()), None)
+        if not limits.finite_float32(kp[flags > 0, :2]):
+            errors.append(f"{where}: a labelled keypoint has a NaN or infinite coordinate")
+            continue
+        box = ann.get("bbox")
+        if box and not (np.shape(box) == (4,) and limits.finite_float32(box)):
+            errors.append(f"{where}: bbox {box!r} is not four finite numbers")
+            continue
+        names = [limits.inside(d, im["file_name"], source=where, field="file_name") for d in dirs]
+        image = next((f for f in names if f.is_file()), None)
         if image is None:
             errors.append(f"{where}: image {im['file_name']} not found in {[str(d) for d in dirs]}")
             continue
@@ -165,7 +190,6 @@ def load_coco(
             errors.append(problems[im["id"]])
             continue
         seen.add(im["id"])
-        box = ann.get("bbox")
         found = patches.get(im["id"], {})
         centroids = [
             item_centroid("patch", found[n]) if n in found else (np.nan,) * 2 for n in patch_names
@@ -173,7 +197,9 @@ def load_coco(
         records.append(
             Record(
                 image=str(image),
-                landmarks=np.concatenate([kp[:, :2], np.reshape(centroids, (-1, 2))]),
+                landmarks=np.concatenate([kp[:, :2], np.reshape(centroids, (-1, 2))]).astype(
+                    np.float32
+                ),
                 visible=np.concatenate([flags > 0, np.isin(patch_names, list(found))]),
                 polygons=found or None,
                 boxes=None
@@ -193,10 +219,10 @@ def load_coco(
 
 
 def is_coco_file(path: pathlib.Path) -> bool:
-    """A readable JSON object with `annotations` and `categories`."""
+    """A readable JSON object with `annotations` and `categories` (within the size limit)."""
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        doc = limits.read_json(path, "COCO JSON file")
+    except LandmarkDataError:
         return False
     return isinstance(doc, dict) and "annotations" in doc and "categories" in doc
 

@@ -14,7 +14,8 @@ The functions run once, at read time, on every value the image can store (at mos
 is stretched to 0..255, giving a uint8 table; showing an image is then one lookup. The
 reader's pixels are the stored values rescaled (and, for MONOCHROME1, inverted in
 their range, `lmjax.data.image_io`), so the lookup index is an affine function of a
-pixel value, kept beside the table.
+pixel value, kept beside the table. `to_display_uint8` shows any radiograph in 8
+bits: through that table, else its window, else its min..max.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import NamedTuple
 import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, apply_presentation_lut, apply_voi_lut
+
+from lmjax.data.types import Radiograph
 
 MAX_ENTRIES = 1 << 17  # tables up to 17-bit ranges (stored values are at most 16 bits)
 # The elements the LUT functions read, copied to a pixel-less header.
@@ -148,4 +151,28 @@ def display_of_file(ds, stored, name: str, warns: list[str], **lut) -> DisplayLU
         return None
 
 
-__all__ = ["MAX_ENTRIES", "DisplayLUT", "display_lut", "display_of_file"]
+def to_display_uint8(radiograph: Radiograph) -> np.ndarray:
+    """Map pixels to 8 bits for previews and overlays.
+
+    Args:
+      radiograph: a radiograph as `read_radiograph` returns it.
+
+    Returns:
+      uint8 `[H, W]`: a DICOM file's own display (its modality, VOI and presentation
+      LUTs, `display_of_file`) when it states a VOI or Presentation LUT;
+      else the VOI window stretched to 0..255 when it has one, else its min..max.
+    """
+    if radiograph.display_lut is not None:
+        return radiograph.display_lut(radiograph.pixels)
+    x = radiograph.pixels.astype(np.float32)
+    if radiograph.window is not None:
+        center, width = radiograph.window
+        lo, hi = center - width / 2, center + width / 2
+    else:
+        lo, hi = float(np.min(x)), float(np.max(x))
+    if hi <= lo:
+        return np.zeros(x.shape, np.uint8)
+    return np.round(np.clip((x - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
+__all__ = ["MAX_ENTRIES", "DisplayLUT", "display_lut", "display_of_file", "to_display_uint8"]

@@ -14,6 +14,10 @@ Conventions every reader here keeps:
 - Problems that do not stop reading go to `Radiograph.warnings`. A colour to
   grey conversion changes the pixel values, so it is also sent to
   `warnings.warn`.
+- Hostile or broken files (`lmjax.data.limits`): the file size and the header's
+  rows x columns are checked before decoding; truncated data, a DICOM header that
+  disagrees with its pixel data, and NaN or infinite pixels are one-line
+  LandmarkDataErrors naming the file.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from lmjax.data.dicom_display import display_of_file
+from lmjax.data import limits
+from lmjax.data.dicom_display import display_of_file, to_display_uint8  # noqa: F401
 from lmjax.data.types import SPACING_NONE, LandmarkDataError, Radiograph, Spacing, as_spacing
 
 SUPPORTED_EXTENSIONS = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -90,8 +95,9 @@ def read_radiograph(
 
     Raises:
       LandmarkDataError: naming the file, when it is missing, unsupported,
-        unreadable, has no pixel data, several frames, needs a missing decoder,
-        or when `spacing` is not two finite positive numbers.
+        unreadable, truncated, has no pixel data, several frames, needs a missing
+        decoder, is over a size limit (`lmjax.data.limits`), has NaN or infinite
+        pixels, or when `spacing` is not two finite positive numbers.
     """
     p = Path(path)
     name = str(p)
@@ -102,9 +108,11 @@ def read_radiograph(
         )
     if not p.is_file():
         raise LandmarkDataError(f"{name}: no such file")
+    limits.check_image_file(p)
     ext = p.suffix.lower()
     if _has_dicm_preamble(p) or ext in _DICOM_EXTENSIONS:
-        rg = _read_dicom(p)
+        with limits.malformed(name, "DICOM file"):  # pydicom parses tags lazily
+            rg = _read_dicom(p)
     elif ext in _TIFF_EXTENSIONS:
         rg = _read_tiff(p)
     elif ext in SUPPORTED_EXTENSIONS:
@@ -114,6 +122,7 @@ def read_radiograph(
             f"{name}: unsupported file type {ext or '(no extension)'!r}; supported: "
             f"{', '.join(SUPPORTED_EXTENSIONS)}, or any file with a DICOM preamble"
         )
+    limits.check_finite(rg.pixels, name)
     if user_spacing is not None:
         rg.spacing, rg.spacing_source = user_spacing, "user"
     return rg
@@ -138,37 +147,12 @@ def read_spacing(path: str | os.PathLike) -> SpacingInfo:
         raise LandmarkDataError(f"{p}: no such file")
     if not (_has_dicm_preamble(p) or p.suffix.lower() in _DICOM_EXTENSIONS):
         return SpacingInfo(None, SPACING_NONE, [])
-    try:
+    limits.check_image_file(p)
+    with limits.malformed(str(p), "DICOM file"):
         ds = pydicom.dcmread(p, force=not _has_dicm_preamble(p), stop_before_pixels=True)
-    except Exception as e:
-        raise LandmarkDataError(f"{p}: unreadable DICOM file ({type(e).__name__}: {e})") from e
-    warns: list[str] = []
-    spacing, source = _dicom_spacing(ds, str(p), warns)
+        warns: list[str] = []
+        spacing, source = _dicom_spacing(ds, str(p), warns)
     return SpacingInfo(spacing, source, warns)
-
-
-def to_display_uint8(radiograph: Radiograph) -> np.ndarray:
-    """Map pixels to 8 bits for previews and overlays.
-
-    Args:
-      radiograph: a radiograph as `read_radiograph` returns it.
-
-    Returns:
-      uint8 `[H, W]`: a DICOM file's own display (its modality, VOI and presentation
-      LUTs, `lmjax.data.dicom_display`) when it states a VOI or Presentation LUT;
-      else the VOI window stretched to 0..255 when it has one, else its min..max.
-    """
-    if radiograph.display_lut is not None:
-        return radiograph.display_lut(radiograph.pixels)
-    x = radiograph.pixels.astype(np.float32)
-    if radiograph.window is not None:
-        center, width = radiograph.window
-        lo, hi = center - width / 2, center + width / 2
-    else:
-        lo, hi = float(np.min(x)), float(np.max(x))
-    if hi <= lo:
-        return np.zeros(x.shape, np.uint8)
-    return np.round(np.clip((x - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- DICOM
@@ -184,7 +168,7 @@ def _read_dicom(path: Path) -> Radiograph:
     try:
         ds = pydicom.dcmread(path, force=forced)
     except Exception as e:
-        raise LandmarkDataError(f"{name}: unreadable DICOM file ({type(e).__name__}: {e})") from e
+        raise LandmarkDataError(f"{name}: unreadable DICOM file ({limits.one_line(e)})") from e
     if forced and not any(k in ds for k in ("PixelData", "Rows", "SOPClassUID")):
         raise LandmarkDataError(f"{name}: not a DICOM file (no DICM preamble, no DICOM tags)")
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -197,6 +181,8 @@ def _read_dicom(path: Path) -> Radiograph:
     if "TransferSyntaxUID" not in ds.file_meta:
         encoding = _ENCODINGS.get(tuple(ds.original_encoding), ExplicitVRBigEndian)
         ds.file_meta.TransferSyntaxUID = encoding
+    if "PixelData" in ds or "Rows" in ds:
+        limits.check_dicom_pixels(ds, name)  # before decoding allocates Rows x Columns
     stored = _decode_dicom(ds, name)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     bits = int(ds.get("BitsStored") or 8 * stored.dtype.itemsize)
@@ -248,7 +234,10 @@ def _decode_dicom(ds: pydicom.Dataset, name: str) -> np.ndarray:
         return np.asarray(ds.pixel_array)
     except Exception as e:
         hint = f"; if the data is valid, {_CODECS_HINT}" if syntax.is_compressed else ""
-        raise LandmarkDataError(f"{name}: cannot decode {described} pixel data ({e}){hint}") from e
+        why = limits.one_line(e)
+        raise LandmarkDataError(
+            f"{name}: cannot decode {described} pixel data ({why}){hint}"
+        ) from e
 
 
 def _tag_numbers(
@@ -333,7 +322,8 @@ def _read_pillow(path: Path) -> Radiograph:
     name = str(path)
     warns: list[str] = []
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only
+            limits.check_image_size(name, im.height, im.width)
             im.load()
             mode = im.mode
             orientation = im.getexif().get(0x0112, 1)
@@ -341,8 +331,10 @@ def _read_pillow(path: Path) -> Radiograph:
                 # Palette, CMYK, YCbCr, ...: only their RGB rendering is meaningful.
                 im = im.convert("RGBA" if mode in ("P", "PA") else "RGB")
             arr = np.asarray(im)
-    except Exception as e:
-        raise LandmarkDataError(f"{name}: unreadable image ({type(e).__name__}: {e})") from e
+    except LandmarkDataError:
+        raise
+    except Exception as e:  # truncated files and decompression bombs included
+        raise LandmarkDataError(f"{name}: unreadable image ({limits.one_line(e)})") from e
     if orientation != 1:
         # Landmarks are annotated on stored pixels here; rotating would move them.
         warns.append(f"{name}: EXIF Orientation {orientation} ignored; pixels kept as stored")
@@ -369,13 +361,16 @@ def _read_tiff(path: Path) -> Radiograph:
         with tifffile.TiffFile(path) as tf:
             images = sum(not getattr(p, "is_reduced", False) for p in tf.pages)
             page = tf.pages[0]
+            limits.check_image_size(name, page.imagelength, page.imagewidth)
             photometric, bits = _TIFF_PHOTOMETRIC.get(page.photometric), int(page.bitspersample)
             # LZW, JPEG, ... need imagecodecs in tifffile; Pillow also reads them.
             decodable = photometric and page.compression in tifffile.TIFF.DECOMPRESSORS
             arr = page.asarray() if decodable else None
             planar = page.axes.startswith("S")
+    except LandmarkDataError:
+        raise
     except Exception as e:
-        raise LandmarkDataError(f"{name}: unreadable TIFF file ({type(e).__name__}: {e})") from e
+        raise LandmarkDataError(f"{name}: unreadable TIFF file ({limits.one_line(e)})") from e
     if images > 1:
         raise LandmarkDataError(
             f"{name}: multi-page TIFF ({images} images); only single 2D images are supported"

@@ -16,6 +16,7 @@ import pathlib
 
 import numpy as np
 
+from lmjax.data import limits
 from lmjax.data.formats import ReadOptions, register_format
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
 
@@ -54,21 +55,27 @@ def read_isbi_annotation(path: str | pathlib.Path, num_landmarks: int = 19) -> n
 
     The official files append the challenge's 8 classification labels as single
     integers; only the first `num_landmarks` "x,y" lines are landmarks.
+
+    Raises:
+      LandmarkDataError: naming the file: unreadable, over the annotation size limit
+        (`lmjax.data.limits`), a line that is not two finite numbers, or too few lines.
     """
     path = pathlib.Path(path)
-    try:
-        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    except OSError as e:
-        raise LandmarkDataError(f"{path}: cannot read annotation ({e.strerror})") from e
+    text = limits.read_text(path, "annotation")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     points = []
     for i, line in enumerate(lines[:num_landmarks]):
         parts = line.replace(";", ",").split(",")
+        shown = line if len(line) <= 60 else line[:57] + "..."
         if len(parts) != 2:
-            raise LandmarkDataError(f"{path}: line {i + 1} is {line!r}, expected 'x,y'")
+            raise LandmarkDataError(f"{path}: line {i + 1} is {shown!r}, expected 'x,y'")
         try:
-            points.append((float(parts[0]), float(parts[1])))
+            x, y = float(parts[0]), float(parts[1])
         except ValueError as e:
-            raise LandmarkDataError(f"{path}: line {i + 1} is {line!r}, expected 'x,y'") from e
+            raise LandmarkDataError(f"{path}: line {i + 1} is {shown!r}, expected 'x,y'") from e
+        if not limits.finite_float32((x, y)):  # nan, inf, or beyond float32
+            raise LandmarkDataError(f"{path}: line {i + 1} is {shown!r}, not finite numbers")
+        points.append((x, y))
     if len(points) != num_landmarks:
         raise LandmarkDataError(f"{path}: {len(points)} landmark lines, expected {num_landmarks}")
     return np.asarray(points, np.float32)

@@ -2,7 +2,10 @@
 
 Point shapes are landmarks (by label), line and linestrip shapes outlines,
 polygons patches, and rectangles boxes. Images are paired with JSON files by file name, because the
-`imagePath` inside real files is often stale.
+`imagePath` inside real files is often stale (so no path from the file is ever opened).
+A file over the annotation size limit (`lmjax.data.limits`), a shape that is not an
+object, points that are not `[x, y]` pairs of finite numbers, and any other
+malformed structure are LandmarkDataErrors naming the file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lmjax.data import limits
 from lmjax.data.formats import ReadOptions, register_format
 from lmjax.data.items import check_item, item_centroid, item_set
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record
@@ -47,6 +51,23 @@ def _find_image(json_path: pathlib.Path, image_dirs: list[pathlib.Path]) -> path
     return None
 
 
+def _points(raw: object, path: pathlib.Path, label: str) -> np.ndarray:
+    """A shape's points as float32 `[N, 2]` (N may be 0), or a LandmarkDataError."""
+    try:
+        arr = np.asarray(raw, np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise LandmarkDataError(f"{path}: shape {label!r} points are not numbers") from None
+    if arr.ndim == 1 and arr.size == 2:  # one point written without its brackets
+        arr = arr[None]
+    if arr.size and (arr.ndim != 2 or arr.shape[1] != 2):
+        raise LandmarkDataError(
+            f"{path}: shape {label!r} points have shape {arr.shape}; each point is [x, y]"
+        )
+    if not limits.finite_float32(arr):  # NaN, Infinity, or beyond float32
+        raise LandmarkDataError(f"{path}: shape {label!r} has a NaN or infinite coordinate")
+    return arr.reshape(-1, 2).astype(np.float32)
+
+
 def read_labelme_file(
     path: str | pathlib.Path,
     landmark_names: tuple[str, ...],
@@ -68,26 +89,40 @@ def read_labelme_file(
     Returns:
       `(landmarks [K, 2], polygons, boxes [N, 4], raw json)`; labels absent from
       the file are NaN, and an outline or patch item's landmark is its centroid.
+
+    Raises:
+      LandmarkDataError: naming the file: unreadable, over the size limit, not a
+        LabelMe document, a malformed shape, an unknown point label, an item drawn
+        as the wrong kind, or (with `strict`) a duplicated label.
     """
     path = pathlib.Path(path)
     warnings = [] if warnings is None else warnings
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise LandmarkDataError(f"{path}: not a readable LabelMe JSON file ({e})") from e
+    doc = limits.read_json(path, "LabelMe JSON file")
     if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
         raise LandmarkDataError(f"{path}: no 'shapes' list; not a LabelMe file")
+    with limits.malformed(str(path), "LabelMe file"):
+        return _read_shapes(doc, path, landmark_names, kinds, strict, warnings)
+
+
+def _read_shapes(doc, path, landmark_names, kinds, strict, warnings):
+    """`read_labelme_file`'s result from the parsed document `doc`."""
     index = {name: i for i, name in enumerate(landmark_names)}
     item_kinds = kinds or ("landmark",) * len(landmark_names)
     landmarks = np.full((len(landmark_names), 2), np.nan, np.float32)
     polygons: dict[str, np.ndarray] = {}
     boxes = []
-    for shape in doc["shapes"]:
+    for i, shape in enumerate(doc["shapes"]):
+        if not isinstance(shape, dict):
+            raise LandmarkDataError(f"{path}: shape {i} is {type(shape).__name__}, not an object")
         label, shape_type = str(shape.get("label", "")), shape.get("shape_type") or "polygon"
-        points = np.asarray(shape.get("points", []), np.float32).reshape(-1, 2)
+        if not isinstance(shape_type, str):
+            raise LandmarkDataError(f"{path}: shape {label!r} has shape_type {shape_type!r}")
+        points = _points(shape.get("points", []), path, label)
         kind = SHAPE_KINDS.get(shape_type)
         if kind == "landmark" and label not in index:
             raise LandmarkDataError(f"{path}: point label {label!r} is not a landmark")
+        if kind == "landmark" and not len(points):
+            raise LandmarkDataError(f"{path}: point {label!r} has no coordinates")
         is_item = label in index and (kind == "landmark" or kinds is not None)
         if is_item:
             k = index[label]
@@ -155,12 +190,15 @@ def load_labelme(
     labels: dict[str, tuple[str, str]] = {}  # label -> (kind, first file that has it)
     for f in files:
         try:
-            shapes = json.loads(f.read_text()).get("shapes", [])
-        except (OSError, json.JSONDecodeError, AttributeError):
+            doc = limits.read_json(f, "LabelMe JSON file")
+        except LandmarkDataError:
             continue  # reported when the file is read below
-        for s in shapes:
+        shapes = doc.get("shapes") if isinstance(doc, dict) else None
+        for s in shapes if isinstance(shapes, list) else ():
+            if not isinstance(s, dict):
+                continue  # reported below
             label, shape_type = str(s.get("label")), s.get("shape_type") or "polygon"
-            kind = SHAPE_KINDS.get(shape_type)
+            kind = SHAPE_KINDS.get(shape_type) if isinstance(shape_type, str) else None
             if kind is None:
                 continue
             first = labels.setdefault(label, (kind, f.name))
@@ -203,7 +241,7 @@ def load_labelme(
             errors.append(f"{f}: no image named {f.stem}.* in {', '.join(map(str, dirs))}")
             continue
         stated = doc.get("imagePath")
-        if stated and not _same_image_name(stated, image.name):
+        if isinstance(stated, str) and stated and not _same_image_name(stated, image.name):
             warnings.append(
                 f"{f}: imagePath says {stated!r} but the file is paired by name with {image.name!r}"
             )

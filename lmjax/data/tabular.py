@@ -1,7 +1,8 @@
 """CSV annotations: one row per image, `image, <name>_x, <name>_y, ...`.
 
 Optional `row_mm, col_mm` columns give the pixel spacing. An empty cell is a
-missing landmark. Image paths are relative to the CSV file's folder.
+missing landmark. Image paths are relative to the CSV file's folder and must stay
+inside it (`lmjax.data.limits`); an infinite coordinate is an error.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pathlib
 
 import numpy as np
 
+from lmjax.data import limits
 from lmjax.data.formats import ReadOptions, register_format
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Record, as_spacing
 
@@ -23,9 +25,12 @@ def _float(cell: str, where: str) -> float:
     if cell == "" or cell.lower() == "nan":
         return math.nan
     try:
-        return float(cell)
+        value = float(cell)
     except ValueError as e:
-        raise LandmarkDataError(f"{where}: {cell!r} is not a number") from e
+        raise LandmarkDataError(f"{where}: {cell[:40]!r} is not a number") from e
+    if not limits.finite_float32(value):
+        raise LandmarkDataError(f"{where}: {cell[:40]!r} is not a finite number")
+    return value
 
 
 def landmark_names_from_header(header: list[str], source: str) -> tuple[str, ...]:
@@ -62,10 +67,9 @@ def load_csv(
             raise LandmarkDataError(f"{path}: expected one .csv file, found {len(found)}")
         path = found[0]
     base = pathlib.Path(image_dir) if image_dir else path.parent
-    try:
-        rows = list(csv.reader(path.read_text().splitlines()))
-    except OSError as e:
-        raise LandmarkDataError(f"{path}: cannot read ({e.strerror})") from e
+    text = limits.read_text(path, "CSV file")
+    with limits.malformed(str(path), "CSV file"):
+        rows = list(csv.reader(text.splitlines()))
     if not rows or not rows[0] or rows[0][0].strip() != "image":
         raise LandmarkDataError(f"{path}: the first column must be 'image'")
     header = [h.strip() for h in rows[0]]
@@ -98,7 +102,7 @@ def load_csv(
         except LandmarkDataError as e:
             errors.append(str(e))
             continue
-        image = base / row[0].strip()
+        image = limits.inside(base, row[0].strip(), source=where, field="image")
         if not image.is_file():
             errors.append(f"{where}: image {image} does not exist")
             continue
