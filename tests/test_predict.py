@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lmjax import predict as predict_module
 from lmjax.configs.phantom import get_config
 from lmjax.data import limits
 from lmjax.data.labelme import load_labelme
