@@ -141,3 +141,32 @@ def test_refine_command_and_evaluate_with_and_without_the_stage(refined, tmp_pat
     plain = evaluate_workdir(str(path), split="val", refine=False, log=lambda *_: None)
     assert report["stages"]["global"]["mre"] == pytest.approx(plain["mre"])
     assert report["stages"]["refine"]["mre"] == pytest.approx(report["mre"])
+
+
+def test_train_command_runs_global_refinement_and_calibration(tmp_path, capsys):
+    from tests.test_cli import run_cli
+
+    refine_args = [
+        f"--config.refine.{k}={v}"
+        for k, v in dict(
+            enabled="true", spacing_mm=2.0, patch_size=16, features=4, num_levels=2,
+            steps=3, eval_every=3, batch_size=2, jitter_mm=4.0,
+        ).items()
+    ]  # fmt: skip
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        f"--config={pathlib.Path(__file__).parents[2] / 'lmjax/configs/phantom.py'}:tiny",
+        f"--workdir={tmp_path}",
+        "--config.train.steps=2",
+        "--config.train.eval_every=2",
+        "--config.data.calib_fraction=0.3",
+        *refine_args,
+    )
+    assert code == 0, err
+    assert "refinement: validation MRE" in out
+    assert (tmp_path / "refine" / "refine.json").is_file()
+    conformal = json.loads((tmp_path / "conformal.json").read_text())
+    assert "refine" in conformal["stages"]  # radii of the refined landmarks
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert set(report["stages"]) == {"global", "refine"}
