@@ -266,6 +266,9 @@ def evaluate_workdir(
     if measurements is not None:
         report["measurements"] = measurements
     radii = conformal.load(workdir)
+    # Radii calibrated on refined landmarks say nothing about the global ones.
+    if radii is not None and "refine" in radii.get("stages", ()) and "stages" not in report:
+        radii = None
     if radii is not None:  # achieved coverage of the calibrated radii beside the nominal
         report["conformal"] = conformal.coverage_entry(
             coords, dataset.landmarks(), dataset.spacings(), radii

@@ -169,4 +169,6 @@ def test_train_command_runs_global_refinement_and_calibration(tmp_path, capsys):
     conformal = json.loads((tmp_path / "conformal.json").read_text())
     assert "refine" in conformal["stages"]  # radii of the refined landmarks
     report = json.loads((tmp_path / "eval.json").read_text())
-    assert set(report["stages"]) == {"global", "refine"}
+    assert set(report["stages"]) == {"global", "refine"} and "conformal" in report
+    plain = evaluate_workdir(str(tmp_path), refine=False, log=lambda *_: None)
+    assert "conformal" not in plain  # the radii belong to the refined landmarks
