@@ -92,6 +92,8 @@ def replicate(tree, mesh: Mesh):
     from jax.experimental import multihost_utils
 
     def one(x):
+        if isinstance(x, jax.core.Tracer):  # traced for shapes only (jax.eval_shape)
+            return x
         if isinstance(x, jax.Array) and x.is_fully_addressable:
             return multihost_utils.host_local_array_to_global_array(x, mesh, PartitionSpec())
         return jax.device_put(x, sharding)

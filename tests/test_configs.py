@@ -138,6 +138,7 @@ def test_override_typo_names_the_flag_and_the_nearest_field():
 def test_every_experiment_config_resolves():
     args = {
         "isbi2015_unet_heatmap.py": ["cpu", "kl_cpu", "gpu", "smoke"],
+        "isbi2015_best.py": ["cpu", "gpu", "smoke"],
         "isbi2015_pelvis_unet.py": ["cpu", "gpu", "smoke"],
         "isbi2015_unet_segmentation.py": ["cpu", "gpu", "smoke"],
         "isbi2015_ceph_seg.py": ["fpn", "unet_cpu", "fpn_smoke"],
