@@ -137,13 +137,15 @@ def count_cache_events() -> Iterator[dict[str, int]]:
 # ---------------------------------------------------------------- compile check
 
 
-def abstract_build(config, num_landmarks: int, landmark_set=None):
-    """`lmjax.train.setup.build` without allocating: `(mesh, abstract_state, train_step)`.
+def abstract_build(config, num_landmarks: int, landmark_set=None, *, readers=None):
+    """`lmjax.train.setup.build` without allocating: `(mesh, abstract_state,
+    train_step, eval_step)`.
 
     The state is a tree of `jax.ShapeDtypeStruct`s carrying the replicated sharding
-    the train step expects; the model, its optimizer state and the train step are
-    exactly those of `setup.build`, traced under `jax.eval_shape` (what `nnx.eval_shape`
-    does for a module), so no array of the model's size is ever created.
+    the steps expect; the model, its optimizer state and the steps are exactly those
+    of `setup.build` (`readers` go to its eval step), traced under `jax.eval_shape`
+    (what `nnx.eval_shape` does for a module), so no array of the model's size is
+    ever created.
     """
     from lmjax import parallel
     from lmjax.train import setup
@@ -152,16 +154,16 @@ def abstract_build(config, num_landmarks: int, landmark_set=None):
 
     def state_only():
         # Shapes only: pretrained weights (a file to read) would change no shape.
-        mesh, state, train_step, _, _ = setup.build(
-            config, num_landmarks, landmark_set, pretrained=False
+        mesh, state, train_step, eval_step, _ = setup.build(
+            config, num_landmarks, landmark_set, pretrained=False, readers=readers
         )
-        built.update(mesh=mesh, train_step=train_step)
+        built.update(mesh=mesh, train_step=train_step, eval_step=eval_step)
         return state
 
     shapes = jax.eval_shape(state_only)
     rep = parallel.replicated(built["mesh"])
     state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
-    return built["mesh"], state, built["train_step"]
+    return built["mesh"], state, built["train_step"], built["eval_step"]
 
 
 def abstract_batch(
@@ -241,7 +243,7 @@ def abstract_train_step(config, *, num_landmarks: int | None = None):
     config = resolve(config)
     landmark_set = fake_inputs.landmark_set_for(config, num_landmarks)
     k = landmark_set.num_landmarks
-    mesh, state, train_step = abstract_build(config, k, landmark_set)
+    mesh, state, train_step, _ = abstract_build(config, k, landmark_set)
     task = task_spec(config, landmark_set.regions)
     batch = abstract_batch(
         config.train.batch_size,

@@ -229,7 +229,7 @@ def sdr_radii(inv: Invocation) -> tuple[float, ...]:
     return tuple(radii)
 
 
-def _scales(inv: Invocation) -> tuple[float, ...] | None:
+def tta_scales(inv: Invocation) -> tuple[float, ...] | None:
     """`--tta_scales` checked, or None when not given."""
     if not inv.present("tta_scales"):
         return None
@@ -263,7 +263,7 @@ def cmd_evaluate(inv: Invocation) -> int:
         # Only a changed list is passed: trainers that fix their radii still run.
         sdr_mm=radii if inv.present("sdr_mm") else None,
         refine=inv.value("refine"),
-        tta_scales=_scales(inv),
+        tta_scales=tta_scales(inv),
     )
     return 0
 

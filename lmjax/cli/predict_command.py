@@ -6,7 +6,7 @@ from absl import flags
 
 from lmjax.cli.data_commands import write_json
 from lmjax.cli.framework import Invocation, UsageError
-from lmjax.cli.model_commands import _define_output
+from lmjax.cli.model_commands import _define_output, tta_scales
 
 # ---------------------------------------------------------------- calibrate
 
@@ -80,16 +80,12 @@ def define_predict(fv: flags.FlagValues) -> None:
 
 def cmd_predict(inv: Invocation) -> int:
     from lmjax.predict import run_predict
-    from lmjax.tta import check_scales
 
     if not inv.value("workdir") or not inv.value("output_dir"):
         raise UsageError("--workdir and --output_dir are required")
     if not inv.args:
         raise UsageError("name at least one image file or folder to predict")
-    try:  # before any file is read
-        scales = check_scales(inv.value("tta_scales")) if inv.present("tta_scales") else None
-    except ValueError as e:
-        raise UsageError(f"--{e}") from None
+    scales = tta_scales(inv)  # before any file is read
     output_dir = inv.value("output_dir")
     results = run_predict(
         inv.value("workdir"),

@@ -66,7 +66,7 @@ from lmjax import xla_cpu
 from lmjax.parallel import data_sharding, replicated
 from lmjax.task import DTYPES, TaskSpec, host_coordinates
 from lmjax.train.state import TrainState, merge
-from lmjax.train.step import eval_outputs, train_step_fn
+from lmjax.train.step import eval_outputs, jit_train_step, train_step_fn
 
 AVERAGES = ("heatmap", "coords")
 MAPS = ("auto", "vmap", "unroll")
@@ -193,14 +193,7 @@ def make_train_step(
         state, per_member = members(state, batch)
         return state, reduce_metrics(per_member)
 
-    rep, data = replicated(mesh), data_sharding(mesh)
-    return jax.jit(
-        train_step,
-        in_shardings=(rep, data),
-        out_shardings=(rep, rep),
-        donate_argnums=0,
-        compiler_options=xla_cpu.compiler_options(mesh),
-    )
+    return jit_train_step(train_step, mesh)
 
 
 def average_maps(task: TaskSpec, maps: jax.Array) -> jax.Array:

@@ -97,11 +97,11 @@ def _batches(fine, dataset, sigma_mm: np.ndarray, spec, rng: np.random.Generator
     visible = np.array([r.visible for r in dataset.records], bool)
     # mm -> canvas pixels: one over the canvas's mm per pixel, or through the resize
     # scale when the spacing is unknown (then sigma is in original pixels).
+    mm = fine.mm_per_pixel
     scale = np.where(
-        np.isfinite(fine.mm_per_pixel),
-        1.0 / np.where(np.isfinite(fine.mm_per_pixel), fine.mm_per_pixel, 1.0),
-        np.abs(fine.to_fine[:, 0, 0]),
-    ).astype(np.float32)
+        np.isfinite(mm), 1.0 / np.nan_to_num(mm, nan=1.0), np.abs(fine.to_fine[:, 0, 0])
+    )
+    scale = scale.astype(np.float32)
     n, b = len(dataset.records), spec["batch_size"]
     while True:
         idx = rng.choice(n, size=b, replace=n < b)

@@ -145,24 +145,21 @@ class RefineStage:
     def __call__(self, dataset: Dataset, coords: np.ndarray, fine=None):
         """`(coords, confidence)` refined from `coords` `[N, K, 2]` (original pixels).
         `fine`: the dataset's `FineImages` when the caller has them (training)."""
-        records = dataset.records
-        out = np.full(np.shape(coords), np.nan, np.float32)
-        conf = np.zeros(np.shape(coords)[:2], np.float32)
-        b = self.batch_size
-        for s in range(0, len(records), b):
-            rows = fine
-            idx = np.arange(s, min(s + b, len(records)))
+        records, n, b = dataset.records, len(dataset.records), self.batch_size
+        coords = np.asarray(coords, np.float32)
+        out = np.full(coords.shape, np.nan, np.float32)
+        conf = np.zeros(coords.shape[:2], np.float32)
+        for s in range(0, n, b):
+            idx = np.arange(s, min(s + b, n))
+            pad = np.minimum(np.arange(s, s + b), n - 1)  # one shape: last row repeated
             if fine is None:
                 rows = load_fine(
                     records[s : s + b], self.spec["spacing_mm"], cache_dir=self.cache_dir
                 )
-                take = np.arange(len(idx))
+                take = pad - s
             else:
-                take = idx
-            pad = np.concatenate([take, np.repeat(take[-1:], b - len(take))])  # one shape
-            centres = np.asarray(coords[idx], np.float32)
-            centres = np.concatenate([centres, np.repeat(centres[-1:], b - len(idx), 0)])
-            got, c = self._run(self.params, self.rest, rows.take(pad), centres)
+                rows, take = fine, pad
+            got, c = self._run(self.params, self.rest, rows.take(take), coords[pad])
             out[idx], conf[idx] = np.asarray(got)[: len(idx)], np.asarray(c)[: len(idx)]
         return out, conf
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import pathlib
 
-import jax
-
-from lmjax import configs, parallel
+from lmjax import configs
 from lmjax.task import HEADS, task_spec
 from lmjax.train import checkpoint as ckpt_lib
-from lmjax.train.setup import build, load_landmark_set
+from lmjax.train.setup import load_landmark_set
 
 
 def read_config(workdir: str | pathlib.Path):
@@ -74,20 +72,10 @@ def abstract_build(config, num_landmarks: int, landmark_set=None, *, readers=Non
     initialised or allocated; restore a checkpoint into the abstract state
     (`checkpoint.restore_state`). `readers` go to the eval step (`make_eval_step`).
     """
-    built = {}
+    from lmjax.compilation import abstract_build as build_abstract
 
-    def state_only():
-        # No pretrained weights: the checkpoint replaces every parameter anyway.
-        mesh, state, _, eval_step, _ = build(
-            config, num_landmarks, landmark_set, pretrained=False, readers=readers
-        )
-        built.update(mesh=mesh, eval_step=eval_step)
-        return state
-
-    shapes = jax.eval_shape(state_only)
-    rep = parallel.replicated(built["mesh"])
-    state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
-    return built["mesh"], state, built["eval_step"]
+    mesh, state, _, eval_step = build_abstract(config, num_landmarks, landmark_set, readers=readers)
+    return mesh, state, eval_step
 
 
 def init_from(state, workdir: str | pathlib.Path, landmark_set, *, log=print):

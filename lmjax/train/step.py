@@ -55,6 +55,12 @@ def make_train_step(
     step = train_step_fn(
         graphdef, task, tx, schedule=schedule, augment=augment, trainable=trainable
     )
+    return jit_train_step(step, mesh)
+
+
+def jit_train_step(step: Callable, mesh: Mesh) -> Callable:
+    """`step(state, batch) -> (state, metrics)` jitted for `mesh`: state replicated
+    and donated, batch split along `data`, metrics replicated."""
     rep, data = replicated(mesh), data_sharding(mesh)
     return jax.jit(
         step,
