@@ -32,7 +32,7 @@ from lmjax.data.labelme import write_labelme
 from lmjax.data.tabular import write_csv
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Radiograph, Record
 from lmjax.measurements.report import measure_dataset
-from lmjax.overlay import measurement_lines, overlay
+from lmjax.overlay import measurement_lines, overlay, segments_for
 from lmjax.predict_inputs import (  # noqa: F401  (collect_inputs, unique_stems: re-exported)
     OUTPUT_EXTENSIONS,
     collect_inputs,
@@ -127,6 +127,7 @@ def write_outputs(
     if uncertainty is not None:
         drawn = {"radii_px": uncertainty.ellipse_px, "implausible": uncertainty.implausible}
     lines = measurement_lines(measured)
+    drawn |= {"names": lset.names, "segments": segments_for(lset.names)}
     overlay(grey, coords, lines, regions or (), **drawn).save(out / f"{stem}.png")
     review, rel = out / f"{stem}.labelme.json", relative(path, target.parent)
     # LabelMe resolves imagePath against the folder of the JSON file. Outlines and

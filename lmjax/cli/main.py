@@ -11,6 +11,7 @@ from lmjax.cli import data_commands as data
 from lmjax.cli import model_commands as model
 from lmjax.cli import predict_command as predict
 from lmjax.cli import refine_command as refine
+from lmjax.cli import report_command as report
 from lmjax.cli import sweep_command as sweep
 from lmjax.cli.framework import EXIT_OK, EXIT_USAGE, Command, execute, format_usage
 
@@ -29,10 +30,20 @@ _TABLE = [
         "evaluate",
         "lmjax evaluate --workdir=DIR [--data_dir=PATH] [--split=NAME] "
         "[--ground_truth=senior|junior|mean] [--extractor=NAME|all] [--sdr_mm=MM,...] "
-        "[--norefine] [--tta_scales=S,...] [--output=FILE.json]",
+        "[--norefine] [--tta_scales=S,...] [--output=FILE.json] [--report=FILE.html]",
         "errors in mm of a trained model on a split, in the original image frame",
         model.define_evaluate,
         model.cmd_evaluate,
+        device=True,
+        cache_by_default=True,
+    ),
+    Command(
+        "report",
+        "lmjax report --workdir=DIR [--data_dir=PATH] [--split=NAME] "
+        "[--ground_truth=senior|junior|mean] [--output=FILE.html] [--json=FILE.json]",
+        "an evaluation as one self-contained HTML page: tables, plots, classes, image gallery",
+        report.define_report,
+        report.cmd_report,
         device=True,
         cache_by_default=True,
     ),

@@ -208,6 +208,10 @@ def define_evaluate(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     _define_output(fv, "the report (every error per image and landmark)")
+    flags.DEFINE_string(
+        "report", None, "also write the report as one self-contained HTML page (lmjax report)",
+        flag_values=fv,
+    )  # fmt: skip
 
 
 def sdr_radii(inv: Invocation) -> tuple[float, ...]:
@@ -253,7 +257,7 @@ def cmd_evaluate(inv: Invocation) -> int:
             raise UsageError(
                 f"--extractor={extractor}: unknown; known: {', '.join(known_extractors())}"
             )
-    _evaluate_workdir(
+    report = _evaluate_workdir(
         inv.value("workdir"),
         inv.value("split"),
         inv.value("output"),
@@ -265,6 +269,11 @@ def cmd_evaluate(inv: Invocation) -> int:
         refine=inv.value("refine"),
         tta_scales=tta_scales(inv),
     )
+    if inv.value("report"):
+        from lmjax.report import write_report
+
+        data = {"data_dir": inv.value("data_dir"), "ground_truth": inv.value("ground_truth")}
+        print(f"wrote {write_report(inv.value('workdir'), report, inv.value('report'), **data)}")
     return 0
 
 

@@ -262,6 +262,11 @@ def evaluate_workdir(
     )
     if refine and refine_stage.has_stage(workdir):
         coords, report = _refined(workdir, config, trained, dataset, coords, report, sdr_mm)
+    # The landmarks themselves, for overlays of the report's gallery (`lmjax.report`).
+    report["per_image"]["predicted"] = [
+        [[round(float(v), 2) if np.isfinite(v) else None for v in point] for point in row]
+        for row in np.asarray(coords)
+    ]
     measurements = evaluation.measurement_report(coords, dataset)
     if measurements is not None:
         report["measurements"] = measurements
