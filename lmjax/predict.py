@@ -27,14 +27,17 @@ from PIL import Image
 
 from lmjax import progress, provenance
 from lmjax import review as queue
-from lmjax.data import image_io
+from lmjax.anonymize import Anonymizer, scrub_text, write_name_map
+from lmjax.data import image_io, limits
 from lmjax.data.labelme import write_labelme
-from lmjax.data.tabular import write_csv
+from lmjax.data.tabular import write_csv_rows
 from lmjax.data.types import Dataset, LandmarkDataError, LandmarkSet, Radiograph, Record
 from lmjax.measurements.report import measure_dataset
 from lmjax.overlay import measurement_lines, overlay, segments_for
 from lmjax.predict_inputs import (  # noqa: F401  (collect_inputs, unique_stems: re-exported)
     OUTPUT_EXTENSIONS,
+    Input,
+    anonymized,
     collect_inputs,
     existing,
     from_doc,
@@ -109,17 +112,26 @@ def write_outputs(
     regions: list[dict[str, Any]] | None = None,
     uncertainty: queue.Annotation | None = None,
     origin: dict[str, Any] | None = None,
+    alias: str | None = None,
 ) -> dict[str, Any]:
     """Writes `<stem>.json`, `.png`, `.labelme.json` for `coords` `[K, 2]` (original
     pixels, NaN where the model gave none) and, from a cascade, `regions` (outline
     polylines and patch polygons: `{"name", "kind", "points", "score", ...}`, kept
     in the JSON under "regions", LabelMe linestrips and polygons); returns the JSON.
-    `stem` may name a subfolder of `out` (made as needed); the JSON is written last,
-    so that it marks the three complete.
+    `stem` may name a subfolder of `out` (made as needed). Each file is written
+    under a temporary name and renamed when all three are complete, the JSON last,
+    so that a failure leaves nothing of this image and the JSON marks the three done.
     `uncertainty` (`lmjax.review.annotate`) adds each landmark's radius and shape check
     to the JSON, the LabelMe description and the overlay; `origin` is the JSON's
-    `provenance` block."""
-    doc = prediction_doc(path, rad, coords, conf, lset, measured, regions, uncertainty, origin)
+    `provenance` block. `alias` (`--anonymize_names`) replaces the image's path in
+    every file, its reading warnings included; the LabelMe file then carries the
+    windowed image, since its imagePath leads nowhere."""
+    doc = prediction_doc(
+        alias or path, rad, coords, conf, lset, measured, regions, uncertainty, origin
+    )
+    if alias is not None:
+        names = {rad.path: alias, str(path): alias, path.name: alias}
+        doc["warnings"] = [scrub_text(w, names) for w in doc["warnings"]]
     target = out / f"{stem}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     grey = image_io.to_display_uint8(rad)
@@ -128,32 +140,46 @@ def write_outputs(
         drawn = {"radii_px": uncertainty.ellipse_px, "implausible": uncertainty.implausible}
     lines = measurement_lines(measured)
     drawn |= {"names": lset.names, "segments": segments_for(lset.names)}
-    overlay(grey, coords, lines, regions or (), **drawn).save(out / f"{stem}.png")
-    review, rel = out / f"{stem}.labelme.json", relative(path, target.parent)
+    files = [out / f"{stem}{ext}" for ext in (".png", ".labelme.json", ".json")]
+    partial = [f.with_name(f".{f.name}.tmp") for f in files]
+    try:
+        overlay(grey, coords, lines, regions or (), **drawn).save(partial[0], format="PNG")
+        _write_review_labelme(
+            partial[1], path, rad, grey, coords, conf, lset, regions, uncertainty,
+            image_path=alias or relative(path, target.parent), embed=alias is not None,
+        )  # fmt: skip
+        partial[2].write_text(json.dumps(doc, indent=2))
+        for tmp, final in zip(partial, files, strict=True):
+            os.replace(tmp, final)
+    finally:
+        for tmp in partial:
+            tmp.unlink(missing_ok=True)
+    return doc
+
+
+def _write_review_labelme(
+    review, path, rad, grey, coords, conf, lset, regions, uncertainty, *, image_path, embed
+) -> None:
     # LabelMe resolves imagePath against the folder of the JSON file. Outlines and
     # patches are their shapes there, not points.
     points = np.where(np.array([k == "landmark" for k in lset.item_kinds])[:, None], coords, np.nan)
     write_labelme(
-        review, points, lset.names, image_path=rel, image_hw=rad.shape, scores=conf,
+        review, points, lset.names, image_path=image_path, image_hw=rad.shape, scores=conf,
         regions=regions, descriptions=None if uncertainty is None else uncertainty.descriptions,
     )  # fmt: skip
     # LabelMe opens images with Pillow and shows them unwindowed: DICOM fails and
     # deeper than 8-bit images look black, so those get the windowed image embedded.
-    try:
-        with Image.open(path):
-            embed = rad.bit_depth > 8
-    except Exception:
-        embed = True
+    if not embed:
+        try:
+            with Image.open(path):
+                embed = rad.bit_depth > 8
+        except Exception:
+            embed = True
     if embed:
         doc_lm, png = json.loads(review.read_text()), io.BytesIO()
         Image.fromarray(grey).save(png, format="PNG")
         doc_lm["imageData"] = base64.b64encode(png.getvalue()).decode("ascii")
         review.write_text(json.dumps(doc_lm, indent=2))
-    # Written whole or not at all: --skip_existing takes a readable JSON as done.
-    partial = target.with_name(f".{target.name}.tmp")
-    partial.write_text(json.dumps(doc, indent=2))
-    os.replace(partial, target)
-    return doc
 
 
 class Loaded(NamedTuple):
@@ -255,7 +281,19 @@ def predict_radiographs(model: Loaded, rads: list[Radiograph], batch: int) -> li
     ]
 
 
-def run_predict(
+class Outcome(NamedTuple):
+    """What `predict_files` did."""
+
+    inputs: list[Input]  # every image found, in order, with its output name
+    failed: dict[int, str]  # input index -> why it has no prediction (the reader's error)
+    kept: int  # predictions an earlier run wrote whole (`skip_existing`)
+
+    @property
+    def written(self) -> int:
+        return len(self.inputs) - len(self.failed) - self.kept
+
+
+def predict_files(
     workdir: str | os.PathLike,
     inputs: list[str],
     output_dir: str | os.PathLike,
@@ -265,8 +303,14 @@ def run_predict(
     review: bool = False,
     tta_scales: tuple[float, ...] | None = None,
     skip_existing: bool = False,
-) -> list[dict[str, Any]]:
-    """Predicts landmarks for image files and folders with a trained workdir.
+    anonymize_names: bool = False,
+    anonymize_salt: str | None = None,
+    name_map: str | os.PathLike | None = None,
+) -> Outcome:
+    """Predicts landmarks for image files and folders with a trained workdir, writing
+    each image's outputs as soon as its batch is predicted; memory stays flat in the
+    number of images (only the plan and the failures are kept; the table is made at
+    the end from the JSON files).
 
     Args:
       workdir: the training run's folder; its best checkpoint is used.
@@ -282,22 +326,31 @@ def run_predict(
       skip_existing: keep an image's outputs when an earlier run of the same model
         wrote them whole (`lmjax.predict_inputs.existing`), to resume a large job;
         the table, `provenance.json` and the review still list every image.
+      anonymize_names: outputs named by a salted hash of the input's name, flat in
+        `output_dir`, and no input path in any file (`lmjax.anonymize`).
+      anonymize_salt: the hash's salt (None: random, drawn for this job only).
+      name_map: with `anonymize_names`, also write this CSV of input -> output name.
+
+    A file that cannot be read or whose outputs cannot be written is noted on stderr
+    and leaves nothing of its own behind; the others go on, and the failures are
+    listed again at the end.
 
     With the workdir's `conformal.json` and `shape_model.json` each landmark gets
     its radius and shape check (`lmjax.review.annotate`).
-
-    Returns:
-      Per input image, in order: its `<stem>.json` content, or `{"image", "error"}`
-      when it could not be read (also noted on stderr).
 
     Raises:
       FileNotFoundError: the workdir has no checkpoint.
       LandmarkDataError: a region model (`data.roi`), bad inputs (see
         `plan_inputs`), outputs that would overwrite inputs, flip TTA without
-        left/right pairs, or no readable image.
+        left/right pairs, or no image predicted.
+      ValueError: `name_map` or `anonymize_salt` without `anonymize_names`.
     """
+    if (name_map or anonymize_salt) and not anonymize_names:
+        raise ValueError("a name map and a salt go with anonymize_names")
     out = pathlib.Path(output_dir)
     planned = plan_inputs(inputs, exclude=out)
+    if anonymize_names:
+        planned = anonymized(planned, Anonymizer(anonymize_salt))
     sources = {item.path.resolve() for item in planned}
     for name in (f"{i.name}{ext}" for i in planned for ext in OUTPUT_EXTENSIONS):
         if (out / name).resolve() in sources:
@@ -308,14 +361,19 @@ def run_predict(
     annotated = unc.radii is not None or unc.shape is not None
     batch = model.batch(batch_size)
     out.mkdir(parents=True, exist_ok=True)
-    docs: dict[int, dict[str, Any]] = {}  # by input: its JSON, or {"image", "error"}
+    if name_map:
+        write_name_map(name_map, ((str(i.path), i.name) for i in planned))
+    failed: dict[int, str] = {}
+    kept: set[int] = set()
     if skip_existing:
-        for k, item in enumerate(planned):
-            if (doc := existing(out, item, model.origin, lset.names)) is not None:
-                docs[k] = doc
-        if docs:
-            print(f"lmjax predict: kept {len(docs)} existing predictions", file=sys.stderr)
-    todo = [k for k in range(len(planned)) if k not in docs]
+        kept = {
+            k
+            for k, item in enumerate(planned)
+            if existing(out, item, model.origin, lset.names) is not None
+        }
+        if kept:
+            print(f"lmjax predict: kept {len(kept)} existing predictions", file=sys.stderr)
+    todo = [k for k in range(len(planned)) if k not in kept]
     # Threads decode; one batch at a time bounds the memory of full-resolution images.
     with (
         ThreadPoolExecutor(max_workers=min(batch, os.cpu_count() or 1)) as pool,
@@ -329,44 +387,84 @@ def run_predict(
             )
             for k, item, r, sha in zip(todo[s : s + batch], chunk, read, hashes, strict=True):
                 if isinstance(r, LandmarkDataError):
+                    failed[k] = str(r)
                     print(f"lmjax predict: skipped: {r}", file=sys.stderr)
-                    docs[k] = {"image": str(item.path), "error": str(r)}
                     continue
                 p = next(done)
                 more = {
                     "regions": p.regions,
                     "uncertainty": p.annotation if annotated else None,
                     "origin": {**model.origin, "input_sha256": sha},
+                    "alias": item.alias,
                 }
-                docs[k] = write_outputs(
-                    out, item.name, item.path, r, p.coords, p.confidence, lset, p.measurements,
-                    **more,
-                )  # fmt: skip
+                try:
+                    write_outputs(
+                        out, item.name, item.path, r, p.coords, p.confidence, lset,
+                        p.measurements, **more,
+                    )  # fmt: skip
+                except (OSError, LandmarkDataError) as e:
+                    failed[k] = f"{item.path}: outputs not written ({limits.one_line(e)})"
+                    print(f"lmjax predict: skipped: {failed[k]}", file=sys.stderr)
             bar.advance(len(read))
-    results = [docs[k] for k in range(len(planned))]
-    # Every image with a prediction, new or kept, is in the table and the review.
-    rows, items, inputs_sha = [], [], {}
-    for item, doc in zip(planned, results, strict=True):
-        if "error" in doc:
-            continue
-        coords, conf, spacing = from_doc(doc)
-        image = relative(item.path, out)
-        rows.append((image, coords, spacing or (np.nan, np.nan)))
-        items.append((image, lset.names, coords, conf, queue.annotate(unc, coords, conf, spacing)))
-        inputs_sha[image] = (doc.get("provenance") or {}).get("input_sha256")
-    if not rows:
-        errors = [r["error"] for r in results]
-        many = f"none of the {len(errors)} images could be read; first: {errors[0]}"
+    if len(failed) == len(planned):
+        errors = list(failed.values())
+        many = f"none of the {len(errors)} images could be predicted; first: {errors[0]}"
         raise LandmarkDataError(errors[0] if len(errors) == 1 else many)
-    images, coords, spacing = zip(*rows, strict=True)
+    _write_tables(out, planned, failed, model, review)
+    if failed:
+        print(
+            f"lmjax predict: {len(failed)} of {len(planned)} images failed:\n"
+            + "\n".join(f"  {failed[k]}" for k in sorted(failed)),
+            file=sys.stderr,
+        )
+    return Outcome(planned, failed, len(kept))
+
+
+def _write_tables(out: pathlib.Path, planned, failed: dict[int, str], model, review) -> None:
+    """`predictions.csv`, `provenance.json` and the review of every image with a
+    prediction, new or kept, read back from its `<name>.json`."""
+    lset, unc = model.landmark_set, model.uncertainty
+    items, inputs_sha = [], {}
+
+    def rows():
+        for k, item in enumerate(planned):
+            if k in failed:
+                continue
+            doc = json.loads((out / f"{item.name}.json").read_text())
+            coords, conf, spacing = from_doc(doc)
+            image = item.alias or relative(item.path, out)
+            inputs_sha[image] = (doc.get("provenance") or {}).get("input_sha256")
+            if review:
+                ann = queue.annotate(unc, coords, conf, spacing)
+                items.append((image, lset.names, coords, conf, ann))
+            yield image, coords, spacing or (np.nan, np.nan)
+
     table = out / "predictions.csv"
-    write_csv(table, list(images), np.stack(coords), lset.names, spacing=np.array(spacing))
+    write_csv_rows(table, rows(), lset.names, spacing=True)
     # Beside the CSV, which stays a plain table: the run and each row's input hash.
     sidecar = {**model.origin, "table": table.name, "input_sha256": inputs_sha}
     (out / "provenance.json").write_text(json.dumps(sidecar, indent=2))
     if review:
         queue.write_review(out, unc, items)
-    return results
+
+
+def run_predict(
+    workdir: str | os.PathLike,
+    inputs: list[str],
+    output_dir: str | os.PathLike,
+    **options,
+) -> list[dict[str, Any]]:
+    """`predict_files`, then per input image, in order: its `<stem>.json` content, or
+    `{"image", "error"}` when it has no prediction. `options` as `predict_files`'s.
+    For a handful of images: the documents are all read back into memory."""
+    done = predict_files(workdir, inputs, output_dir, **options)
+    out = pathlib.Path(output_dir)
+    return [
+        {"image": item.alias or str(item.path), "error": done.failed[k]}
+        if k in done.failed
+        else json.loads((out / f"{item.name}.json").read_text())
+        for k, item in enumerate(done.inputs)
+    ]
 
 
 def _uncertainty_notes(workdir, unc: queue.Uncertainty, flip_tta: bool, review: bool) -> None:

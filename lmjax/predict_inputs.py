@@ -29,6 +29,27 @@ OUTPUT_EXTENSIONS = (".json", ".png", ".labelme.json")
 class Input(NamedTuple):
     path: pathlib.Path  # the image file
     name: str  # its outputs' path under the output folder, without extension: "a/b/x"
+    # What the outputs call the image in place of its path (`--anonymize_names`:
+    # the hashed name and the file's extension); None: its path.
+    alias: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The image's file name as the outputs give it."""
+        return self.alias or self.path.name
+
+
+def anonymized(planned: list[Input], anonymizer) -> list[Input]:
+    """`planned` renamed by `anonymizer` (`lmjax.anonymize`): each output name
+    becomes the hash of the whole one, folders included, so the outputs lie flat."""
+    out = []
+    for item in planned:
+        stem = anonymizer.stem(item.name)
+        # Any other "extension" is part of the name ("DOE.JOHN"), and the file DICOM.
+        ext = item.path.suffix.lower()
+        ext = ext if ext in image_io.SUPPORTED_EXTENSIONS else ".dcm"
+        out.append(Input(item.path, stem, f"{stem}{ext}"))
+    return out
 
 
 def _walk(root: pathlib.Path, skip: set[pathlib.Path]) -> list[tuple[pathlib.Path, str]]:
@@ -124,7 +145,7 @@ def existing(out: pathlib.Path, item: Input, origin: dict[str, Any], names) -> d
         return None
     try:
         doc = json.loads((out / f"{item.name}.json").read_text())
-        same = pathlib.Path(doc["image"]).name == item.path.name
+        same = pathlib.Path(doc["image"]).name == item.label
         same = same and [p["name"] for p in doc["landmarks"]] == list(names)
         keys = ("config_sha256", "weights_sha256", "refine_weights_sha256", "stages")
         mine = doc.get("provenance") or {}
@@ -145,6 +166,7 @@ def from_doc(doc: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, Any]:
 __all__ = [
     "OUTPUT_EXTENSIONS",
     "Input",
+    "anonymized",
     "collect_inputs",
     "existing",
     "from_doc",

@@ -79,7 +79,8 @@ _TABLE = [
     Command(
         "predict",
         "lmjax predict --workdir=DIR --output_dir=DIR [--flip_tta] [--tta_scales=S,...] "
-        "[--review] [--skip_existing] INPUT [INPUT ...]",
+        "[--review] [--skip_existing] [--anonymize_names [--anonymize_salt=S] "
+        "[--name_map=FILE.csv]] INPUT [INPUT ...]",
         "landmarks (JSON, overlay PNG, LabelMe file) for DICOM or image files and folders",
         predict.define_predict,
         predict.cmd_predict,

@@ -21,10 +21,12 @@ def _evaluate_workdir(
     *,
     data_dir: str | None = None,
     ground_truth: str | None = None,
+    anonymizer=None,
     **options,
 ) -> dict:
     """`options` (`extractor`, `sdr_mm`) go to the trainer's evaluate; those left at
-    None are not passed, and one that its evaluate does not take is a usage error."""
+    None are not passed, and one that its evaluate does not take is a usage error.
+    `anonymizer` (`lmjax.anonymize.Anonymizer`): image names hashed in the report."""
     import inspect
 
     from lmjax.train.restore import read_config
@@ -39,6 +41,10 @@ def _evaluate_workdir(
             raise UsageError(f"--{key} does not apply to task.mode {mode!r} runs")
     report = evaluate(workdir, split=split, data_dir=data_dir, ground_truth=ground_truth, **options)
     report["provenance"] = _provenance(workdir, report)
+    if anonymizer is not None:
+        from lmjax.anonymize import anonymize_report
+
+        report = anonymize_report(report, anonymizer)
     write_json(report, output)
     return report
 
@@ -212,6 +218,7 @@ def define_evaluate(fv: flags.FlagValues) -> None:
         "report", None, "also write the report as one self-contained HTML page (lmjax report)",
         flag_values=fv,
     )  # fmt: skip
+    define_anonymize(fv, "the report's image names")
 
 
 def sdr_radii(inv: Invocation) -> tuple[float, ...]:
@@ -268,6 +275,7 @@ def cmd_evaluate(inv: Invocation) -> int:
         sdr_mm=radii if inv.present("sdr_mm") else None,
         refine=inv.value("refine"),
         tta_scales=tta_scales(inv),
+        anonymizer=_anonymizer(inv),
     )
     if inv.value("report"):
         from lmjax.report import write_report
@@ -275,6 +283,34 @@ def cmd_evaluate(inv: Invocation) -> int:
         data = {"data_dir": inv.value("data_dir"), "ground_truth": inv.value("ground_truth")}
         print(f"wrote {write_report(inv.value('workdir'), report, inv.value('report'), **data)}")
     return 0
+
+
+def _anonymizer(inv: Invocation):
+    """`--anonymize_names` with its salt, or None."""
+    if not inv.value("anonymize_names"):
+        if inv.value("anonymize_salt"):
+            raise UsageError("--anonymize_salt goes with --anonymize_names")
+        return None
+    from lmjax.anonymize import Anonymizer
+
+    return Anonymizer(inv.value("anonymize_salt"))
+
+
+def define_anonymize(fv: flags.FlagValues, what: str) -> None:
+    flags.DEFINE_bool(
+        "anonymize_names",
+        False,
+        "replace input file names by a salted hash of each, since file and folder names "
+        f"often identify patients (lmjax.anonymize): {what}",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "anonymize_salt",
+        None,
+        "the salt of --anonymize_names (default: random for each job and never written; "
+        "the same salt gives the same names)",
+        flag_values=fv,
+    )
 
 
 # ---------------------------------------------------------------- benchmark

@@ -6,7 +6,7 @@ from absl import flags
 
 from lmjax.cli.data_commands import write_json
 from lmjax.cli.framework import Invocation, UsageError
-from lmjax.cli.model_commands import _define_output, tta_scales
+from lmjax.cli.model_commands import _define_output, define_anonymize, tta_scales
 
 # ---------------------------------------------------------------- calibrate
 
@@ -76,10 +76,22 @@ def define_predict(fv: flags.FlagValues) -> None:
         "large job); predictions.csv, provenance.json and the review still list every image",
         flag_values=fv,
     )
+    define_anonymize(
+        fv,
+        "the outputs' names (flat in --output_dir) and every path written into them; "
+        "the console still names failed files",
+    )
+    flags.DEFINE_string(
+        "name_map",
+        None,
+        "with --anonymize_names: also write this CSV of input -> output name (keep it "
+        "apart from the outputs: it names the inputs)",
+        flag_values=fv,
+    )
 
 
 def cmd_predict(inv: Invocation) -> int:
-    from lmjax.predict import run_predict
+    from lmjax.predict import predict_files
 
     if not inv.value("workdir") or not inv.value("output_dir"):
         raise UsageError("--workdir and --output_dir are required")
@@ -87,7 +99,10 @@ def cmd_predict(inv: Invocation) -> int:
         raise UsageError("name at least one image file or folder to predict")
     scales = tta_scales(inv)  # before any file is read
     output_dir = inv.value("output_dir")
-    results = run_predict(
+    anonymize = inv.value("anonymize_names")
+    if not anonymize and (inv.value("anonymize_salt") or inv.value("name_map")):
+        raise UsageError("--anonymize_salt and --name_map go with --anonymize_names")
+    done = predict_files(
         inv.value("workdir"),
         inv.args,
         output_dir,
@@ -95,7 +110,11 @@ def cmd_predict(inv: Invocation) -> int:
         review=inv.value("review"),
         tta_scales=scales,
         skip_existing=inv.value("skip_existing"),
+        anonymize_names=anonymize,
+        anonymize_salt=inv.value("anonymize_salt"),
+        name_map=inv.value("name_map"),
     )
-    written = sum("error" not in r for r in results)
-    print(f"wrote {written} of {len(results)} predictions to {output_dir}")
-    return 0
+    kept = f" (kept {done.kept} from an earlier run)" if done.kept else ""
+    print(f"wrote {done.written} of {len(done.inputs)} predictions to {output_dir}{kept}")
+    # Every failure was listed on stderr; a script must not take the job as complete.
+    return 1 if done.failed else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import pathlib
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -128,16 +129,34 @@ def write_csv(
     spacing: np.ndarray | None = None,
 ) -> None:
     """Writes `[N, K, 2]` landmarks; NaN becomes an empty cell."""
+    rows = (
+        (image, landmarks[i], None if spacing is None else spacing[i])
+        for i, image in enumerate(images)
+    )
+    write_csv_rows(path, rows, landmark_names, spacing=spacing is not None)
+
+
+def write_csv_rows(
+    path: str | pathlib.Path,
+    rows: Iterable[tuple[str, np.ndarray, Sequence[float] | None]],
+    landmark_names: tuple[str, ...],
+    *,
+    spacing: bool = False,
+) -> None:
+    """`write_csv` from `(image, landmarks [K, 2], (row_mm, col_mm) or None)` rows,
+    written as they come (a table of any length in constant memory)."""
     header = ["image"] + [f"{n}_{a}" for n in landmark_names for a in ("x", "y")]
-    if spacing is not None:
+    if spacing:
         header += list(SPACING_COLUMNS)
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(header)
-        for i, image in enumerate(images):
-            cells = ["" if not np.isfinite(v) else f"{float(v):.3f}" for v in landmarks[i].ravel()]
-            if spacing is not None:
-                cells += ["" if not np.isfinite(v) else f"{float(v):g}" for v in spacing[i]]
+        for image, landmarks, row_spacing in rows:
+            marks = np.asarray(landmarks, np.float64).ravel()
+            cells = ["" if not np.isfinite(v) else f"{float(v):.3f}" for v in marks]
+            if spacing:
+                values = (np.nan, np.nan) if row_spacing is None else row_spacing
+                cells += ["" if not np.isfinite(v) else f"{float(v):g}" for v in values]
             out.writerow([image, *cells])
 
 
