@@ -10,6 +10,7 @@ import json
 import pathlib
 
 import numpy as np
+import tifffile
 from PIL import Image
 
 from lmjax import predict
@@ -107,6 +108,9 @@ def test_batch_predict_goes_on_after_bad_files(workdir, tmp_path, capsys, monkey
     (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     _png(folder / "c.png", 1, hw=(80, 60))  # its outputs fail half-way (a full disk)
     _png(folder / "d.png", 2)
+    nan = np.ones((40, 30), np.float32)
+    nan[5, 5] = np.nan
+    tifffile.imwrite(folder / "e.tif", nan)  # refused when read, not later
     real = predict.overlay
 
     def full_disk(grey, *args, **kw):
@@ -120,10 +124,11 @@ def test_batch_predict_goes_on_after_bad_files(workdir, tmp_path, capsys, monkey
         capsys, "predict", f"--workdir={workdir}", f"--output_dir={out}", str(folder)
     )
     assert code == 1
-    assert f"wrote 2 of 4 predictions to {out}" in stdout
-    tail = err[err.index("2 of 4 images failed:") :].splitlines()
+    assert f"wrote 2 of 5 predictions to {out}" in stdout
+    tail = err[err.index("3 of 5 images failed:") :].splitlines()
     assert "b.png: unreadable image" in tail[1]
     assert "c.png: outputs not written" in tail[2] and "No space left" in tail[2]
+    assert "e.tif: 1 pixels are NaN" in tail[3]
     written = {p.name for p in out.iterdir()}
     assert written == {
         *(f"{s}{ext}" for s in "ad" for ext in (".json", ".png", ".labelme.json")),
