@@ -30,8 +30,9 @@ def predicted_coords(report: dict) -> np.ndarray | None:
 def image_order(errors: np.ndarray, missed: np.ndarray) -> np.ndarray:
     """Worst first: most missed landmarks, then highest mean error (images without
     any error last)."""
-    with np.errstate(invalid="ignore"):
-        mean = np.where(np.isfinite(errors).any(1), np.nanmean(errors, 1), -np.inf)
+    counted = np.isfinite(errors).any(1)
+    mean = np.full(len(errors), -np.inf)
+    mean[counted] = np.nanmean(errors[counted], 1)
     return np.lexsort((-mean, -missed))
 
 

@@ -82,7 +82,8 @@ def _summary(report: dict) -> str:
         )
     cov = report.get("conformal")
     if cov:
-        out += f"<p>Conformal radii: {_esc(conformal.format_coverage(cov).splitlines()[0])}</p>"
+        line = conformal.format_coverage(cov).splitlines()[0].removeprefix("conformal radii: ")
+        out += f"<p>Conformal radii: {_esc(line)}</p>"
     seg = report.get("segmentation")
     if seg:
         out += (

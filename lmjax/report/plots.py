@@ -79,7 +79,7 @@ def box_figure(errors: np.ndarray, names: Sequence[str], unit: str) -> str:
     k = len(names)
     fig, ax = plt.subplots(figsize=(7, 0.8 + 0.28 * k))
     data = [c[np.isfinite(c)] for c in errors.T]
-    ax.boxplot(data, vert=False, widths=0.6, flierprops={"markersize": 2})
+    ax.boxplot(data, orientation="horizontal", widths=0.6, flierprops={"markersize": 2})
     ax.set_yticks(range(1, k + 1), [f"{i + 1} {n}" for i, n in enumerate(names)], fontsize=8)
     ax.invert_yaxis()
     ax.set(xlabel=f"radial error ({unit})", title="Error per landmark")

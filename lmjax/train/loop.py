@@ -20,7 +20,7 @@ from lmjax.task import task_spec
 from lmjax.train import checkpoint as ckpt_lib
 from lmjax.train import ensemble
 from lmjax.train.evaluation import evaluate_state
-from lmjax.train.logs import RunLog
+from lmjax.train.logs import RunLog, validation_overlays
 from lmjax.train.optim import ReduceOnPlateau
 from lmjax.train.setup import (
     augments_on_device,
@@ -121,9 +121,11 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
                 history.write(step, "train", {**values, "images_per_s": rate})
                 t0, seen = time.perf_counter(), 0
             if step % config.train.eval_every == 0 or last or stopping:
-                report, _, _ = evaluate_state(
+                report, coords, _ = evaluate_state(
                     config, eval_step, mesh, state, val_ds, cache_dir=cache_dir
                 )
+                if history.has_tensorboard:
+                    history.images(step, "val/overlay", validation_overlays(val_ds, coords))
                 scale = plateau.update(report["mre"])
                 state = set_lr_scale(state, scale, mesh)
                 log(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 
+import numpy as np
 import pytest
+from PIL import Image
 from tensorboardX.proto import event_pb2
 
-from lmjax.train.logs import TENSORBOARD_DIR, RunLog
+from lmjax.train.logs import OVERLAY_SIDE, TENSORBOARD_DIR, RunLog, validation_overlays
 
 
 def read_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
@@ -53,3 +56,54 @@ def test_appends_across_runs_and_can_skip_tensorboard(tmp_path):
 def test_missing_workdir_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         RunLog(tmp_path / "absent")
+
+
+def read_images(logdir) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """Every image summary in the event files under `logdir`: tag -> [(step, RGB array)]."""
+    out: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("image"):
+                    with Image.open(io.BytesIO(value.image.encoded_image_string)) as im:
+                        pixels = np.asarray(im.convert("RGB"))
+                    assert pixels.shape[:2] == (value.image.height, value.image.width)
+                    out.setdefault(value.tag, []).append((event.step, pixels))
+    return out
+
+
+def test_images_reach_tensorboard_unchanged(tmp_path):
+    rng = np.random.default_rng(0)
+    pics = [rng.integers(0, 256, (12, 20, 3), dtype=np.uint8) for _ in range(2)]
+    with RunLog(tmp_path) as log:
+        log.images(7, "val/overlay", pics)
+    (tmp_path / "quiet").mkdir()
+    with RunLog(tmp_path / "quiet", tensorboard=False) as log:
+        log.images(7, "val/overlay", pics)  # no TensorBoard: nothing, no error
+    assert not (tmp_path / "quiet" / TENSORBOARD_DIR).exists()
+    images = read_images(tmp_path / TENSORBOARD_DIR)
+    assert sorted(images) == ["val/overlay/0", "val/overlay/1"]
+    for i, pic in enumerate(pics):
+        ((step, got),) = images[f"val/overlay/{i}"]
+        assert step == 7 and np.array_equal(got, pic)  # PNG: lossless
+
+
+def test_validation_overlays_draw_prediction_against_truth():
+    from lmjax.configs.phantom import get_config
+    from lmjax.train.setup import load_splits
+
+    config = get_config("tiny")
+    config.data.phantom_size = 12
+    _, val, _ = load_splits(config)
+    gt = val.landmarks()
+    shifted = validation_overlays(val, gt + 6.0, n=2)
+    exact = validation_overlays(val, gt, n=2)
+    assert len(shifted) == 2 and shifted[0].dtype == np.uint8 and shifted[0].shape[2] == 3
+    assert max(shifted[0].shape[:2]) <= OVERLAY_SIDE
+    # The error vectors of the shifted prediction add drawn pixels.
+    assert (shifted[0] != exact[0]).any()
