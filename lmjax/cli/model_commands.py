@@ -214,10 +214,7 @@ def define_evaluate(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     _define_output(fv, "the report (every error per image and landmark)")
-    flags.DEFINE_string(
-        "report", None, "also write the report as one self-contained HTML page (lmjax report)",
-        flag_values=fv,
-    )  # fmt: skip
+    flags.DEFINE_string("report", None, "also write it as lmjax report's HTML page", flag_values=fv)
     define_anonymize(fv, "the report's image names")
 
 
