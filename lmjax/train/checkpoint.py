@@ -25,14 +25,29 @@ flight), no directory creation, no root metadata, no deletions. They see only
 finished steps (Orbax lists a step once its temporary folder is renamed into place),
 and a step that the training deletes while it is being read is retried on the
 newest finished one.
+
+Damage: restoring the latest (or best) step checks its files first
+(`checkpoint_check`); a step with a missing, empty or truncated file, or whose
+restore fails naming one of its files, is reported in one warning (step and file)
+and the next newest step is used. A writer moves the damaged folder to
+`<workdir>/damaged_checkpoints/<step>` so that training can save that step again.
+
+A save that fails (a full disk: Orbax reports it from its background thread at the
+next `save` or `wait`) raises `CheckpointSaveError` naming the step and the last
+complete one; the failed save's temporary folder is removed and nothing else is
+touched, so the last good checkpoint stays restorable.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import logging
 import math
 import os
-from collections.abc import Mapping
+import shutil
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import jax
@@ -40,9 +55,21 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as keep
 
+from lmjax.train import checkpoint_check
+
 PyTree = Any
 log = logging.getLogger(__name__)
 _READ_RETRIES = 3  # a reader racing a training's keep policy loses a step at most rarely
+DAMAGED_DIR = "damaged_checkpoints"
+
+
+class CheckpointSaveError(OSError):
+    """A save failed (e.g. no space left); the message names the step and the last
+    complete one, which is left as it was."""
+
+
+class DamagedCheckpointError(ValueError):
+    """Every candidate step is damaged; the message names the newest one's file."""
 
 
 def abstract_like(state: PyTree) -> PyTree:
@@ -108,6 +135,7 @@ class Checkpointer:
         self.workdir = epath.Path(where if "://" in where else os.path.abspath(where))
         self.best_metric, self.best_mode = best_metric, best_mode
         self.read_only = read_only
+        self._pending: int | None = None  # the step whose asynchronous save may still fail
         # BestN keeps the n highest after sorting; `reverse` puts the lowest last for "min".
         best = keep.BestN(
             get_metric_fn=self._score,
@@ -148,7 +176,35 @@ class Checkpointer:
             "config": ocp.JsonCheckpointHandler(),  # process 0 only (Orbax's default)
         }
         directory = self.workdir / "checkpoints"
+        # Orbax reads every step's metrics file when it opens: damage found first.
+        self._no_best = self._scan(directory)
+        if self._no_best:
+            options = dataclasses.replace(options, best_fn=None, lightweight_initialize=True)
         self._manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+    def _scan(self, directory: epath.Path) -> bool:
+        """A writer moves every step with a missing or unreadable file aside (one
+        warning each); a reader only looks for unreadable metrics files and returns
+        whether it found one (it then cannot rank steps: the best is the latest)."""
+        if not directory.is_dir():
+            return False
+        steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+        unreadable = False
+        for step in steps:
+            step_dir = directory / str(step)
+            if self.read_only:
+                metrics = step_dir / "metrics" / "metrics"
+                unreadable |= metrics.exists() and checkpoint_check.bad_json(metrics) is not None
+            elif damage := checkpoint_check.step_damage(step_dir, _data_filename()):
+                where = self._set_aside(step, directory)
+                log.warning(
+                    "%s: checkpoint step %d is damaged (%s); moved to %s",
+                    self.workdir,
+                    step,
+                    damage,
+                    where,
+                )
+        return unreadable
 
     def _score(self, metrics: Any) -> float:
         # A missing or NaN metric ranks worst, so it never displaces a real best.
@@ -184,7 +240,40 @@ class Checkpointer:
         )
         if metrics is not None:
             metrics = {k: float(v) for k, v in metrics.items()}
-        return self._manager.save(int(step), args=items, metrics=metrics, force=force)
+        self.wait()  # Orbax waits for the previous save anyway; this names its failure
+        try:
+            started = self._manager.save(int(step), args=items, metrics=metrics, force=force)
+        except Exception as err:
+            raise self._save_failed(err, int(step)) from err
+        if started:
+            self._pending = int(step)
+        return started
+
+    def _save_failed(self, err: BaseException, step: int) -> CheckpointSaveError:
+        """The one-line error for a failed save of `step`, after removing its
+        temporary folder (a full disk gets the space back)."""
+        self._pending = None
+        # The failed item's error arrives first; the other items' writers may still
+        # be writing into the temporary folder for a moment.
+        quiet = 0
+        for _ in range(50):
+            tmps = list(self._manager.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+            quiet = 0 if tmps else quiet + 1
+            if quiet == 2:
+                break
+            for tmp in tmps:
+                shutil.rmtree(tmp, ignore_errors=True)
+            time.sleep(0.1)
+        self._manager.reload()
+        steps = self.all_steps()
+        last = f"step {steps[-1]}" if steps else "none"
+        code = getattr(err, "errno", None) or (errno.ENOSPC if "No space left" in str(err) else 0)
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        return CheckpointSaveError(
+            code,
+            f"{self._manager.directory}: saving step {step} failed ({first}); "
+            f"the last complete checkpoint is {last}",
+        )
 
     def latest_step(self) -> int | None:
         """The newest saved step, or None."""
@@ -192,6 +281,8 @@ class Checkpointer:
 
     def best_step(self) -> int | None:
         """The saved step with the best `best_metric`, or None if no step has it."""
+        if self._no_best:
+            return None
         step = self._manager.best_step()  # Orbax ranks a step without the metric last
         has_metric = step is not None and math.isfinite(self._score(self._manager.metrics(step)))
         return step if has_metric else None
@@ -201,7 +292,11 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def restore(
-        self, step: int | Literal["best"] | None = None, *, abstract_state: PyTree
+        self,
+        step: int | Literal["best"] | None = None,
+        *,
+        abstract_state: PyTree,
+        check_config: Callable[[dict[str, Any]], object] | None = None,
     ) -> tuple[PyTree, dict[str, Any] | None, dict[str, Any], dict[str, float] | None]:
         """Restores `(state, data_state, config, metrics)` of a step (None: the latest).
 
@@ -211,7 +306,11 @@ class Checkpointer:
         checkpoint came from a different number of processes); the data restarts then.
 
         Read-only, a latest or best step that a running training deletes while it is
-        read is retried (a few times) on the then newest (best) finished step.
+        read is retried (a few times) on the then newest (best) finished step. A
+        damaged latest or best step is skipped (see the module docstring).
+
+        `check_config` is called with the step's saved config before its state is
+        read; what it raises (a config the caller cannot resume) propagates.
 
         Raises:
           FileNotFoundError: no such step (one line).
@@ -221,7 +320,10 @@ class Checkpointer:
         for attempt in range(_READ_RETRIES):
             chosen = self._resolve(step)
             try:
-                return self._restore_step(chosen, abstract_state)
+                if isinstance(step, int):
+                    self._check_config(chosen, check_config)
+                    return self._restore_step(chosen, abstract_state)
+                return self._restore_whole(step, chosen, abstract_state, check_config)
             except Exception:
                 vanished = not (self._manager.directory / str(chosen)).exists()
                 if not (self.read_only and vanished and isinstance(step, str | None)):
@@ -231,6 +333,59 @@ class Checkpointer:
                 log.warning("%s: step %d was deleted while read; retrying", self.workdir, chosen)
                 self._manager.reload()
         raise AssertionError("unreachable")
+
+    def _restore_whole(
+        self, step: Literal["best"] | None, chosen: int, abstract_state: PyTree, check_config
+    ):
+        """The latest or best step, or, when it is damaged, the newest whole step
+        before it (the best: any other step, newest first)."""
+        others = sorted((s for s in self.all_steps() if s != chosen), reverse=True)
+        candidates = [chosen] + [s for s in others if step == "best" or s < chosen]
+        first_damage = None
+        for i, candidate in enumerate(candidates):
+            step_dir = self._manager.directory / str(candidate)
+            damage = checkpoint_check.step_damage(step_dir, _data_filename())
+            if damage is not None and not step_dir.exists():
+                raise FileNotFoundError(f"{step_dir}: deleted while read")
+            if damage is None:
+                try:
+                    self._check_config(candidate, check_config)
+                    return self._restore_step(candidate, abstract_state)
+                except Exception as err:
+                    damage = checkpoint_check.damaged_file(step_dir, err)
+                    if damage is None or not step_dir.exists():
+                        raise
+            first_damage = first_damage or f"step {candidate}: {damage}"
+            after = f"using step {candidates[i + 1]}" if i + 1 < len(candidates) else "no other"
+            log.warning(
+                "%s: checkpoint step %d is damaged (%s); %s", self.workdir, candidate, damage, after
+            )
+            if self._set_aside(candidate, self._manager.directory):
+                self._manager.reload()
+        raise DamagedCheckpointError(
+            f"{self._manager.directory}: every checkpoint is damaged (newest: {first_damage})"
+        )
+
+    def _set_aside(self, step: int, directory: epath.Path) -> epath.Path | None:
+        """Where a writer moved the damaged `step` (None: a reader moves nothing).
+
+        Out of Orbax's sight: training saves that step again later, which Orbax
+        refuses while a folder of that name exists.
+        """
+        if self.read_only or jax.process_index() != 0:
+            return None
+        aside = self.workdir / DAMAGED_DIR
+        aside.mkdir(parents=True, exist_ok=True)
+        target = aside / str(step)
+        if target.exists():
+            shutil.rmtree(target)
+        (directory / str(step)).rename(target)
+        return target
+
+    def _check_config(self, step: int, check_config) -> None:
+        if check_config is not None:
+            config = ocp.args.Composite(config=ocp.args.JsonRestore())
+            check_config(self._manager.restore(step, args=config).config)
 
     def _restore_step(self, step: int, abstract_state: PyTree) -> tuple:
         self._check_shapes(step, abstract_state)
@@ -282,12 +437,26 @@ class Checkpointer:
             raise ValueError(f"{where}: saved state shapes differ: {'; '.join(bad)}")
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until pending asynchronous saves are on disk.
+
+        Raises:
+          CheckpointSaveError: the pending save failed (see the module docstring).
+        """
+        try:
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as err:
+            if self._pending is None:
+                raise
+            raise self._save_failed(err, self._pending) from err
+        self._pending = None
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager."""
-        self._manager.close()
+        """Waits for pending saves and releases the manager (see `wait`)."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self

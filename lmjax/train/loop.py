@@ -7,8 +7,11 @@ the device only every `log_every` steps.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pathlib
 import signal
+import sys
 import time
 from typing import Any
 
@@ -18,7 +21,8 @@ import numpy as np
 from lmjax import configs, parallel
 from lmjax.task import task_spec
 from lmjax.train import checkpoint as ckpt_lib
-from lmjax.train import ensemble
+from lmjax.train import config_change, ensemble
+from lmjax.train.batch_log import BatchLog
 from lmjax.train.evaluation import evaluate_state
 from lmjax.train.logs import RunLog, validation_overlays
 from lmjax.train.optim import ReduceOnPlateau
@@ -41,11 +45,23 @@ class TrainingError(RuntimeError):
     """The run cannot go on (non-finite loss, ...); the message says where."""
 
 
-def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
+def train(
+    config, workdir: str | pathlib.Path, *, log=print, allow_config_change=()
+) -> dict[str, Any]:
     """Trains (or resumes) into `workdir`; returns the final validation report.
 
-    On SIGTERM the current step is checkpointed and the report carries
-    `stopped_by: "SIGTERM"`.
+    On SIGTERM or SIGINT (Ctrl-C) the current step is checkpointed (without
+    validating, unless it is a validation step, so that a resumed run takes the
+    steps an uninterrupted one would) and the report carries `stopped_by` with the
+    signal's name; a second SIGINT exits at once, leaving the save in flight
+    unfinished (the next run removes it and resumes from the previous one).
+
+    Resuming, the config saved with the checkpoint must equal `config` except in
+    `config_change.SAFE_FIELDS` and the fields named in `allow_config_change`.
+
+    Raises:
+      TrainingError: a non-finite loss, or a checkpoint save failed (disk full).
+      ConfigChangeError: resuming with a changed config (a ValueError).
     """
     config = configs.resolve(config)
     workdir = pathlib.Path(workdir)
@@ -70,8 +86,20 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
     checkpoints = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep)
     start = 0
     if checkpoints.latest_step() is not None:
+        allowed = config_change.parse_allowed(allow_config_change)
+
+        def check_config(saved: dict[str, Any]) -> None:
+            changed = config_change.check_resume(
+                saved, config.to_dict(), allowed, where=str(workdir)
+            )
+            if changed:
+                log(
+                    "resuming with changed "
+                    + ", ".join(f"{k}={v[1]!r}" for k, v in changed.items())
+                )
+
         state, data_state, _, metrics = checkpoints.restore(
-            abstract_state=ckpt_lib.abstract_like(state)
+            abstract_state=ckpt_lib.abstract_like(state), check_config=check_config
         )
         batches.set_state(data_state)
         for key in _PLATEAU_FIELDS:
@@ -85,13 +113,15 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
         state = init_from(state, config.train.init_from, train_ds.landmark_set, log=log)
 
     stop = {"signal": None}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal="SIGTERM"))
+    previous = {s: signal.signal(s, _stop_handler(stop)) for s in _STOP_SIGNALS}
     history = RunLog(workdir, tensorboard=config.train.tensorboard)
+    batch_log = BatchLog(workdir)
     report: dict[str, Any] = {}
     try:
         t0, seen, skipped = time.perf_counter(), 0, None
         for step in range(start + 1, config.train.steps + 1):
             batch = next(batches)
+            batch_log.write(step, batch, shipped)
             device_batch = parallel.shard_batch({k: batch[k] for k in shipped}, mesh)
             state, metrics = train_step(state, device_batch)
             skipped = metrics["skipped"] if skipped is None else skipped + metrics["skipped"]
@@ -120,7 +150,8 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
                 )
                 history.write(step, "train", {**values, "images_per_s": rate})
                 t0, seen = time.perf_counter(), 0
-            if step % config.train.eval_every == 0 or last or stopping:
+            evaluating = step % config.train.eval_every == 0 or last
+            if evaluating:
                 report, coords, _ = evaluate_state(
                     config, eval_step, mesh, state, val_ds, cache_dir=cache_dir
                 )
@@ -137,13 +168,14 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
                 keys = ("mre", "sd", "median", "p95", "sdr", "unit")
                 members = {f"member{m['member']}_mre": m["mre"] for m in report.get("members", ())}
                 history.write(step, "val", {key: report[key] for key in keys} | members)
+            if evaluating or stopping:
                 checkpoints.save(
                     step,
                     state,
                     data_state=batches.get_state(),
                     config=config.to_dict(),
                     metrics={
-                        "val_mre": report["mre"],
+                        **({"val_mre": report["mre"]} if evaluating else {}),
                         **{f"plateau_{key}": getattr(plateau, key) for key in _PLATEAU_FIELDS},
                     },
                 )
@@ -152,9 +184,38 @@ def train(config, workdir: str | pathlib.Path, *, log=print) -> dict[str, Any]:
                 log(f"{why}: saved step {step} in {workdir}; exiting")
                 report["stopped_by"] = why
                 break
+        checkpoints.wait()  # the last save's failure is this run's failure
+    except ckpt_lib.CheckpointSaveError as err:
+        raise TrainingError(str(err)) from err
     finally:
-        checkpoints.wait()
-        checkpoints.close()
+        # A failed save is reported above, or an error in flight says more.
+        with contextlib.suppress(ckpt_lib.CheckpointSaveError):
+            checkpoints.close()
         history.close()
-        signal.signal(signal.SIGTERM, previous)
+        batch_log.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return report
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _stop_handler(stop: dict[str, Any]):
+    """Asks the loop to save and stop; a second SIGINT (Ctrl-C pressed again, the
+    user no longer waits for the save) ends the process at once."""
+
+    def handle(signum, _frame) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and stop["signal"] is not None:
+            print(f"{name} again: exiting without waiting for the save", file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        stop["signal"] = stop["signal"] or name
+        if signum == signal.SIGINT:
+            print(
+                f"{name}: saving the current step; press Ctrl-C again to exit at once",
+                file=sys.stderr,
+            )
+
+    return handle

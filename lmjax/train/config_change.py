@@ -1,0 +1,108 @@
+"""Resuming a run with another config: which changes are safe, which need consent.
+
+A resumed run restores parameters, optimizer state and the data iterator saved under
+the old config; a different model, task, data or optimizer silently trains
+something that neither config describes. So `lmjax train` on an existing workdir
+compares the config saved with the checkpoint against the new one and refuses any
+difference in a field not in `SAFE_FIELDS`, unless `--allow_config_change=FIELD,...`
+names it (a name also covers the fields under it: `optim` allows every optimizer
+field, `task.losses` every loss weight).
+
+Safe without a flag, because they change neither what is learned nor the data order:
+
+    train.steps                 a longer (or shorter) run; the learning-rate schedule
+                                stretches to the new length from the resumed step on
+    train.eval_every, train.log_every, train.keep, train.tensorboard
+                                how often it validates, checkpoints and logs
+    train.flip_tta, train.tta_scales, data.test_split
+                                evaluation only
+    data.cache_dir, data.num_threads
+                                where decoded images are cached, how many threads read
+    paper                       the description
+    refine.*, conformal.*       stages that run after this training
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+SAFE_FIELDS = (
+    "train.steps",
+    "train.eval_every",
+    "train.log_every",
+    "train.keep",
+    "train.tensorboard",
+    "train.flip_tta",
+    "train.tta_scales",
+    "data.test_split",
+    "data.cache_dir",
+    "data.num_threads",
+    "paper",
+    "refine",
+    "conformal",
+)
+_ABSENT = "<absent>"
+
+
+class ConfigChangeError(ValueError):
+    """The new config differs from the checkpoint's in fields not allowed to change."""
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    # A JSON round trip makes tuples (a live config) and lists (a saved one) equal.
+    tree = json.loads(json.dumps(tree, default=str)) if not prefix else tree
+    if isinstance(tree, Mapping) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _covered(field: str, names: Iterable[str]) -> bool:
+    return any(field == n or field.startswith(n + ".") for n in names)
+
+
+def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple]:
+    """`{field: (saved value, current value)}` for every leaf field that differs."""
+    a, b = _flat(dict(saved)), _flat(dict(current))
+    return {
+        k: (a.get(k, _ABSENT), b.get(k, _ABSENT))
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k, _ABSENT) != b.get(k, _ABSENT)
+    }
+
+
+def parse_allowed(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """`--allow_config_change`'s "a.b,c" (or a list) as field names."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(n.strip() for n in items if n.strip())
+
+
+def check_resume(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    allowed: Iterable[str] = (),
+    *,
+    where: str = "",
+) -> dict[str, tuple]:
+    """The differences that are allowed (safe or named), for the log.
+
+    Raises:
+      ConfigChangeError: one line listing each refused field with both values and
+        the flag that would accept them.
+    """
+    allowed = tuple(allowed)
+    changed = differences(saved, current)
+    refused = {k: v for k, v in changed.items() if not _covered(k, SAFE_FIELDS + allowed)}
+    if refused:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        raise ConfigChangeError(
+            f"{where}: the config differs from the checkpoint's in {listed}; resume with "
+            f"--allow_config_change={','.join(refused)} if that is intended, or use a new workdir"
+        )
+    return changed
