@@ -79,6 +79,14 @@ def test_training_logs_validation_overlays_to_tensorboard(workdir):  # noqa: F81
     assert step == 4 and pic.ndim == 3 and pic.std() > 10
 
 
+def test_reports_without_per_image_errors_are_refused(capsys):
+    with pytest.raises(ValueError, match="model 'sam_decoder'.*no per-image landmark errors"):
+        page.render({"model": "sam_decoder", "unit": "mm"}, dataset=None)
+    with pytest.raises(SystemExit) as exit:
+        cli.run(["lmjax", "report", "--output=x.html"])
+    assert exit.value.code == 2 and "--workdir is required" in capsys.readouterr().err
+
+
 def test_gallery_orders_missed_then_mean_error():
     errors = np.array([[1.0, 2.0], [5.0, np.nan], [np.nan, np.nan], [0.5, 0.5]])
     assert gallery.image_order(errors, np.array([0, 0, 0, 1])).tolist() == [3, 1, 0, 2]

@@ -196,6 +196,12 @@ def render(
     """The page's HTML for an evaluation `report` (as `lmjax evaluate` gives it, with
     its `provenance`) of `dataset` (the evaluated split, records in report order).
     `config`: the run's resolved config; `radii`: its conformal.json."""
+    if "per_image" not in report:
+        raise ValueError(
+            f"the evaluation of this run (model {report.get('model')!r}) has no per-image "
+            "landmark errors to show; lmjax report covers landmark models (heatmap, "
+            "segmentation, coordinate heads), evaluated with one extractor"
+        )
     names = list(dataset.landmark_set.names)
     if len(report["per_image"]["images"]) != len(dataset.records):
         raise ValueError(
