@@ -46,5 +46,6 @@ def cmd_report(inv: Invocation) -> int:
     common = {"data_dir": inv.value("data_dir"), "ground_truth": inv.value("ground_truth")}
     report = _evaluate_workdir(workdir, inv.value("split"), inv.value("json"), **common)
     path = write_report(workdir, report, inv.value("output"), **common)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if path.is_file():  # process 0's
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -50,6 +50,7 @@ def _measurement_rows(measurements: dict | None, i: int) -> str:
     if not measurements:
         return ""
     per = measurements["per_image"]
+    classed = any(c is not None for cs in per["true_class"].values() for c in cs)
     rows = []
     for name, unit in per["units"].items():
         p, t = per["predicted"][name][i], per["true"][name][i]
@@ -60,11 +61,14 @@ def _measurement_rows(measurements: dict | None, i: int) -> str:
         bad = ' class="wrong"' if pc != tc and tc is not None else ""
         rows.append(
             f"<tr{bad}><td>{html.escape(name)}</td><td>{_num(p)}</td><td>{_num(t)}</td>"
-            f"<td>{html.escape(unit)}</td><td>{html.escape(cls)}</td></tr>"
+            f"<td>{html.escape(unit)}</td>"
+            + (f"<td>{html.escape(cls)}</td>" if classed else "")
+            + "</tr>"
         )
     if not rows:
         return ""
-    head = "<tr><th></th><th>pred</th><th>true</th><th></th><th>class p / t</th></tr>"
+    head = "<tr><th></th><th>pred</th><th>true</th><th></th>"
+    head += "<th>class p / t</th></tr>" if classed else "</tr>"
     return f'<table class="meas">{head}{"".join(rows)}</table>'
 
 

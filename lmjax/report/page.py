@@ -270,10 +270,16 @@ def write_report(
     ground_truth: str | None = None,
 ) -> pathlib.Path:
     """Writes the page of `report` (an evaluation of the run in `workdir` on
-    `report["split"]`, with `data_dir` and `ground_truth` as evaluated) to `output`."""
+    `report["split"]`, with `data_dir` and `ground_truth` as evaluated) to `output`;
+    with several processes, process 0 does."""
+    import jax
+
     from lmjax.train.evaluation import dataset_for_split
     from lmjax.train.restore import read_config
 
+    out = pathlib.Path(output)
+    if jax.process_index() != 0:  # every process evaluated; one writes
+        return out
     config = read_config(workdir)
     with config.unlocked():
         if data_dir is not None:
@@ -283,7 +289,6 @@ def write_report(
     _, dataset = dataset_for_split(config, report.get("split"))
     radii = conformal.load(workdir) if "conformal" in report else None
     page = render(report, dataset, config=config.to_dict(), radii=radii)
-    out = pathlib.Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
