@@ -1,0 +1,163 @@
+"""experiments/gpu/run_all.sh: the accelerator suite, run here in its CPU (tiny) mode.
+
+The tiny run goes through the code an accelerator runs (probe, worker process,
+`lmjax benchmark`'s measurements, the report) at 64x64 with tiny widths, and shares
+the test suite's compilation cache so that a second run mostly loads programs. The
+other tests exercise the parent's bookkeeping (budgets, out-of-memory retries,
+goals) without compiling anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RUN_ALL = REPO / "experiments" / "gpu" / "run_all.sh"
+
+
+def _load_suite():
+    spec = importlib.util.spec_from_file_location("gpu_suite", RUN_ALL.with_name("suite.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+suite = _load_suite()
+
+FINITE = (
+    "train_images_per_s",
+    "step_ms",
+    "compile_s",
+    "flops_per_image",
+    "achieved_tflops",
+    "infer_b1_images_per_s",
+)
+
+
+def run_all(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHON": sys.executable}
+    return subprocess.run(
+        ["bash", str(RUN_ALL), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_suite")
+    # The conftest's cache: programs compiled by earlier runs are loaded, not compiled.
+    cache = os.environ["LMJAX_COMPILATION_CACHE"]
+    done = run_all("--out", str(out), f"--compilation_cache={cache}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((out / "suite.json").read_text()), (out / "suite.md").read_text(), out
+
+
+def finite(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def test_tiny_mode_measures_every_row(tiny):
+    r, _, _ = tiny
+    assert r["mode"] == "tiny" and r["device"]["backend"] == "cpu"  # chosen without a GPU
+    assert r["device"]["device_kind"] and r["device"]["versions"]["jax"]
+    assert list(r["rows"]) == list(suite.ITEMS)
+    for name in ("unet", "hrnet", "vit_b_lora", "sam_decoder", "input"):
+        row = r["rows"][name]
+        assert row["status"] == "ok", (name, row.get("error"))
+        assert row["input_size"] == [64, 64] and row["compute_dtype"] == "float32"
+        assert all(finite(row[k]) and row[k] > 0 for k in FINITE), (name, row)
+        # CPU: no peak FLOP/s and no memory statistics; both reported as null.
+        assert row["mfu"] is None and "CPU" in row["mfu_note"]
+        assert row["peak_memory_bytes"] is None
+    for name in ("unet", "hrnet", "vit_b_lora", "input"):
+        row = r["rows"][name]
+        assert finite(row["infer_b32_images_per_s"]) and row["infer_batch"] == 32
+    assert r["rows"]["sam_decoder"]["train_prompts_per_s"] == pytest.approx(
+        32 * r["rows"]["sam_decoder"]["train_images_per_s"]
+    )
+    i = r["rows"]["input"]
+    assert finite(i["pipeline_images_per_s"]) and finite(i["fed_images_per_s"])
+    assert 0 <= i["input_wait_fraction"] <= 1 and i["augment"].startswith("on device")
+    for name, goal in suite.GOALS.items():
+        assert r["rows"][name]["goal_mfu"] == goal and r["rows"][name]["goal_pass"] is None
+    t = r["rows"]["torch_unet"]
+    if importlib.util.find_spec("torch") is None:
+        assert t["status"] == "skipped" and "torch is not installed" in t["error"]
+    else:
+        assert t["status"] == "ok" and finite(t["train_images_per_s"]) and finite(t["loss"])
+        assert t["parameters"] == r["rows"]["unet"]["parameters"]
+
+
+def test_tiny_mode_report_names_device_rows_and_null_mfu(tiny):
+    r, md, out = tiny
+    assert f"# lmjax accelerator suite: {r['device']['device_kind']} (cpu)" in md
+    assert "MFU is null" in md and "Mode **tiny**" in md
+    for name in ("unet", "hrnet", "vit_b_lora", "sam_decoder"):
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| {name} | ok |"))
+        assert "| n/a |" in line  # the goal cannot be judged without MFU
+    assert "## Input pipeline" in md and "## PyTorch port" in md
+    assert not (out / "rows").exists()  # the workers' hand-over folder is cleaned up
+
+
+def test_a_row_over_its_budget_is_killed_and_recorded(tmp_path):
+    # 1 s cannot even import JAX: the worker is killed, the report is still written.
+    done = run_all("--out", str(tmp_path), "--items=unet", "--budget=unet=1", timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads((tmp_path / "suite.json").read_text())["rows"]["unet"]
+    assert row["status"] == "timeout" and "its budget, 1 s" in row["error"]
+    md = (tmp_path / "suite.md").read_text()
+    assert "| unet | **timeout** |" in md and "- unet: timeout: killed" in md
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(SystemExit, match="unknown rows"):
+        suite.parse_args(["--items=unet,resnet"])
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        suite.parse_args(["--budget=unet"])
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        suite.parse_args(["--batch=resnet=4"])
+
+
+def _suite(tmp_path, *argv):
+    args = suite.parse_args(list(argv))
+    args.tiny = False
+    return suite.Suite(args, {"backend": "gpu"}, tmp_path)
+
+
+def test_out_of_memory_halves_the_batch_until_one(tmp_path):
+    s = _suite(tmp_path, "--batch=hrnet=2")
+    oom = {"status": "error", "error": "RESOURCE_EXHAUSTED: out of memory", "oom": True}
+    assert s._finish("unet", dict(oom)) is False and s.batch["unet"] == 16  # 32 -> 16
+    assert s._finish("hrnet", dict(oom)) is False and s.batch["hrnet"] == 1
+    assert s._finish("hrnet", dict(oom)) is True  # batch 1: recorded, not retried
+    assert s.rows["hrnet"]["status"] == "error"
+    assert [a["batch"] for a in s.rows["hrnet"]["attempts"]] == [2, 1]
+    assert s._command(["hrnet"])[-1] == "--batch=hrnet=1"
+
+
+def test_goals_and_the_port_comparison():
+    ok = {"status": "ok", "batch": 8, "flops_per_image": 1e12, "peak_tflops": 1000.0}
+    rows = {
+        "unet": ok | {"mfu": 0.41, "train_images_per_s": 400.0},
+        "hrnet": ok | {"mfu": 0.2, "train_images_per_s": 100.0},
+        "vit_b_lora": {"status": "timeout", "error": "killed"},
+        "torch_unet": {
+            "status": "ok",
+            "batch": 8,
+            "train_images_per_s": 200.0,
+            "torch_device": "H",
+        },
+    }
+    suite._with_goals_and_comparisons(rows, {})
+    assert rows["unet"]["goal_pass"] is True and rows["hrnet"]["goal_pass"] is False
+    assert rows["vit_b_lora"]["goal_pass"] is None  # not measured is not a pass
+    t = rows["torch_unet"]
+    assert t["lmjax_over_torch"] == pytest.approx(2.0)
+    assert t["mfu_same_flops"] == pytest.approx(1e12 * 200 / 1e15)
