@@ -89,7 +89,7 @@ def _column(fields: list[dict[str, Any]], key: str, dtype=np.float64) -> np.ndar
 
 
 class Predictor:
-    """A trained run that predicts landmarks: `Predictor.load(workdir)(image)`."""
+    """A trained run that predicts landmarks: `Predictor.load(workdir_or_exported)(image)`."""
 
     def __init__(self, model: predict.Loaded, batch_size: int | None = None):
         self.model = model
@@ -104,24 +104,36 @@ class Predictor:
         tta_scales: Sequence[float] | None = None,
         batch_size: int | None = None,
     ) -> Predictor:
-        """The run in `path`, as `lmjax predict --workdir=path` would use it.
+        """The run in `path`, as `lmjax predict --workdir=path` (or `--model=path`)
+        would use it.
 
         Args:
           path: a training workdir (the folder `lmjax train` wrote: `config.json`,
-            `checkpoints/`).
-          flip_tta: also average with the mirrored image.
-          tta_scales: multi-scale TTA factors replacing the config's (None: the config's).
+            `checkpoints/`), or a file written by `lmjax export` (run without the
+            training code, `lmjax.exported`).
+          flip_tta: also average with the mirrored image (workdirs only: an exported
+            model's augmentation is fixed at export).
+          tta_scales: multi-scale TTA factors replacing the config's (None: the
+            config's; workdirs only).
           batch_size: images per forward pass (default the config's).
 
         Raises:
-          FileNotFoundError: `path` is not a workdir with a checkpoint.
+          FileNotFoundError: `path` is neither a workdir with a checkpoint nor an
+            exported model.
+          LandmarkDataError: TTA options for an exported model.
         """
         p = pathlib.Path(path)
-        if not p.is_dir() or not ((p / "config.json").is_file() or (p / "checkpoints").is_dir()):
+        if p.is_file():
+            from lmjax import exported
+
+            if not exported.is_exported(p):
+                raise FileNotFoundError(
+                    f"{path}: not a model written by lmjax export, nor a training workdir"
+                )
+        elif not p.is_dir() or not ((p / "config.json").is_file() or (p / "checkpoints").is_dir()):
             raise FileNotFoundError(
                 f"{path}: not a training workdir; Predictor.load takes the folder lmjax "
-                "train wrote (config.json and checkpoints/); exported models are not "
-                "supported yet"
+                "train wrote (config.json and checkpoints/) or a file lmjax export wrote"
             )
         scales = None if tta_scales is None else tuple(float(s) for s in tta_scales)
         return cls(predict.load_model(p, flip_tta=flip_tta, tta_scales=scales), batch_size)

@@ -45,7 +45,6 @@ from lmjax.predict_inputs import (  # noqa: F401  (collect_inputs, unique_stems:
     relative,
     unique_stems,
 )
-from lmjax.train.final_model import load_final
 
 
 def _read(path: pathlib.Path) -> tuple[Radiograph | LandmarkDataError, str | None]:
@@ -195,12 +194,15 @@ class Loaded(NamedTuple):
     step: int | None  # the checkpoint step of the global model (None: not known here)
     stages: tuple[str, ...]  # "global", "flip_tta", "refine", ... (map heads)
     origin: dict[str, Any]  # `lmjax.provenance.run`: version, config and weights hashes
+    # An exported model (`lmjax.exported`) has no config: its batch size comes from here.
+    default_batch: int | None = None
 
     def batch(self, batch_size: int | None = None) -> int:
         """`batch_size` (default the config's) rounded up to a multiple of the devices,
         over which each batch is split."""
         n = jax.device_count()
-        return -(-(batch_size or self.config.train.batch_size) // n) * n
+        batch_size = batch_size or self.default_batch or self.config.train.batch_size
+        return -(-batch_size // n) * n
 
 
 def load_model(
@@ -213,6 +215,8 @@ def load_model(
     through `lmjax.train.final_model.load_final` (every stage the run holds: TTA,
     ensemble average, refinement), other task modes through their registered
     predictor. `tta_scales` replaces the config's `train.tta_scales` (None: the config's).
+    A file instead of a folder is a model written by `lmjax export` (`lmjax.exported`),
+    run without the training code; its test-time augmentation is fixed at export.
 
     Raises:
       FileNotFoundError: the workdir has no checkpoint.
@@ -220,6 +224,17 @@ def load_model(
         or flip TTA without left/right pairs.
       ValueError: `conformal.json` or `shape_model.json` name other landmarks.
     """
+    if pathlib.Path(workdir).is_file():
+        from lmjax import exported
+
+        if flip_tta or tta_scales:
+            raise LandmarkDataError(
+                f"{workdir}: an exported model's test-time augmentation is fixed when it "
+                "is exported (lmjax export --flip_tta); --flip_tta and --tta_scales apply "
+                "to --workdir only"
+            )
+        return Loaded(**exported.loaded_fields(workdir))
+    from lmjax.train.final_model import load_final
     from lmjax.train.predictors import predictor_for
     from lmjax.train.restore import read_config
 

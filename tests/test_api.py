@@ -95,7 +95,9 @@ def test_arrays_lists_and_spacing(predictor, files):
 
 
 def test_bad_inputs_are_named(predictor, tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a training workdir.*exported models"):
+    with pytest.raises(
+        FileNotFoundError, match="not a training workdir.*or a file lmjax export wrote"
+    ):
         lmjax.Predictor.load(tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match=r"<array 0>: pixels of shape \(4, 5, 3\)"):
         predictor(np.zeros((4, 5, 3), np.uint8))

@@ -8,6 +8,7 @@ import sys
 
 from lmjax.cli import convert_command as convert
 from lmjax.cli import data_commands as data
+from lmjax.cli import export_command as export
 from lmjax.cli import model_commands as model
 from lmjax.cli import predict_command as predict
 from lmjax.cli import refine_command as refine
@@ -78,7 +79,8 @@ _TABLE = [
     ),
     Command(
         "predict",
-        "lmjax predict --workdir=DIR --output_dir=DIR [--flip_tta] [--tta_scales=S,...] "
+        "lmjax predict (--workdir=DIR | --model=FILE) --output_dir=DIR [--flip_tta] "
+        "[--tta_scales=S,...] "
         "[--review] [--skip_existing] [--anonymize_names [--anonymize_salt=S] "
         "[--name_map=FILE.csv]] INPUT [INPUT ...]",
         "landmarks (JSON, overlay PNG, LabelMe file) for DICOM or image files and folders",
@@ -87,6 +89,16 @@ _TABLE = [
         positional=True,
         device=True,
         cache_by_default=True,
+    ),
+    Command(
+        "export",
+        "lmjax export --workdir=DIR --output=FILE.lmjax [--format=stablehlo|onnx] "
+        "[--flip_tta] [--tta_scales=] [--platforms=cpu,cuda]",
+        "a trained run as one file (program, preprocessing, landmarks, provenance) "
+        "for predict --model",
+        export.define_export,
+        export.cmd_export,
+        device=True,
     ),
     Command(
         "benchmark",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
 from lmjax.cli.data_commands import write_json
@@ -44,7 +46,16 @@ def cmd_calibrate(inv: Invocation) -> int:
 
 
 def define_predict(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("workdir", None, "the trained run's folder (required)", flag_values=fv)
+    flags.DEFINE_string(
+        "workdir", None, "the trained run's folder (this or --model)", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "model",
+        None,
+        "a file written by lmjax export, run without the training code or config "
+        "(this or --workdir)",
+        flag_values=fv,
+    )
     flags.DEFINE_string(
         "output_dir",
         None,
@@ -93,8 +104,11 @@ def define_predict(fv: flags.FlagValues) -> None:
 def cmd_predict(inv: Invocation) -> int:
     from lmjax.predict import predict_files
 
-    if not inv.value("workdir") or not inv.value("output_dir"):
-        raise UsageError("--workdir and --output_dir are required")
+    workdir, model = inv.value("workdir"), inv.value("model")
+    if bool(workdir) == bool(model) or not inv.value("output_dir"):
+        raise UsageError("--output_dir and one of --workdir and --model are required")
+    if model and not os.path.isfile(model):
+        raise UsageError(f"--model={model}: not a file (a training folder goes to --workdir)")
     if not inv.args:
         raise UsageError("name at least one image file or folder to predict")
     scales = tta_scales(inv)  # before any file is read
@@ -103,7 +117,7 @@ def cmd_predict(inv: Invocation) -> int:
     if not anonymize and (inv.value("anonymize_salt") or inv.value("name_map")):
         raise UsageError("--anonymize_salt and --name_map go with --anonymize_names")
     done = predict_files(
-        inv.value("workdir"),
+        model or workdir,
         inv.args,
         output_dir,
         flip_tta=inv.value("flip_tta"),

@@ -292,3 +292,20 @@ def as_spacing(value: Sequence[float] | None) -> Spacing | None:
     if len(v) != 2 or not all(np.isfinite(x) and x > 0 for x in v):
         return None
     return (v[0], v[1])
+
+
+def landmark_set_from_dict(raw: dict[str, Any]) -> LandmarkSet:
+    """A landmark set from its `dataclasses.asdict` JSON (a workdir's landmark file,
+    an exported model's metadata); fields added later default when absent."""
+    regions, kinds = raw.get("regions"), raw.get("kinds")
+    defaults = {f.name: f.default for f in dataclasses.fields(LandmarkSet)}
+    return LandmarkSet(
+        name=raw["name"],
+        names=tuple(raw["names"]),
+        flip_pairs=tuple(tuple(p) for p in raw.get("flip_pairs", ())),
+        regions=None if regions is None else tuple(regions),
+        region_names=tuple(raw.get("region_names", ())),
+        kinds=None if kinds is None else tuple(kinds),
+        radius_mm=raw.get("radius_mm", defaults["radius_mm"]),
+        width_mm=raw.get("width_mm", defaults["width_mm"]),
+    )

@@ -22,7 +22,7 @@ from lmjax.data.augment_presets import resolve_augment
 from lmjax.data.datasets import load_dataset
 from lmjax.data.device_augment import DeviceAugment
 from lmjax.data.pipeline import make_pipeline, region_flip_table
-from lmjax.data.types import Dataset, LandmarkSet
+from lmjax.data.types import Dataset, LandmarkSet, landmark_set_from_dict
 from lmjax.models import weights
 from lmjax.task import TaskSpec, task_spec
 from lmjax.train import ensemble, folds
@@ -247,6 +247,7 @@ def build(
         schedule=parts.schedule,
         augment=device_augment(config, landmark_set),
         trainable=parts.trainable,
+        cpu_conv_kernels=config.train.get("cpu_conv_kernels", "auto"),
     )
     eval_step = make_eval(parts.graphdef, parts.task, parts.mesh, readers=readers)
     return parts.mesh, parts.state, train_step, eval_step, parts.optim
@@ -365,20 +366,7 @@ def load_landmark_set(workdir: str | pathlib.Path, config=None) -> LandmarkSet:
     """The landmark set a workdir was trained on (from its training data if unsaved)."""
     path = pathlib.Path(workdir) / LANDMARKS_FILE
     if path.exists():
-        raw = json.loads(path.read_text())
-        # Fields added later (item kinds and sizes) are absent from older files.
-        regions, kinds = raw.get("regions"), raw.get("kinds")
-        defaults = {f.name: f.default for f in dataclasses.fields(LandmarkSet)}
-        return LandmarkSet(
-            name=raw["name"],
-            names=tuple(raw["names"]),
-            flip_pairs=tuple(tuple(p) for p in raw.get("flip_pairs", ())),
-            regions=None if regions is None else tuple(regions),
-            region_names=tuple(raw.get("region_names", ())),
-            kinds=None if kinds is None else tuple(kinds),
-            radius_mm=raw.get("radius_mm", defaults["radius_mm"]),
-            width_mm=raw.get("width_mm", defaults["width_mm"]),
-        )
+        return landmark_set_from_dict(json.loads(path.read_text()))
     if config is None:
         raise FileNotFoundError(f"{path}: missing")
     return load_splits(config)[0].landmark_set

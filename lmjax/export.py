@@ -1,0 +1,259 @@
+"""`lmjax export`: a trained run as one file that predicts without the training code.
+
+The file format and the runtime are `lmjax.exported`. The program is the run's
+eval step (`lmjax.train.step.make_eval_step`: network, ensemble average, the
+configured extractor on the device) with the weights as constants, wrapped with
+the flip TTA its config (or `flip_tta`) asks for, serialized by `jax.export` with
+a symbolic batch dimension; or, with `fmt="onnx"`, converted by jax2onnx
+(`lmjax.export_onnx`). What the program cannot hold is refused here rather than
+exported wrong: host extractors, region models, multi-scale TTA, prompt-driven
+task modes. A run's refinement stage (`<workdir>/refine`) is not in the program:
+the file predicts with the global model and says so (`metadata["refine"]`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import pathlib
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmjax import exported, provenance, tta
+from lmjax.data.types import LandmarkDataError
+
+FORMATS = ("stablehlo", "onnx")
+# Lowered for both, so one file runs on CPU and on NVIDIA GPUs.
+DEFAULT_PLATFORMS = ("cpu", "cuda")
+
+
+class ExportError(LandmarkDataError):
+    """A run the exported program cannot represent faithfully."""
+
+
+def _cache_long_side(input_size) -> int:
+    """The evaluation pipeline's cache resolution (`make_dataset`'s default factor)."""
+    from lmjax.data.pipeline import make_dataset
+
+    factor = inspect.signature(make_dataset).parameters["cache_factor"].default
+    return math.ceil(max(input_size) * factor)
+
+
+def program_fn(workdir, *, flip_tta: bool = False, tta_scales=None):
+    """`(fn, info)`: `fn(images [B, H, W, 1]) -> (coords [B, K, 2], confidence [B, K])`
+    at the model input, with the restored weights closed over, and what the
+    metadata needs (`config`, `landmark_set`, `stages`, `step`, `refine`).
+
+    Raises:
+      ExportError: a run the program cannot represent (see the module doc).
+      FileNotFoundError: no checkpoint.
+    """
+    from lmjax.task import HOST_EXTRACTORS
+    from lmjax.train import refine_stage, setup
+    from lmjax.train.evaluation import gives_maps
+    from lmjax.train.predictors import predictor_for
+    from lmjax.train.restore import read_config, restore_trained
+
+    config = read_config(workdir)
+    if predictor_for(config.task.mode) is not None:
+        raise ExportError(f"{workdir}: task.mode {config.task.mode!r} cannot be exported")
+    if config.data.get("roi"):
+        raise ExportError(
+            f"{workdir}: trained on the crops of region {config.data.roi!r} (data.roi), "
+            "which need region boxes at prediction time"
+        )
+    scales = tta.check_scales(config.train.tta_scales if tta_scales is None else tta_scales)
+    if scales:
+        raise ExportError(
+            f"{workdir}: multi-scale TTA ({', '.join(map(str, scales))}) is not exported; "
+            "export with --tta_scales= (none)"
+        )
+    config, _, state, eval_step = restore_trained(workdir)
+    lset = setup.load_landmark_set(workdir, config)
+    if gives_maps(config, eval_step, state) or config.task.extractor in HOST_EXTRACTORS:
+        raise ExportError(
+            f"{workdir}: extractor {config.task.extractor!r} runs on the host "
+            f"(one of {', '.join(HOST_EXTRACTORS)}); the exported program holds device "
+            "extractors only (task.extractor)"
+        )
+    if flip_tta and not lset.flip_pairs:
+        raise ExportError(f"flip TTA: landmark set {lset.name!r} has no left/right pairs")
+    flip = (flip_tta or bool(config.train.flip_tta)) and bool(lset.flip_pairs)
+    perm = jnp.asarray(lset.flip_permutation()) if flip else None
+    step = getattr(eval_step, "__wrapped__", eval_step)  # the plain function, traced anew
+    params = jax.device_get(state)  # plain arrays: the program's constants
+
+    def forward(images):
+        out = step(params, {"image": images})
+        return out["coords"].astype(jnp.float32), out["confidence"].astype(jnp.float32)
+
+    def fn(images):
+        coords, conf = forward(images)
+        if perm is None:
+            return coords, conf
+        # As `lmjax.evaluate.with_flip_tta`: the mirrored image, labels swapped back.
+        fcoords, fconf = forward(images[:, :, ::-1])
+        fcoords = fcoords[:, perm]
+        fcoords = fcoords.at[..., 0].set(images.shape[2] - 1 - fcoords[..., 0])
+        return (coords + fcoords) / 2, (conf + fconf[:, perm]) / 2
+
+    stages = ["global"] + (["flip_tta"] if flip else [])
+    has_refine = refine_stage.has_stage(workdir)
+    info = {
+        "config": config,
+        "landmark_set": lset,
+        "stages": stages,
+        "step": int(state.step),
+        "refine": has_refine,
+    }
+    return fn, info
+
+
+def export_workdir(
+    workdir: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    fmt: str = "stablehlo",
+    flip_tta: bool = False,
+    tta_scales=None,
+    platforms: tuple[str, ...] = DEFAULT_PLATFORMS,
+) -> dict[str, Any]:
+    """Writes the run in `workdir` as an exported model (`lmjax.exported`) to `output`.
+
+    Args:
+      fmt: `stablehlo` (`jax.export`) or `onnx` (jax2onnx; `lmjax.export_onnx`).
+      flip_tta: also average with the mirrored image (done anyway when the config
+        says `train.flip_tta`).
+      tta_scales: replaces the config's `train.tta_scales`; the export refuses any.
+      platforms: what the StableHLO program is lowered for.
+
+    Returns:
+      The metadata written.
+
+    Raises:
+      ExportError: a run the program cannot represent, or an unknown format.
+      FileNotFoundError: no checkpoint.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"export format {fmt!r} not in {FORMATS}")
+    fn, info = program_fn(workdir, flip_tta=flip_tta, tta_scales=tta_scales)
+    config, lset = info["config"], info["landmark_set"]
+    h, w = (int(v) for v in config.data.input_size)
+    if fmt == "onnx":
+        from importlib import metadata
+
+        from lmjax import export_onnx
+
+        blob = export_onnx.to_onnx_bytes(fn, (h, w))
+        program = {
+            "serialization": "onnx",
+            "platforms": ["onnxruntime"],
+            "opset": export_onnx.OPSET,
+            "jax2onnx": metadata.version("jax2onnx"),
+        }
+    else:
+        (b,) = jax.export.symbolic_shape("b")
+        images = jax.ShapeDtypeStruct((b, h, w, 1), jnp.float32)
+        lowered = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(images)
+        blob = bytes(lowered.serialize())
+        program = {"serialization": "jax.export", "platforms": list(lowered.platforms)}
+    k = lset.num_landmarks
+    program |= {
+        "inputs": {exported.INPUT_NAME: ["batch", h, w, 1]},
+        "outputs": {"coords": ["batch", k, 2], "confidence": ["batch", k]},
+        "dtype": "float32",
+    }
+    stages = info["stages"]
+    origin = provenance.run(workdir, info["step"], stages=tuple(stages))
+    if info["refine"]:
+        print(
+            f"lmjax export: {workdir} has a refinement stage; the exported model is the "
+            "global model only (its predictions are those of lmjax predict --workdir "
+            "without the refinement)",
+            file=sys.stderr,
+        )
+    metadata = {
+        "program": program,
+        "preprocessing": {
+            "input_size": [h, w],
+            "layout": "NHWC, 1 channel",
+            "unit_range": "pixels / (2**bit_depth - 1), clipped to [0, 1]; arrays of "
+            "unknown depth by the smallest 8/10/12/14/16-bit maximum holding their maximum",
+            "cache_long_side": _cache_long_side((h, w)),
+            "cache_resize": "Pillow bilinear (anti-aliased), longer side at most "
+            "cache_long_side, never enlarged, pixel edges aligned",
+            "fit": str(config.data.fit),
+            "interpolation": "bilinear, 0 outside the image",
+            "normalize": str(config.data.normalize),
+            "normalize_epsilon": 1e-6,
+        },
+        "landmark_set": _landmark_set_dict(lset),
+        "spacing": {
+            "order": ["row_mm", "col_mm"],
+            "x_mm": "x * col_mm",
+            "y_mm": "y * row_mm",
+            "source": "the file's (DICOM PixelSpacing, else ImagerPixelSpacing), "
+            "replaced by a spacing the caller gives; unknown: pixels only",
+        },
+        "extractor": {
+            "name": str(config.task.extractor),
+            "temperature": float(config.task.extractor_temperature),
+            "kwargs": dict(config.task.get("extractor_kwargs", {})),
+            "mode": str(config.task.mode),
+            "compute_dtype": str(config.task.compute_dtype),
+            "in_program": True,
+        },
+        "stages": stages,
+        "refine": {
+            "in_workdir": info["refine"],
+            "exported": False,
+        },
+        "conformal": _read_json(workdir, "conformal.json"),
+        "shape_model": _read_json(workdir, "shape_model.json"),
+        "batch_size": int(config.train.batch_size),
+        "config": _plain(config.to_dict()),
+        "provenance": origin,
+        "exported_with": {"jax": jax.__version__, "lmjax": provenance.version()},
+    }
+    if metadata["conformal"] is not None and "refine" in metadata["conformal"].get("stages", []):
+        print(
+            "lmjax export: the conformal radii were calibrated on refined landmarks; "
+            "their coverage is not guaranteed for the exported global model",
+            file=sys.stderr,
+        )
+    exported.write(output, metadata, blob)
+    return metadata
+
+
+def _landmark_set_dict(lset) -> dict[str, Any]:
+    import dataclasses
+
+    return _plain(dataclasses.asdict(lset))
+
+
+def _read_json(workdir, name: str):
+    import json
+
+    path = pathlib.Path(workdir) / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _plain(value):
+    """JSON-ready: tuples as lists, NumPy scalars as numbers, non-finite as None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+__all__ = ["DEFAULT_PLATFORMS", "FORMATS", "ExportError", "export_workdir", "program_fn"]
