@@ -20,7 +20,8 @@ _TABLE = [
     Command(
         "train",
         "lmjax train [--config=PATH[:ARG]] [--config.FIELD=VALUE ...] [--workdir=DIR] "
-        "[--data_dir=PATH] [--format=NAME] [--image_dir=DIR] [--spacing=ROW_MM,COL_MM]",
+        "[--data_dir=PATH] [--format=NAME] [--image_dir=DIR] [--spacing=ROW_MM,COL_MM] "
+        "[--allow_config_change=FIELD,...]",
         "train (or resume) a model on a dataset folder or the phantom, then evaluate it",
         model.define_train,
         model.cmd_train,

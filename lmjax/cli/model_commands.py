@@ -73,6 +73,13 @@ def define_train(fv: flags.FlagValues) -> None:
         "default: a new temporary folder",
         flag_values=fv,
     )
+    flags.DEFINE_list(
+        "allow_config_change",
+        [],
+        "resuming: config fields (or sections) allowed to differ from the checkpoint's; "
+        "steps, eval/log cadence and evaluation-only fields need no flag",
+        flag_values=fv,
+    )
     define_data_flags(
         fv,
         "train on this dataset folder or annotation file (config.data.data_dir); its "
@@ -143,7 +150,10 @@ def cmd_train(inv: Invocation) -> int:
                 f = summary["final"]
                 print(f"final model on {f.get('split')}: MRE {f['mre']:.3f} {summary['unit']}")
         return 0
-    if trainer.train(config, workdir).get("stopped_by"):
+    allowed = inv.value("allow_config_change")
+    if trainer.train(config, workdir, **({"allow_config_change": allowed} if allowed else {})).get(
+        "stopped_by"
+    ):
         return 0
     if config.refine.enabled:  # the local stage trains on the finished global model
         from lmjax.train.refine import train_refine
