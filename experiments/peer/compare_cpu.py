@@ -17,6 +17,11 @@ Writes `<out>/<tag>.json` and `<out>/<tag>.md`.
         --xla_flags=--xla_cpu_experimental_ynn_fusion_type=individual_convolution
 
 `--xla_flags` is added to XLA_FLAGS before JAX starts (XLA reads it once per process).
+
+`--variants off,auto` builds one lmjax step per `train.cpu_conv_kernels` value and
+alternates all of them with torch (before/after under the same load); the last one
+is "lmjax" in the ratios. `--no_torch` times only those lmjax variants, for model
+families the port lacks (HRNet, VGG U-Net).
 """
 
 from __future__ import annotations
@@ -57,6 +62,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="torch 1 thread, XLA without multi-threaded Eigen: CPU time per core",
     )
+    p.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated train.cpu_conv_kernels values, one lmjax step each; "
+        "empty: the config's",
+    )
+    p.add_argument("--no_torch", action="store_true", help="lmjax variants only, any model")
     p.add_argument("--note", default="", help="free text stored with the result")
     return p.parse_args(argv)
 
@@ -130,6 +142,137 @@ def summary(blocks: list[list[tuple[float, float]]], images: int) -> dict:
     }
 
 
+def build_variants(args, config, k: int, host) -> dict[str, dict]:
+    """One compiled lmjax train step per `--variants` value (`train.cpu_conv_kernels`),
+    as `lmjax benchmark` builds it, each with its own state (same seed, same weights).
+    Named `lmjax[<value>]`, the last one `lmjax`."""
+    import copy
+
+    from lmjax import benchmark as lb
+    from lmjax.train import setup
+
+    modes = [m for m in args.variants.split(",") if m]
+    modes = modes or [config.train.get("cpu_conv_kernels", "auto")]
+    built = {}
+    for i, mode in enumerate(modes):
+        c = copy.deepcopy(config)
+        with c.unlocked():
+            c.train.cpu_conv_kernels = mode
+        t0 = time.perf_counter()
+        mesh, state, train_step, eval_step, _ = setup.build(c, k)
+        batch = lb.to_device(host, mesh)
+        step = train_step.lower(state, batch).compile()
+        name = "lmjax" if i == len(modes) - 1 else f"lmjax[{mode}]"
+        compile_s = time.perf_counter() - t0
+        log(f"{name} (cpu_conv_kernels={mode}) built and compiled in {compile_s:.0f} s")
+        built[name] = {
+            "mode": mode,
+            "mesh": mesh,
+            "state": state,
+            "eval": eval_step,
+            "batch": batch,
+            "step": step,
+            "compile_s": compile_s,
+            "holder": {"state": state},
+        }
+    return built
+
+
+def runner(b: dict):
+    """One train step of a `build_variants` entry, run to completion; its metrics."""
+    import jax
+
+    def run():
+        b["holder"]["state"], metrics = b["step"](b["holder"]["state"], b["batch"])
+        return jax.block_until_ready(metrics)
+
+    return run
+
+
+def lmjax_only(args, config, k: int, load_start) -> dict:
+    """`--no_torch`: the lmjax variants' train steps in alternating blocks."""
+    from lmjax import benchmark as lb
+
+    images, hw = config.train.batch_size, tuple(config.data.input_size)
+    host = lb.fake_batch(images, hw, k)
+    built = build_variants(args, config, k, host)
+    sides = {n: runner(b) for n, b in built.items()}
+    first = {
+        n: {k_: float(v) for k_, v in fn().items() if k_ in ("loss", "grad_norm")}
+        for n, fn in sides.items()
+    }
+    for _ in range(args.warmup - 1):
+        for fn in sides.values():
+            fn()
+    log("timed training blocks")
+    train = {
+        n: summary(v, images) for n, v in alternate(sides, args.blocks, args.block_steps).items()
+    }
+    base = next(iter(train))
+    result = {
+        "tag": args.tag,
+        "note": args.note,
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "config": args.config,
+        "model": config.model.to_dict(),
+        "batch": images,
+        "input_size": list(hw),
+        "machine": machine() | {"loadavg_start": load_start, "loadavg_end": list(os.getloadavg())},
+        "versions": lb.versions(),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "variants": {n: b["mode"] for n, b in built.items()},
+        "compile_s": {n: b["compile_s"] for n, b in built.items()},
+        "schedule": {
+            "warmup_steps": args.warmup,
+            "blocks": args.blocks,
+            "block_steps": args.block_steps,
+            "order": ", ".join(built) + ", repeated",
+        },
+        "first_step": first,
+        "train": train,
+        # base variant's step time / this one's, per round of blocks (> 1: faster).
+        "speedup_per_block": {
+            n: [
+                a / b
+                for a, b in zip(train[base]["block_medians_s"], t["block_medians_s"], strict=True)
+            ]
+            for n, t in train.items()
+        },
+    }
+    md = [
+        f"# lmjax train step variants: {args.tag}",
+        "",
+        f"    {result['command']}",
+        "",
+        f"Config `{args.config}` (model {config.model.name}), input {hw[0]}x{hw[1]}, "
+        f"batch {images}, float32.",
+        "",
+        "| variant (train.cpu_conv_kernels) | step ms median (p10-p90) | images/s | "
+        f"speed-up vs {base}, per block |",
+        "|---|---|---|---|",
+    ]
+    for n, t in train.items():
+        sp = result["speedup_per_block"][n]
+        md.append(
+            f"| {n} ({built[n]['mode']}) | {t['step_s_median'] * 1e3:.0f} "
+            f"({t['step_s_p10'] * 1e3:.0f}-{t['step_s_p90'] * 1e3:.0f}) | "
+            f"{t['images_per_s']:.2f} | {median(sp):.2f} ({min(sp):.2f}-{max(sp):.2f}) |"
+        )
+    m = result["machine"]
+    md += [
+        "",
+        f"Machine: {m['cpu_model']}, {m['usable_cpus']} cores, shared with other jobs "
+        f"(load average {m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end).",
+        "",
+    ]
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.tag}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{args.tag}.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return result
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     load_start = list(os.getloadavg())
@@ -160,8 +303,9 @@ def main(argv=None) -> dict:
     with config.unlocked():
         if args.batch_size:
             config.train.batch_size = args.batch_size
-    if config.model.name != "unet" or config.task.mode != "heatmap":
-        raise SystemExit("the torch port covers the heatmap U-Net only")
+    unet = config.model.name == "unet" and config.task.mode == "heatmap"
+    if not (unet or args.no_torch):
+        raise SystemExit("the torch port covers the heatmap U-Net only (--no_torch: lmjax only)")
     if config.task.compute_dtype != "float32":
         raise SystemExit("compare in float32: the CPU has no fast bf16 path in either framework")
     if config.data.format == "isbi2015":
@@ -169,17 +313,18 @@ def main(argv=None) -> dict:
     else:
         k = setup.load_splits(config)[0].landmark_set.num_landmarks
     images, hw = config.train.batch_size, tuple(config.data.input_size)
+    if args.no_torch:
+        return lmjax_only(args, config, k, load_start)
 
     # ---------------------------------------------------------------- lmjax, as `lmjax benchmark`
-    t0 = time.perf_counter()
-    mesh, state, train_step, eval_step, _ = setup.build(config, k)
     host = lb.fake_batch(images // jax.process_count(), hw, k)
-    batch = lb.to_device(host, mesh)
-    step = train_step.lower(state, batch).compile()
-    jax_compile_s = time.perf_counter() - t0
-    log(f"lmjax step built and compiled in {jax_compile_s:.0f} s")
+    built = build_variants(args, config, k, host)
+    names = list(built)
+    first_built, last_built = built[names[0]], built[names[-1]]
+    mesh, state, eval_step = first_built["mesh"], first_built["state"], first_built["eval"]
+    jax_compile_s = last_built["compile_s"]
     jax_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
-    flops = lb.compiled_flops(step)  # XLA's count for the whole step, both sides run it
+    flops = lb.compiled_flops(last_built["step"])  # XLA's count for the whole step
 
     # ---------------------------------------------------------------- torch, same start
     kwargs = {k_: v for k_, v in config.model.to_dict().items() if k_ not in ("name", "trainable")}
@@ -216,31 +361,26 @@ def main(argv=None) -> dict:
         "valid": torch.from_numpy(host["valid"]),
     }
 
-    holder = {"state": state}
-
-    def jax_train():
-        holder["state"], metrics = step(holder["state"], batch)
-        return jax.block_until_ready(metrics)
+    holder = first_built["holder"]
+    jax_trains = {n: runner(b) for n, b in built.items()}
 
     def torch_train():
         return tu.train_step(port, objective, opt, sched, tbatch, clip_norm=o.clip_norm)
 
     # ---------------------------------------------------------------- warm-up, then ABAB
     log("warm-up")
-    first = {"lmjax": jax_train(), "torch": torch_train()}
+    sides = {**jax_trains, "torch": torch_train}
+    first = {n: fn() for n, fn in sides.items()}
     first = {
         n: {k_: float(v) for k_, v in m.items() if k_ in ("loss", "grad_norm")}
         for n, m in first.items()
     }
     for _ in range(args.warmup - 1):
-        jax_train()
-        torch_train()
+        for fn in sides.values():
+            fn()
     log("timed training blocks")
-    train_times = alternate(
-        {"lmjax": jax_train, "torch": torch_train}, args.blocks, args.block_steps
-    )
-    last = {"lmjax": jax_train(), "torch": torch_train()}
-    last = {n: float(m["loss"]) for n, m in last.items()}
+    train_times = alternate(sides, args.blocks, args.block_steps)
+    last = {n: float(fn()["loss"]) for n, fn in sides.items()}
 
     # ---------------------------------------------------------------- inference
     port.eval()
@@ -267,12 +407,15 @@ def main(argv=None) -> dict:
         infer[b] = {n: summary(v, b) for n, v in tim.items()}
 
     train = {n: summary(v, images) for n, v in train_times.items()}
-    pair_ratios = [
-        tb / jb
-        for jb, tb in zip(
-            train["lmjax"]["block_medians_s"], train["torch"]["block_medians_s"], strict=True
-        )
-    ]
+
+    def pair_ratios(name):
+        return [
+            tb / jb
+            for jb, tb in zip(
+                train[name]["block_medians_s"], train["torch"]["block_medians_s"], strict=True
+            )
+        ]
+
     result = {
         "tag": args.tag,
         "note": args.note,
@@ -308,8 +451,9 @@ def main(argv=None) -> dict:
             "warmup_steps": args.warmup,
             "blocks": args.blocks,
             "block_steps": args.block_steps,
-            "order": "lmjax block, torch block, repeated",
+            "order": f"{', '.join(names)}, torch blocks, repeated",
         },
+        "variants": {n: b["mode"] for n, b in built.items()},
         "jax_compile_s": jax_compile_s,
         "train_step_gflop_per_image": None if flops is None else flops / images / 1e9,
         "first_step": first,
@@ -318,7 +462,14 @@ def main(argv=None) -> dict:
         # torch step time / lmjax step time per pair of adjacent blocks (= lmjax/torch images/s).
         "ratio_lmjax_over_torch_images_per_s": train["lmjax"]["images_per_s"]
         / train["torch"]["images_per_s"],
-        "ratio_per_block_pair": pair_ratios,
+        "ratio_per_block_pair": pair_ratios("lmjax"),
+        "variant_ratios": {
+            n: {
+                "median": train[n]["images_per_s"] / train["torch"]["images_per_s"],
+                "per_block_pair": pair_ratios(n),
+            }
+            for n in names
+        },
         "inference": {str(b): v for b, v in infer.items()},
     }
     out = pathlib.Path(args.out)
@@ -327,6 +478,27 @@ def main(argv=None) -> dict:
     (out / f"{args.tag}.md").write_text(markdown(result))
     print(markdown(result))
     return result
+
+
+def variant_lines(r: dict) -> list[str]:
+    """Per `train.cpu_conv_kernels` variant: step time and its ratio to torch."""
+    ratios = r.get("variant_ratios", {})
+    if len(ratios) < 2:
+        return []
+    lines = [
+        "| lmjax variant (train.cpu_conv_kernels) | train step ms, median (p10-p90) | "
+        "lmjax/torch, median (per block pair) |",
+        "|---|---|---|",
+    ]
+    for n, v in ratios.items():
+        t = r["train"][n]
+        pb = v["per_block_pair"]
+        lines.append(
+            f"| {n} ({r['variants'][n]}) | {t['step_s_median'] * 1e3:.0f} "
+            f"({t['step_s_p10'] * 1e3:.0f}-{t['step_s_p90'] * 1e3:.0f}) | "
+            f"{v['median']:.2f} ({min(pb):.2f}-{max(pb):.2f}) |"
+        )
+    return [*lines, ""]
 
 
 def markdown(r: dict) -> str:
@@ -385,6 +557,7 @@ def markdown(r: dict) -> str:
                 f"{r['train']['lmjax']['calls']} timed steps each, "
                 f"{r['schedule']['blocks']} alternating blocks of {r['schedule']['block_steps']}.",
                 "",
+                *variant_lines(r),
                 f"Machine: {m['cpu_model']}, {m['usable_cpus']} cores, shared with other jobs "
                 f"(load average {m['loadavg_start'][0]:.1f} at start, "
                 f"{m['loadavg_end'][0]:.1f} at end). "

@@ -154,6 +154,9 @@ TRAIN = {
     "ensemble": Field(1, "members trained together under jax.vmap (own seeds, augmentation)"),
     "ensemble_average": Field("heatmap", "members' predictions averaged as heatmap or coords"),
     "ensemble_map": Field("auto", "members as one vmap (accelerators) or unrolled (CPU): auto"),
+    "cpu_conv_kernels": Field(
+        "auto", "CPU train step's convolution gradients (lmjax.ops.cpu_conv): auto | all | off"
+    ),
 }
 
 # The coarse-to-fine refinement stage (lmjax.train.refine): a small local model on

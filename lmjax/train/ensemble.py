@@ -63,6 +63,7 @@ from jax.sharding import Mesh
 
 from lmjax import metrics as metrics_lib
 from lmjax import xla_cpu
+from lmjax.ops import cpu_conv
 from lmjax.parallel import data_sharding, replicated
 from lmjax.task import DTYPES, TaskSpec, host_coordinates
 from lmjax.train.state import TrainState, merge
@@ -184,8 +185,10 @@ def make_train_step(
 
     `state` is stacked (`stack_states`); `batch` as for `make_train_step`, shared by
     the members; `how` is `train.ensemble_map` (`unrolls`); `step_options`
-    (schedule, augment, trainable) go to `train_step_fn`.
+    (schedule, augment, trainable, cpu_conv_kernels) go to `train_step_fn`.
     """
+    mode = step_options.pop("cpu_conv_kernels", "auto")  # as the single model's step
+    step_options["cpu_conv_kernels"] = cpu_conv.effective(mode, mesh)
     single = train_step_fn(graphdef, task, tx, **step_options)
     members = over_members(single, (MEMBER_AXES, 0), unroll=unrolls(how, mesh))
 

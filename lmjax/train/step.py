@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lmjax import xla_cpu
+from lmjax.ops import cpu_conv
 from lmjax.parallel import data_sharding, replicated
 from lmjax.task import DTYPES, HOST_EXTRACTORS, TaskSpec, extract, loss_terms, mask_overlap
 from lmjax.train.optim import param_path
@@ -46,14 +47,22 @@ def make_train_step(
     schedule: optax.Schedule | None = None,
     augment: Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]] | None = None,
     trainable: Callable[[tuple[str | int, ...]], bool] | None = None,
+    cpu_conv_kernels: str = "auto",
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
 
     `train_step_fn`'s step (see there), with the state replicated and the batch split
-    along `data`.
+    along `data`. `cpu_conv_kernels` (`train.cpu_conv_kernels`: auto | all | off)
+    applies on CPU meshes only (`lmjax.ops.cpu_conv.effective`).
     """
     step = train_step_fn(
-        graphdef, task, tx, schedule=schedule, augment=augment, trainable=trainable
+        graphdef,
+        task,
+        tx,
+        schedule=schedule,
+        augment=augment,
+        trainable=trainable,
+        cpu_conv_kernels=cpu_conv.effective(cpu_conv_kernels, mesh),
     )
     return jit_train_step(step, mesh)
 
@@ -79,6 +88,7 @@ def train_step_fn(
     schedule: optax.Schedule | None = None,
     augment: Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]] | None = None,
     trainable: Callable[[tuple[str | int, ...]], bool] | None = None,
+    cpu_conv_kernels: str = "off",
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The pure, unjitted `train_step(state, batch) -> (state, metrics)` (an ensemble
     `jax.vmap`s it over its members, `lmjax.train.ensemble`).
@@ -94,6 +104,9 @@ def train_step_fn(
     parameters that train; the others enter the loss through `stop_gradient`, so
     XLA drops their weight gradients (a LoRA model's frozen backbone costs only
     the activation gradients it needs) and their gradient is exactly zero.
+    `cpu_conv_kernels` other than "off" differentiates the loss through
+    `lmjax.ops.cpu_conv.with_cpu_convs` (faster weight gradients on XLA:CPU; give it
+    only for CPU devices, see `cpu_conv.effective`).
     """
     dtype = DTYPES[task.compute_dtype]
 
@@ -118,7 +131,9 @@ def train_step_fn(
             rest = jax.tree.map(lambda new, old: cast(new, old.dtype), rest, state.model_state)
             return loss, (terms, rest)
 
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        grad_fn = jax.value_and_grad(
+            cpu_conv.with_cpu_convs(loss_fn, cpu_conv_kernels), has_aux=True
+        )
         (loss, (terms, model_state)), grads = grad_fn(state.params)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
