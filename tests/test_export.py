@@ -202,6 +202,10 @@ def test_cli_export_then_predict_model(workdir, images, tmp_path, capsys):  # no
     assert code == 2 and "not a file (a training folder goes to --workdir)" in err
     code, _, err = run_cli(capsys, "export", f"--workdir={workdir}")
     assert code == 2 and "--workdir and --output are required" in err
+    code, _, err = run_cli(
+        capsys, "export", f"--workdir={workdir}", f"--output={path}", "--platforms=cpu,gpu"
+    )
+    assert code == 2 and "--platforms: unknown gpu; choose from cpu, cuda, rocm, tpu" in err
 
 
 def test_onnx_export_agrees_with_jax(workdir, model, images, tmp_path):  # noqa: F811

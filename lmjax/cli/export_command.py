@@ -7,6 +7,8 @@ from absl import flags
 from lmjax.cli.framework import Invocation, UsageError
 from lmjax.cli.model_commands import tta_scales
 
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export's lowering platforms
+
 
 def define_export(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("workdir", None, "the trained run's folder (required)", flag_values=fv)
@@ -51,13 +53,20 @@ def cmd_export(inv: Invocation) -> int:
     if not workdir or not output:
         raise UsageError("--workdir and --output are required")
     scales = tta_scales(inv)  # given but empty: (), which drops the config's
+    platforms = tuple(inv.value("platforms") or ())
+    unknown = sorted(set(platforms) - set(PLATFORMS))
+    if not platforms or unknown:
+        raise UsageError(
+            f"--platforms: {'unknown ' + ', '.join(unknown) if unknown else 'none given'}; "
+            f"choose from {', '.join(PLATFORMS)}"
+        )
     meta = export_workdir(
         workdir,
         output,
         fmt=inv.value("format"),
         flip_tta=inv.value("flip_tta"),
         tta_scales=scales,
-        platforms=tuple(inv.value("platforms")),
+        platforms=platforms,
     )
     stages = " + ".join(meta["stages"])
     print(
