@@ -13,11 +13,15 @@ datasheets, where the sparse figures are twice these:
 `fp32` is the non-tensor-core rate. XLA runs float32 matmuls and convolutions on
 Ampere and later GPUs as TF32 unless `jax_default_matmul_precision` asks for full
 float32, so a float32 model is measured against the TF32 peak by default.
+
+`cpu_bf16` reports whether the host CPU has bfloat16 arithmetic in hardware
+(AVX-512 BF16 dot products, AMX tiles): without it bf16 on the CPU only emulates.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import jax
 
@@ -57,3 +61,27 @@ def peak_tflops(device_kind: str, compute_dtype: str) -> float | None:
     """Dense peak TFLOP/s of one device at the config's precision; None when unknown."""
     name = gpu_name(device_kind)
     return None if name is None else PEAK_TFLOPS[name][precision(compute_dtype)]
+
+
+# /proc/cpuinfo flags of bfloat16 arithmetic: AVX-512 BF16 (Cooper Lake, Sapphire
+# Rapids, Zen 4) and AMX BF16 tile matrix multiplies (Sapphire Rapids and later).
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The first processor's feature flags (empty where the file is missing, e.g. macOS)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, bool]:
+    """`{flag: present}` for `CPU_BF16_FLAGS` on this host."""
+    flags = cpu_flags(cpuinfo)
+    return {f: f in flags for f in CPU_BF16_FLAGS}

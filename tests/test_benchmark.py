@@ -233,3 +233,16 @@ def test_cli_fake_data_writes_json(tmp_path):
     check_report(r)
     assert r["data"] == "fake" and r["input"] is None and r["global_batch"] == 4
     assert "MFU not defined on CPU" in out.stdout
+
+
+def test_cpu_bf16_flags_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Xeon\n"
+        "flags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16 avx512_fp16\n\n"
+        "processor\t: 1\nflags\t\t: fpu\n"
+    )
+    assert hardware.cpu_bf16(info) == {"avx512_bf16": True, "amx_bf16": True, "amx_tile": True}
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    assert hardware.cpu_bf16(info) == {"avx512_bf16": False, "amx_bf16": False, "amx_tile": False}
+    assert hardware.cpu_flags(tmp_path / "missing") == frozenset()

@@ -82,6 +82,9 @@ def load_config(spec: str):
 
 
 def machine() -> dict:
+    sys.path.insert(0, str(ROOT))
+    from lmjax import hardware
+
     model = ""
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
@@ -94,6 +97,7 @@ def machine() -> dict:
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)),
         "platform": platform.platform(),
+        "bf16_hardware": hardware.cpu_bf16(),
     }
 
 
@@ -327,7 +331,11 @@ def main(argv=None) -> dict:
     flops = lb.compiled_flops(last_built["step"])  # XLA's count for the whole step
 
     # ---------------------------------------------------------------- torch, same start
-    kwargs = {k_: v for k_, v in config.model.to_dict().items() if k_ not in ("name", "trainable")}
+    kwargs = {
+        k_: v
+        for k_, v in config.model.to_dict().items()
+        if k_ not in ("name", "trainable") and not k_.startswith("pretrained")
+    }
     model = models.build_model(
         "unet", num_outputs=k, input_size=hw, in_channels=1, rngs=nnx.Rngs(0), **kwargs
     )
