@@ -4,12 +4,14 @@ each time, and check that it ends where an uninterrupted run ends, bit for bit.
 Trains the tiny phantom config (augmentation on) in a child process, once without
 interruption (the reference) and once killed with SIGKILL `--kills` times, each
 time restarted on the same workdir until it finishes. The kill moments are drawn
-from `--seed`, of three kinds:
+from `--seed`, of four kinds:
 
+    start   a drawn delay (0.5-8 s) after the start: imports, restore, compilation
     step    once the run has fed the batch of a drawn step (read from its batch log)
     save    once the run has passed a drawn step, at the first moment a save is in
             flight (an `*.orbax-checkpoint-tmp*` folder in the checkpoints folder)
-    time    a drawn delay after the start (start-up, restore, compile or training)
+    time    a drawn delay (0-3 s) after the run fed its first batch: anywhere in a
+            step, a validation or a save
 
 Both runs write their data order (`LMJAX_LOG_BATCHES=1`: per step the record indices
 and a SHA-256 of the batch). At the end every array of the final train state
@@ -39,7 +41,7 @@ import time
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-KINDS = ("step", "save", "time")
+KINDS = ("start", "step", "save", "time")
 
 
 def overrides(steps: int, save_every: int) -> list[str]:
@@ -94,11 +96,17 @@ def _last_step(workdir: pathlib.Path, offset: int = 0) -> int:
     return 0
 
 
-def _saving(workdir: pathlib.Path) -> bool:
+def _tmp_folders(workdir: pathlib.Path) -> list[str]:
     try:
-        return any(".orbax-checkpoint-tmp" in e.name for e in os.scandir(workdir / "checkpoints"))
+        return sorted(
+            e.name for e in os.scandir(workdir / "checkpoints") if ".orbax-checkpoint-tmp" in e.name
+        )
     except FileNotFoundError:
-        return False
+        return []
+
+
+def _saving(workdir: pathlib.Path) -> bool:
+    return bool(_tmp_folders(workdir))
 
 
 def _steps_on_disk(workdir: pathlib.Path) -> list[int]:
@@ -121,9 +129,8 @@ def plan(kills: int, steps: int, seed: int) -> list[dict]:
     out = []
     for target in targets:
         kind = KINDS[int(rng.integers(len(KINDS)))]
-        out.append(
-            {"kind": kind, "after_step": int(target), "delay_s": float(rng.uniform(0.5, 8.0))}
-        )
+        delay = float(rng.uniform(0.5, 8.0) if kind == "start" else rng.uniform(0.0, 3.0))
+        out.append({"kind": kind, "after_step": int(target), "delay_s": delay})
     return out
 
 
@@ -132,30 +139,39 @@ def _kill_when_due(proc, workdir: pathlib.Path, moment: dict, started: float, ti
     when the run ended first."""
     deadline = started + timeout
     offset = _log_size(workdir)
+    first_batch = None
     while proc.poll() is None:
         if time.time() > deadline:
             proc.kill()
             raise RuntimeError(f"no kill moment {moment} within {timeout} s")
         step = _last_step(workdir, offset)
+        if step and first_batch is None:
+            first_batch = time.time()
         due = {
+            "start": time.time() - started >= moment["delay_s"],
             "step": step >= moment["after_step"],
             "save": step >= moment["after_step"] and _saving(workdir),
-            "time": time.time() - started >= moment["delay_s"],
+            "time": first_batch is not None and time.time() - first_batch >= moment["delay_s"],
         }[moment["kind"]]
         if due:
             in_save = _saving(workdir)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            return {"killed_at_step": _last_step(workdir, offset), "save_in_flight": in_save}
+            return {
+                "killed_at_step": _last_step(workdir, offset),
+                "save_in_flight": in_save,
+                "tmp_folders_left": _tmp_folders(workdir),
+            }
         time.sleep(0.002)
     return None
 
 
-def _resumed_from(log_file: pathlib.Path) -> int:
+def _resumed_from(log_file: pathlib.Path) -> int | None:
+    """The step the run restored, or None: it started afresh or died before restoring."""
     for line in log_file.read_text().splitlines():
         if line.startswith("resumed from step "):
             return int(line.split()[3])
-    return 0
+    return None
 
 
 def _final_state(workdir: pathlib.Path) -> dict[str, np.ndarray]:
@@ -257,6 +273,7 @@ def run(
         "kills": records,
         "final_run_resumed_from": final_resume,
         "kills_with_save_in_flight": sum(r["save_in_flight"] for r in records),
+        "tmp_folders_at_end": _tmp_folders(faulty),
         "comparison": compare(reference, faulty, steps),
         "reference_seconds": round(reference_s, 1),
         "total_seconds": round(time.time() - t0, 1),
@@ -267,22 +284,23 @@ def run(
 
 
 def _row(r: dict) -> str:
-    moment = (
-        f"{r['kind']} after step {r['after_step']}"
-        if r["kind"] != "time"
-        else (f"time {r['delay_s']:.2f} s")
-    )
+    moment = {
+        "start": f"start + {r['delay_s']:.2f} s",
+        "time": f"1st batch + {r['delay_s']:.2f} s",
+    }.get(r["kind"], f"{r['kind']} after step {r['after_step']}")
+    resumed = "-" if r["resumed_from"] is None else r["resumed_from"]
     return (
         f"{r['kill']:>4}  {moment:<22}  {r['killed_at_step']:>6}  "
-        f"{'yes' if r['save_in_flight'] else 'no':>5}  {r['resumed_from']:>7}  "
+        f"{'yes' if r['save_in_flight'] else 'no':>5}  {resumed:>7}  "
         f"{','.join(map(str, r['steps_on_disk_after'])):<14}  {r['seconds']:>6.1f}"
     )
 
 
 def table(result: dict) -> str:
     head = (
-        "kill  moment                  killed  save   resumed  steps on disk   seconds\n"
-        "                              @step   flight  from    after kill"
+        f"{'kill':>4}  {'moment':<22}  {'killed':>6}  {'save':>5}  {'resumed':>7}  "
+        f"{'steps on disk':<14}  {'run':>6}\n"
+        f"{'':>4}  {'':<22}  {'@step':>6}  {'open':>5}  {'from':>7}  {'after kill':<14}  {'s':>6}"
     )
     rows = [_row(r) for r in result["kills"]]
     c = result["comparison"]
