@@ -14,6 +14,7 @@ from lmjax.models import (  # noqa: F401  (register their models and weight tabl
     sam,
     swin_unetr,
     unet,
+    variable_writes,
     vgg,
     vit,
     weight_tables,
@@ -54,3 +55,5 @@ __all__ = [
     "unet_features",
     "unet_num_levels",
 ]
+
+variable_writes.install()  # before any model is traced
