@@ -245,8 +245,8 @@ def soft_argmax(maps: torch.Tensor, temperature: float) -> torch.Tensor:
     """`[B, K, H, W]` -> expected (x, y) `[B, K, 2]` under a spatial softmax."""
     b, k, h, w = maps.shape
     p = torch.softmax(maps.reshape(b, k, h * w) / temperature, dim=-1).reshape(b, k, h, w)
-    x = p.sum(2) @ torch.arange(w, dtype=maps.dtype)
-    y = p.sum(3) @ torch.arange(h, dtype=maps.dtype)
+    x = p.sum(2) @ torch.arange(w, dtype=maps.dtype, device=maps.device)
+    y = p.sum(3) @ torch.arange(h, dtype=maps.dtype, device=maps.device)
     return torch.stack([x, y], dim=-1)
 
 
