@@ -366,6 +366,12 @@ def predict_files(
     planned = plan_inputs(inputs, exclude=out)
     if anonymize_names:
         planned = anonymized(planned, Anonymizer(anonymize_salt))
+        if skip_existing and not anonymize_salt:
+            print(
+                "lmjax predict: a random salt names nothing an earlier job wrote; "
+                "resume with that job's --anonymize_salt",
+                file=sys.stderr,
+            )
     sources = {item.path.resolve() for item in planned}
     for name in (f"{i.name}{ext}" for i in planned for ext in OUTPUT_EXTENSIONS):
         if (out / name).resolve() in sources:
