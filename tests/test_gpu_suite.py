@@ -155,7 +155,7 @@ def test_goals_and_the_port_comparison():
             "torch_device": "H",
         },
     }
-    suite._with_goals_and_comparisons(rows, {})
+    suite._with_goals_and_comparisons(rows)
     assert rows["unet"]["goal_pass"] is True and rows["hrnet"]["goal_pass"] is False
     assert rows["vit_b_lora"]["goal_pass"] is None  # not measured is not a pass
     t = rows["torch_unet"]

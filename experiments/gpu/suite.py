@@ -370,7 +370,8 @@ class Suite:
 # ---------------------------------------------------------------- the report
 
 
-def _with_goals_and_comparisons(rows: dict[str, dict[str, Any]], device: dict[str, Any]) -> None:
+def _with_goals_and_comparisons(rows: dict[str, dict[str, Any]]) -> None:
+    """Adds each goal's verdict (None: no MFU to judge) and the port's comparison."""
     for name, r in rows.items():
         if name in GOALS:
             r["goal_mfu"] = GOALS[name]
@@ -548,7 +549,7 @@ def main(argv=None) -> int:
     suite = Suite(args, device, out)
     suite.run()
     rows = {n: suite.rows[n] for n in args.items if n in suite.rows}
-    _with_goals_and_comparisons(rows, device)
+    _with_goals_and_comparisons(rows)
     result = {
         "date": date,
         "command": shlex.join(["experiments/gpu/run_all.sh", *(argv or sys.argv[1:])]),
