@@ -230,6 +230,8 @@ class Checkpointer:
 
         Raises:
           RuntimeError: the Checkpointer is read-only.
+          CheckpointSaveError: this save, or the previous one still being written,
+            failed (see the module docstring).
         """
         if self.read_only:
             raise RuntimeError(f"{self._manager.directory}: opened read-only; cannot save")
@@ -243,6 +245,8 @@ class Checkpointer:
         self.wait()  # Orbax waits for the previous save anyway; this names its failure
         try:
             started = self._manager.save(int(step), args=items, metrics=metrics, force=force)
+        except ocp.checkpoint_manager.StepAlreadyExistsError:
+            raise
         except Exception as err:
             raise self._save_failed(err, int(step)) from err
         if started:
