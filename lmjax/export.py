@@ -7,8 +7,10 @@ the flip TTA its config (or `flip_tta`) asks for, serialized by `jax.export` wit
 a symbolic batch dimension; or, with `fmt="onnx"`, converted by jax2onnx
 (`lmjax.export_onnx`). What the program cannot hold is refused here rather than
 exported wrong: host extractors, region models, multi-scale TTA, prompt-driven
-task modes. A run's refinement stage (`<workdir>/refine`) is not in the program:
-the file predicts with the global model and says so (`metadata["refine"]`).
+task modes. A run's refinement stage (`<workdir>/refine`) joins the StableHLO
+program (`refined_fn`: global model, map to original pixels, every refinement
+pass), which then also takes the fine images; the ONNX form and `refine=False`
+hold the global model only, and `metadata["refine"]` says which.
 """
 
 from __future__ import annotations
@@ -114,6 +116,28 @@ def program_fn(workdir, *, flip_tta: bool = False, tta_scales=None):
     return fn, info
 
 
+def refined_fn(workdir, info: dict[str, Any], global_fn):
+    """`(fn, spec)`: the global program followed by every pass of the workdir's
+    refinement stage (`lmjax.train.refine_stage.refine_points`), as one program:
+    `fn(images, to_original [B, 3, 3], fine [B, Hc, Wc, 1], to_fine [B, 3, 3], step [B])
+    -> (coords [B, K, 2] original pixels, confidence [B, K])`, the fine images as
+    `lmjax.data.fine_images.load_fine` gives them (`FineImages.take`)."""
+    from lmjax.ops import patches
+    from lmjax.train import refine_stage
+
+    stage = refine_stage.load(workdir, info["config"], info["landmark_set"])
+    graphdef, spec = stage.graphdef, stage.spec
+    params, rest = jax.device_get(stage.params), jax.device_get(stage.rest)
+
+    def fn(images, to_original, fine, to_fine, step):
+        coords, _ = global_fn(images)
+        centres = patches.apply_frames(coords, to_original[:, None])
+        batch = {"fine": fine, "to_fine": to_fine, "step": step}
+        return refine_stage.refine_points(graphdef, params, rest, batch, centres, spec)
+
+    return fn, spec
+
+
 def export_workdir(
     workdir: str | os.PathLike,
     output: str | os.PathLike,
@@ -122,6 +146,7 @@ def export_workdir(
     flip_tta: bool = False,
     tta_scales=None,
     platforms: tuple[str, ...] = DEFAULT_PLATFORMS,
+    refine: bool = True,
 ) -> dict[str, Any]:
     """Writes the run in `workdir` as an exported model (`lmjax.exported`) to `output`.
 
@@ -131,6 +156,9 @@ def export_workdir(
         says `train.flip_tta`).
       tta_scales: replaces the config's `train.tta_scales`; the export refuses any.
       platforms: what the StableHLO program is lowered for.
+      refine: include the workdir's refinement stage when it has one (StableHLO
+        only; the program then takes the fine images too and answers in original
+        pixels, `lmjax.exported`).
 
     Returns:
       The metadata written.
@@ -144,6 +172,8 @@ def export_workdir(
     fn, info = program_fn(workdir, flip_tta=flip_tta, tta_scales=tta_scales)
     config, lset = info["config"], info["landmark_set"]
     h, w = (int(v) for v in config.data.input_size)
+    k = lset.num_landmarks
+    fused = info["refine"] and refine and fmt == "stablehlo"
     if fmt == "onnx":
         from importlib import metadata
 
@@ -157,24 +187,41 @@ def export_workdir(
             "jax2onnx": metadata.version("jax2onnx"),
         }
     else:
-        (b,) = jax.export.symbolic_shape("b")
-        images = jax.ShapeDtypeStruct((b, h, w, 1), jnp.float32)
-        lowered = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(images)
+        b, hc, wc = jax.export.symbolic_shape("b, hc, wc")
+        args = [jax.ShapeDtypeStruct((b, h, w, 1), jnp.float32)]
+        spec = None
+        if fused:
+            fn, spec = refined_fn(workdir, info, fn)
+            args += [
+                jax.ShapeDtypeStruct((b, 3, 3), jnp.float32),
+                jax.ShapeDtypeStruct((b, hc, wc, 1), jnp.float32),
+                jax.ShapeDtypeStruct((b, 3, 3), jnp.float32),
+                jax.ShapeDtypeStruct((b,), jnp.float32),
+            ]
+        lowered = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(*args)
         blob = bytes(lowered.serialize())
         program = {"serialization": "jax.export", "platforms": list(lowered.platforms)}
-    k = lset.num_landmarks
+    inputs = {exported.INPUT_NAME: ["batch", h, w, 1]}
+    if fused:
+        inputs |= {
+            "to_original": ["batch", 3, 3],
+            "fine": ["batch", "canvas_h", "canvas_w", 1],
+            "to_fine": ["batch", 3, 3],
+            "step": ["batch"],
+        }
     program |= {
-        "inputs": {exported.INPUT_NAME: ["batch", h, w, 1]},
+        "inputs": inputs,
         "outputs": {"coords": ["batch", k, 2], "confidence": ["batch", k]},
+        "coords_frame": "original" if fused else "model_input",
         "dtype": "float32",
     }
-    stages = info["stages"]
+    stages = info["stages"] + (["refine"] if fused else [])
     origin = provenance.run(workdir, info["step"], stages=tuple(stages))
-    if info["refine"]:
+    if info["refine"] and not fused:
         print(
             f"lmjax export: {workdir} has a refinement stage; the exported model is the "
             "global model only (its predictions are those of lmjax predict --workdir "
-            "without the refinement)",
+            "--norefine)",
             file=sys.stderr,
         )
     metadata = {
@@ -211,7 +258,8 @@ def export_workdir(
         "stages": stages,
         "refine": {
             "in_workdir": info["refine"],
-            "exported": False,
+            "exported": fused,
+            **(_refine_meta(spec) if fused else {}),
         },
         "conformal": _read_json(workdir, "conformal.json"),
         "shape_model": _read_json(workdir, "shape_model.json"),
@@ -220,14 +268,29 @@ def export_workdir(
         "provenance": origin,
         "exported_with": {"jax": jax.__version__, "lmjax": provenance.version()},
     }
-    if metadata["conformal"] is not None and "refine" in metadata["conformal"].get("stages", []):
+    calibrated = (metadata["conformal"] or {}).get("stages", [])
+    if metadata["conformal"] is not None and ("refine" in calibrated) != fused:
         print(
-            "lmjax export: the conformal radii were calibrated on refined landmarks; "
-            "their coverage is not guaranteed for the exported global model",
+            "lmjax export: the conformal radii were calibrated on other stages "
+            f"({', '.join(calibrated)}) than exported; their coverage is not guaranteed",
             file=sys.stderr,
         )
     exported.write(output, metadata, blob)
     return metadata
+
+
+def _refine_meta(spec: dict[str, Any]) -> dict[str, Any]:
+    from lmjax.data.fine_images import CANVAS_MULTIPLE
+
+    return {
+        "spacing_mm": float(spec["spacing_mm"]),
+        "passes": int(spec["passes"]),
+        "patch_size": int(spec["patch_size"]),
+        "fine_images": "each image resized (as the cache resize) to spacing_mm per pixel "
+        "(geometric mean of row and column spacing; without a spacing, spacing_mm "
+        "original pixels per sample), zero-padded on one canvas whose sides are "
+        f"multiples of {CANVAS_MULTIPLE} (lmjax.data.fine_images.load_fine)",
+    }
 
 
 def _landmark_set_dict(lset) -> dict[str, Any]:
@@ -256,4 +319,11 @@ def _plain(value):
     return value
 
 
-__all__ = ["DEFAULT_PLATFORMS", "FORMATS", "ExportError", "export_workdir", "program_fn"]
+__all__ = [
+    "DEFAULT_PLATFORMS",
+    "FORMATS",
+    "ExportError",
+    "export_workdir",
+    "program_fn",
+    "refined_fn",
+]

@@ -30,8 +30,12 @@ this module does in NumPy what `lmjax predict --workdir` does around the model:
 
 `metadata.json` keys: `format`, `format_version`, `program` (file, serialization,
 platforms, inputs and outputs), `preprocessing`, `landmark_set`, `spacing`,
-`extractor`, `stages` (what the program holds: "global", "flip_tta"; `refine`
-says whether the refinement stage is in it), `conformal` and `shape_model` (the
+`extractor`, `stages` (what the program holds: "global", "flip_tta", "refine"),
+`refine` (whether the run has a refinement stage and whether the program holds
+it: it then also takes `to_original` `[B, 3, 3]` (step 5's affine) and the image
+at `refine.spacing_mm` (`lmjax.data.fine_images`: `fine` `[B, Hc, Wc, 1]`, any
+canvas, `to_fine` `[B, 3, 3]`, `step` `[B]`) and gives coordinates in original
+pixels, `program.coords_frame`), `conformal` and `shape_model` (the
 run's `conformal.json` and `shape_model.json`, or null), `batch_size`, `config`
 (the run's, for reference; the runtime never reads it) and `provenance`
 (`lmjax.provenance.run` of the exported run).
@@ -67,8 +71,9 @@ class ExportedModel(NamedTuple):
     path: str
     metadata: dict[str, Any]
     landmark_set: LandmarkSet
-    # images float32 [B, H, W, 1] at the model input -> (coords [B, K, 2], confidence [B, K])
-    run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    # (images float32 [B, H, W, 1] at the model input, and with a refinement stage
+    # to_original, fine, to_fine, step) -> (coords [B, K, 2], confidence [B, K])
+    run: Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 def is_exported(path: str | os.PathLike) -> bool:
@@ -144,8 +149,8 @@ def _jax_program(blob: bytes):
     # soft-argmax coordinates by up to ~1e-3 px.
     call = jax.jit(program.call, compiler_options=xla_cpu.compiler_options(jax.devices()[:1]))
 
-    def run(images: np.ndarray):
-        coords, conf = call(np.asarray(images, np.float32))
+    def run(*arrays: np.ndarray):
+        coords, conf = call(*(np.asarray(a, np.float32) for a in arrays))
         return np.asarray(coords), np.asarray(conf)
 
     return run
@@ -194,7 +199,7 @@ def predict_dataset(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`(coords [N, K, 2] in original pixels, confidence [N, K])` for in-memory
     records (`Record.image` an array, `meta["bit_depth"]` its depth or None)."""
-    prep = model.metadata["preprocessing"]
+    prep, refine = model.metadata["preprocessing"], model.metadata.get("refine") or {}
     n, k = len(dataset.records), model.landmark_set.num_landmarks
     coords = np.full((n, k, 2), np.nan, np.float32)
     conf = np.zeros((n, k), np.float32)
@@ -204,10 +209,21 @@ def predict_dataset(
         # One shape per batch size: a short last batch is padded, as evaluation does.
         images = np.zeros((batch_size, *inputs[0][0].shape), np.float32)
         images[: len(inputs)] = np.stack([x for x, _ in inputs])
-        pred, score = model.run(images)
-        for i, (_, back) in enumerate(inputs):
-            coords[s + i] = affine.apply(np.asarray(pred[i], np.float32), back)
-            conf[s + i] = score[i]
+        back = np.tile(np.eye(3, dtype=np.float32), (batch_size, 1, 1))
+        back[: len(inputs)] = np.stack([m for _, m in inputs])
+        if refine.get("exported"):  # the program answers in original pixels
+            from lmjax.data.fine_images import load_fine
+
+            fine = load_fine(chunk, refine["spacing_mm"])
+            # Padding rows repeat the last image, as the refinement's own batches do.
+            rows = fine.take(np.minimum(np.arange(batch_size), len(chunk) - 1))
+            pred, score = model.run(images, back, rows["fine"], rows["to_fine"], rows["step"])
+            coords[s : s + len(chunk)] = pred[: len(chunk)]
+        else:
+            pred, score = model.run(images)
+            for i in range(len(chunk)):
+                coords[s + i] = affine.apply(np.asarray(pred[i], np.float32), back[i])
+        conf[s : s + len(chunk)] = score[: len(chunk)]
     return coords, conf
 
 

@@ -283,7 +283,11 @@ def predict_radiographs(model: Loaded, rads: list[Radiograph], batch: int) -> li
     nan = np.full((lset.num_landmarks, 2), np.nan)
     # The bit depth gives the unit-range scaling of the file-based cache; 0 (an
     # array of unknown depth): scaled by its maximum (`lmjax.data.cache.unit_range`).
-    records = [Record(r.pixels, nan, None, meta={"bit_depth": r.bit_depth or None}) for r in rads]
+    # The spacing gives the refinement its fine images at `refine.spacing_mm`.
+    records = [
+        Record(r.pixels, nan, None, spacing=r.spacing, meta={"bit_depth": r.bit_depth or None})
+        for r in rads
+    ]
     coords, conf, regions = model.infer(Dataset(lset, records), batch)
     coords, conf = np.round(coords.astype(float), 3), np.round(conf.astype(float), 4)
     spacing = np.array([r.spacing or (np.nan, np.nan) for r in rads]).reshape(-1, 2)

@@ -224,3 +224,44 @@ def test_onnx_export_agrees_with_jax(workdir, model, images, tmp_path):  # noqa:
     result = lmjax.Predictor.load(path)(str(images / "eight.png"))
     want = lmjax.Predictor.load(model)(str(images / "eight.png"))
     np.testing.assert_allclose(result.landmarks_px, want.landmarks_px, rtol=1e-4, atol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def refined_run(workdir, tmp_path_factory) -> pathlib.Path:  # noqa: F811
+    """The tiny run with a 3-step refinement stage (its numbers do not matter here)."""
+    from lmjax.train import refine
+
+    run = tmp_path_factory.mktemp("refined") / "run"
+    shutil.copytree(workdir, run)
+    spec = dict(read_config(run).refine)
+    spec.update(spacing_mm=2.0, patch_size=16, features=4, num_levels=2, steps=3)
+    spec.update(eval_every=3, batch_size=2, jitter_mm=4.0)
+    refine.train_refine(run, refine_config=spec, log=lambda *_: None)
+    return run
+
+
+def test_the_refinement_stage_is_in_the_program(refined_run, tmp_path):
+    path = tmp_path / "refined.lmjax"
+    meta = export_workdir(refined_run, path, platforms=("cpu",))
+    assert meta["stages"] == ["global", "refine"] and meta["refine"]["exported"]
+    assert meta["program"]["coords_frame"] == "original"
+    assert meta["provenance"]["refine_weights_sha256"] is not None
+    # Two sizes and two spacings: fine images on canvases of different shapes.
+    pixels = [np.round(_phantom(hw, i) / 4095 * 255).astype(np.uint8) for i, hw in
+              enumerate([(120, 100), (200, 150)])]  # fmt: skip
+    spacing = [(1.5, 1.5), (2.5, 2.0)]
+    want = lmjax.Predictor.load(refined_run)(pixels, spacing_mm=spacing)
+    got = lmjax.Predictor.load(path)(pixels, spacing_mm=spacing)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a.landmarks_px, b.landmarks_px, atol=1e-3)
+        np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-4)
+    # The refinement reads the image at its spacing: another spacing, other patches.
+    for model in (refined_run, path):
+        finer = lmjax.Predictor.load(model)(pixels[0], spacing_mm=0.5)
+        assert not np.allclose(finer.landmarks_px, got[0].landmarks_px, atol=1e-2)
+    # The global model alone differs: the refinement was applied.
+    plain = export_workdir(refined_run, tmp_path / "plain.lmjax", refine=False)
+    assert plain["refine"] == {"in_workdir": True, "exported": False}
+    assert plain["stages"] == ["global"]
+    alone = lmjax.Predictor.load(tmp_path / "plain.lmjax")(pixels, spacing_mm=spacing)
+    assert not np.allclose(alone[0].landmarks_px, got[0].landmarks_px, atol=1e-2)

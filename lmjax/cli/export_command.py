@@ -38,6 +38,13 @@ def define_export(fv: flags.FlagValues) -> None:
         "a run trained with it needs --tta_scales= (empty)",
         flag_values=fv,
     )
+    flags.DEFINE_bool(
+        "refine",
+        True,
+        "include the run's refinement stage (WORKDIR/refine) in the program; "
+        "--norefine exports the global model only (ONNX always does)",
+        flag_values=fv,
+    )
     flags.DEFINE_list(
         "platforms",
         "cpu,cuda",
@@ -67,6 +74,7 @@ def cmd_export(inv: Invocation) -> int:
         flip_tta=inv.value("flip_tta"),
         tta_scales=scales,
         platforms=platforms,
+        refine=inv.value("refine"),
     )
     stages = " + ".join(meta["stages"])
     print(
