@@ -161,3 +161,29 @@ def test_goals_and_the_port_comparison():
     t = rows["torch_unet"]
     assert t["lmjax_over_torch"] == pytest.approx(2.0)
     assert t["mfu_same_flops"] == pytest.approx(1e12 * 200 / 1e15)
+
+
+def test_full_mode_configs_are_the_accelerator_settings():
+    # The accelerator's configs are only built here (nothing compiles): the sizes,
+    # dtypes and batches the GPU run measures, and the input row's device augmentation.
+    rows = _load_rows()
+    for name in ("unet", "hrnet", "vit_b_lora", "input"):
+        c = rows.config_for(name, tiny=False)
+        assert tuple(c.data.input_size) == (512, 512) and c.task.compute_dtype == "bfloat16"
+        assert c.train.batch_size == rows.BATCH[name]
+    assert rows.config_for("hrnet", tiny=False).model.width == 32
+    vit = rows.config_for("vit_b_lora", tiny=False).model
+    assert vit.size == "B" and vit.patch_size == 16 and vit.trainable == "lora_and_head"
+    sam = rows.config_for("sam_decoder", tiny=False)
+    assert sam.model.size == "vit_b" and tuple(sam.data.input_size) == (1024, 1024)
+    assert sam.train.batch_size == 4
+    i = rows.config_for("input", tiny=False)
+    assert i.data.format == "phantom" and i.data.augment_on_device and i.data.augment
+    assert rows.config_for("unet", tiny=False, batch=8).train.batch_size == 8
+
+
+def _load_rows():
+    spec = importlib.util.spec_from_file_location("gpu_items", RUN_ALL.with_name("items.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
