@@ -91,6 +91,8 @@ def test_no_identifier_reaches_any_output(tmp_path, capsys):
     ]  # fmt: skip
     if "report" in COMMANDS:
         runs.append(["report", f"--workdir={workdir}", f"--output={outputs / 'report.html'}"])
+        runs.append(["report", f"--workdir={workdir}", f"--data_dir={named}", "--anonymize_names",
+                     f"--output={outputs / 'named.html'}"])  # fmt: skip
     if "export" in COMMANDS:
         runs.append(["export", f"--workdir={workdir}", f"--output={outputs / 'model.lmjax'}"])
     for args in runs:

@@ -268,10 +268,12 @@ def write_report(
     *,
     data_dir: str | None = None,
     ground_truth: str | None = None,
+    anonymize: bool = False,
 ) -> pathlib.Path:
     """Writes the page of `report` (an evaluation of the run in `workdir` on
     `report["split"]`, with `data_dir` and `ground_truth` as evaluated) to `output`;
-    with several processes, process 0 does."""
+    with several processes, process 0 does. `anonymize` (`--anonymize_names`, whose
+    report already has hashed image names): the data folder is named nowhere."""
     import jax
 
     from lmjax.train.evaluation import dataset_for_split
@@ -288,7 +290,13 @@ def write_report(
             config.data.ground_truth = ground_truth
     _, dataset = dataset_for_split(config, report.get("split"))
     radii = conformal.load(workdir) if "conformal" in report else None
-    page = render(report, dataset, config=config.to_dict(), radii=radii)
+    shown, title = config.to_dict(), None
+    if anonymize:  # folder names identify patients as often as file names do
+        for key in ("data_dir", "image_dir"):
+            if shown["data"].get(key):
+                shown["data"][key] = "(not shown: --anonymize_names)"
+        title = f"{report.get('split', '')}: {report.get('model', '')}"
+    page = render(report, dataset, config=shown, radii=radii, title=title)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
