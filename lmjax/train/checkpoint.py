@@ -29,7 +29,7 @@ newest finished one.
 Damage: restoring the latest (or best) step checks its files first
 (`checkpoint_check`); a step with a missing, empty or truncated file, or whose
 restore fails naming one of its files, is reported in one warning (step and file)
-and the next newest step is used. A writer moves the damaged folder to
+and the next newest step is used (for the best, the next best). A writer moves the damaged folder to
 `<workdir>/damaged_checkpoints/<step>` so that training can save that step again.
 
 A save that fails (a full disk: Orbax reports it from its background thread at the
@@ -342,8 +342,11 @@ class Checkpointer:
         self, step: Literal["best"] | None, chosen: int, abstract_state: PyTree, check_config
     ):
         """The latest or best step, or, when it is damaged, the newest whole step
-        before it (the best: any other step, newest first)."""
+        before it (the best: the next best whole step, then the newest unranked)."""
         others = sorted((s for s in self.all_steps() if s != chosen), reverse=True)
+        if step == "best":
+            sign = 1 if self.best_mode == "min" else -1
+            others.sort(key=lambda s: sign * self._safe_score(s))  # stable: newest first on ties
         candidates = [chosen] + [s for s in others if step == "best" or s < chosen]
         first_damage = None
         for i, candidate in enumerate(candidates):
@@ -369,6 +372,12 @@ class Checkpointer:
         raise DamagedCheckpointError(
             f"{self._manager.directory}: every checkpoint is damaged (newest: {first_damage})"
         )
+
+    def _safe_score(self, step: int) -> float:
+        try:
+            return self._score(self._manager.metrics(step))
+        except (OSError, ValueError):  # an unreadable metrics file ranks worst
+            return self._score(None)
 
     def _set_aside(self, step: int, directory: epath.Path) -> epath.Path | None:
         """Where a writer moved the damaged `step` (None: a reader moves nothing).

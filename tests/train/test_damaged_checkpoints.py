@@ -97,6 +97,28 @@ def test_damaged_latest_step_is_reported_and_the_previous_one_used(
         assert_same_state(again, make_state(5.0))
 
 
+def test_a_damaged_best_step_gives_way_to_the_next_best(tmp_path, caplog):
+    mre = {1: 0.5, 2: 3.0, 3: 0.1, 4: 2.0}
+    with Checkpointer(tmp_path, max_to_keep=4) as ckpt:
+        for step, value in mre.items():
+            ckpt.save(
+                step,
+                make_state(float(step)),
+                data_state={},
+                config=CONFIG,
+                metrics={"val_mre": value},
+            )
+    _truncate(tmp_path / "checkpoints" / "3" / "state" / "_METADATA")
+    with caplog.at_level(logging.WARNING), Checkpointer(tmp_path, read_only=True) as ckpt:
+        assert ckpt.best_step() == 3
+        state, _, _, metrics = ckpt.restore("best", abstract_state=abstract_like(make_state()))
+    assert_same_state(state, make_state(1.0))  # not the newest (4): the next best
+    assert metrics == {"val_mre": 0.5}
+    damaged = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(damaged) == 1 and "checkpoint step 3 is damaged (state/_METADATA" in damaged[0]
+    assert damaged[0].endswith("; using step 1")
+
+
 def test_every_step_damaged_is_one_error(tmp_path):
     _save_steps(tmp_path, steps=(1, 2))
     for step in (1, 2):
