@@ -3,14 +3,15 @@
 The file format and the runtime are `lmjax.exported`. The program is the run's
 eval step (`lmjax.train.step.make_eval_step`: network, ensemble average, the
 configured extractor on the device) with the weights as constants, wrapped with
-the flip TTA its config (or `flip_tta`) asks for, serialized by `jax.export` with
-a symbolic batch dimension; or, with `fmt="onnx"`, converted by jax2onnx
+the flip and multi-scale TTA its config (or `flip_tta`, `tta_scales`) asks for
+(`lmjax.tta`'s zoom written in jnp), serialized by `jax.export` with a symbolic
+batch dimension; or, with `fmt="onnx"`, converted by jax2onnx
 (`lmjax.export_onnx`). What the program cannot hold is refused here rather than
-exported wrong: host extractors, region models, multi-scale TTA, prompt-driven
-task modes. A run's refinement stage (`<workdir>/refine`) joins the StableHLO
-program (`refined_fn`: global model, map to original pixels, every refinement
-pass), which then also takes the fine images; the ONNX form and `refine=False`
-hold the global model only, and `metadata["refine"]` says which.
+exported wrong: host extractors, region models, prompt-driven task modes. A
+run's refinement stage (`<workdir>/refine`) joins the StableHLO program
+(`refined_fn`: global model, map to original pixels, every refinement pass),
+which then also takes the fine images; the ONNX form and `refine=False` hold the
+global model only, and `metadata["refine"]` says which.
 """
 
 from __future__ import annotations
@@ -70,11 +71,6 @@ def program_fn(workdir, *, flip_tta: bool = False, tta_scales=None):
             "which need region boxes at prediction time"
         )
     scales = tta.check_scales(config.train.tta_scales if tta_scales is None else tta_scales)
-    if scales:
-        raise ExportError(
-            f"{workdir}: multi-scale TTA ({', '.join(map(str, scales))}) is not exported; "
-            "export with --tta_scales= (none)"
-        )
     config, _, state, eval_step = restore_trained(workdir)
     lset = setup.load_landmark_set(workdir, config)
     if gives_maps(config, eval_step, state) or config.task.extractor in HOST_EXTRACTORS:
@@ -94,7 +90,7 @@ def program_fn(workdir, *, flip_tta: bool = False, tta_scales=None):
         out = step(params, {"image": images})
         return out["coords"].astype(jnp.float32), out["confidence"].astype(jnp.float32)
 
-    def fn(images):
+    def flipped(images):
         coords, conf = forward(images)
         if perm is None:
             return coords, conf
@@ -104,7 +100,20 @@ def program_fn(workdir, *, flip_tta: bool = False, tta_scales=None):
         fcoords = fcoords.at[..., 0].set(images.shape[2] - 1 - fcoords[..., 0])
         return (coords + fcoords) / 2, (conf + fconf[:, perm]) / 2
 
-    stages = ["global"] + (["flip_tta"] if flip else [])
+    def fn(images):
+        coords, conf = flipped(images)
+        if not scales:
+            return coords, conf
+        # As `lmjax.tta.with_scale_tta`: the mean over the input and its zooms.
+        hw = images.shape[1:3]
+        coords, conf = [coords], [conf]
+        for s in scales:
+            c, f = flipped(zoom_about_centre(images, s))
+            coords.append(unzoom(c, s, hw))
+            conf.append(f)
+        return jnp.mean(jnp.stack(coords), 0), jnp.mean(jnp.stack(conf), 0)
+
+    stages = ["global"] + (["flip_tta"] if flip else []) + (["scale_tta"] if scales else [])
     has_refine = refine_stage.has_stage(workdir)
     info = {
         "config": config,
@@ -112,8 +121,40 @@ def program_fn(workdir, *, flip_tta: bool = False, tta_scales=None):
         "stages": stages,
         "step": int(state.step),
         "refine": has_refine,
+        "tta_scales": list(scales),
     }
     return fn, info
+
+
+def _zoom_axis(n: int, scale: float):
+    """Bilinear taps along one axis of `lmjax.tta.zoom_about_centre` (computed in
+    float64 here, as SciPy does): `(low, high, fraction, inside)`."""
+    centre = (n - 1) / 2.0
+    src = centre + (np.arange(n, dtype=np.float64) - centre) / scale
+    low = np.clip(np.floor(src), 0, n - 1)
+    high = np.minimum(low + 1, n - 1)
+    inside = (src >= 0) & (src <= n - 1)  # SciPy's "constant": no blending past the edge
+    return low.astype(np.int32), high.astype(np.int32), (src - low).astype(np.float32), inside
+
+
+def zoom_about_centre(images, scale: float):
+    """`lmjax.tta.zoom_about_centre` in jnp: `images [B, H, W, C]` zoomed by `scale`
+    about the centre, bilinear, each image's minimum outside."""
+    _, h, w, _ = images.shape
+    y0, y1, fy, in_y = _zoom_axis(h, scale)
+    x0, x1, fx, in_x = _zoom_axis(w, scale)
+    fy, fx = fy[None, :, None, None], fx[None, None, :, None]
+    rows = images[:, y0] * (1 - fy) + images[:, y1] * fy
+    out = rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx
+    fill = jnp.min(images, axis=(1, 2, 3), keepdims=True)
+    return jnp.where((in_y[:, None] & in_x[None, :])[None, :, :, None], out, fill)
+
+
+def unzoom(coords, scale: float, input_hw):
+    """`lmjax.tta.unzoom` in jnp."""
+    h, w = input_hw
+    centre = jnp.asarray([(w - 1) / 2.0, (h - 1) / 2.0], jnp.float32)
+    return (coords - centre) / np.float32(scale) + centre
 
 
 def refined_fn(workdir, info: dict[str, Any], global_fn):
@@ -154,7 +195,7 @@ def export_workdir(
       fmt: `stablehlo` (`jax.export`) or `onnx` (jax2onnx; `lmjax.export_onnx`).
       flip_tta: also average with the mirrored image (done anyway when the config
         says `train.flip_tta`).
-      tta_scales: replaces the config's `train.tta_scales`; the export refuses any.
+      tta_scales: replaces the config's `train.tta_scales` (`lmjax.tta`; () none).
       platforms: what the StableHLO program is lowered for.
       refine: include the workdir's refinement stage when it has one (StableHLO
         only; the program then takes the fine images too and answers in original
@@ -256,6 +297,7 @@ def export_workdir(
             "in_program": True,
         },
         "stages": stages,
+        "tta_scales": info["tta_scales"],
         "refine": {
             "in_workdir": info["refine"],
             "exported": fused,
@@ -326,4 +368,6 @@ __all__ = [
     "export_workdir",
     "program_fn",
     "refined_fn",
+    "unzoom",
+    "zoom_about_centre",
 ]

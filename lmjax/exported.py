@@ -30,7 +30,8 @@ this module does in NumPy what `lmjax predict --workdir` does around the model:
 
 `metadata.json` keys: `format`, `format_version`, `program` (file, serialization,
 platforms, inputs and outputs), `preprocessing`, `landmark_set`, `spacing`,
-`extractor`, `stages` (what the program holds: "global", "flip_tta", "refine"),
+`extractor`, `stages` (what the program holds: "global", "flip_tta", "scale_tta",
+"refine"; `tta_scales` the zoom factors),
 `refine` (whether the run has a refinement stage and whether the program holds
 it: it then also takes `to_original` `[B, 3, 3]` (step 5's affine) and the image
 at `refine.spacing_mm` (`lmjax.data.fine_images`: `fine` `[B, Hc, Wc, 1]`, any

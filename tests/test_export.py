@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import lmjax
-from lmjax import conformal, exported, provenance
+from lmjax import conformal, exported, provenance, tta
 from lmjax.data.types import LandmarkDataError
-from lmjax.export import ExportError, export_workdir
+from lmjax.export import ExportError, export_workdir, zoom_about_centre
 from lmjax.predict import run_predict
 from lmjax.train import setup
 from lmjax.train.restore import read_config
@@ -153,20 +153,30 @@ def test_flip_tta_is_in_the_program(workdir, images, tmp_path):  # noqa: F811
         np.testing.assert_allclose(_doc_coords(got[name]), _doc_coords(want[name]), atol=1e-3)
 
 
+def test_scale_tta_is_in_the_program(workdir, images, tmp_path):  # noqa: F811
+    x = np.random.default_rng(2).normal(size=(2, 64, 48, 1)).astype(np.float32)
+    for s in (0.75, 0.9, 1.1):  # the jnp zoom is SciPy's, to float rounding
+        np.testing.assert_allclose(zoom_about_centre(x, s), tta.zoom_about_centre(x, s), atol=2e-6)
+    path = tmp_path / "scales.lmjax"
+    meta = export_workdir(workdir, path, flip_tta=True, tta_scales=(0.9, 1.1), platforms=("cpu",))
+    assert meta["stages"] == ["global", "flip_tta", "scale_tta"]
+    assert meta["tta_scales"] == [0.9, 1.1]
+    files = [str(images / "eight.png"), str(images / "sixteen.png")]
+    want = _docs(run_predict(workdir, files, tmp_path / "w", flip_tta=True, tta_scales=(0.9, 1.1)))
+    got = _docs(run_predict(path, files, tmp_path / "m"))
+    for name in want:
+        np.testing.assert_allclose(_doc_coords(got[name]), _doc_coords(want[name]), atol=1e-3)
+
+
 def test_what_cannot_be_exported_is_refused(workdir, tmp_path):  # noqa: F811
     run = tmp_path / "run"
     shutil.copytree(workdir, run)
     cfg = json.loads((run / "config.json").read_text())
-    cfg["train"]["tta_scales"] = [0.9, 1.1]
-    (run / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ExportError, match=r"multi-scale TTA \(0.9, 1.1\) is not exported"):
-        export_workdir(run, tmp_path / "m.lmjax")
-    assert not (tmp_path / "m.lmjax").exists()
-    cfg["train"]["tta_scales"] = []
     cfg["task"]["extractor"] = "centroid"
     (run / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ExportError, match="extractor 'centroid' runs on the host"):
         export_workdir(run, tmp_path / "m.lmjax")
+    assert not (tmp_path / "m.lmjax").exists()
     with pytest.raises(ExportError, match="format 'tflite'"):
         export_workdir(workdir, tmp_path / "m.lmjax", fmt="tflite")
 

@@ -34,8 +34,8 @@ def define_export(fv: flags.FlagValues) -> None:
     flags.DEFINE_list(
         "tta_scales",
         None,
-        "replaces the config's train.tta_scales; multi-scale TTA is not exported, so "
-        "a run trained with it needs --tta_scales= (empty)",
+        "multi-scale TTA factors inside the program, replacing the config's "
+        "train.tta_scales (--tta_scales= for none)",
         flag_values=fv,
     )
     flags.DEFINE_bool(

@@ -94,7 +94,7 @@ _TABLE = [
     Command(
         "export",
         "lmjax export --workdir=DIR --output=FILE.lmjax [--format=stablehlo|onnx] "
-        "[--flip_tta] [--tta_scales=] [--norefine] [--platforms=cpu,cuda]",
+        "[--flip_tta] [--tta_scales=S,...] [--norefine] [--platforms=cpu,cuda]",
         "a trained run as one file (program, preprocessing, landmarks, provenance) "
         "for predict --model",
         export.define_export,
