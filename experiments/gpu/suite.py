@@ -509,7 +509,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {r['step_ms']:.1f} | {_fmt(r.get('mfu_same_flops'), '.1%')} "
                 f"| {_gib(r['peak_memory_bytes'])} |",
             ]
-            if r.get("lmjax_over_torch") is not None:
+            if r.get("lmjax_over_torch") is not None and result["mode"] == "full":
                 lines += ["", f"lmjax / PyTorch train images/s: **{r['lmjax_over_torch']:.2f}**."]
     failed = {n: r for n, r in rows.items() if r["status"] != "ok"}
     retried = {n: r for n, r in rows.items() if r.get("attempts")}
