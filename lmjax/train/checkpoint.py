@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -97,6 +98,38 @@ def _quiet_read_only_notices() -> None:
     absl_log = logging.getLogger("absl")
     if not any(isinstance(f, _DropReadOnlyNotice) for f in absl_log.filters):
         absl_log.addFilter(_DropReadOnlyNotice())
+
+
+class _DropFailedSaveTracebacks(logging.Filter):
+    """Orbax's background threads log a failed save with a traceback per item (and
+    asyncio one per pending write); `CheckpointSaveError` reports it in one line, so
+    below `--verbosity=1` (absl at INFO) those records are dropped."""
+
+    directories: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or logging.getLogger("absl").isEnabledFor(logging.INFO):
+            return True
+        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+        return not any(d in text for d in self.directories)
+
+
+def _quiet_failed_saves(directory: epath.Path) -> None:
+    _DropFailedSaveTracebacks.directories.add(str(directory))
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropFailedSaveTracebacks) for f in logger.filters):
+            logger.addFilter(_DropFailedSaveTracebacks())
+
+
+def _join_save_threads(timeout_s: float = 10.0) -> None:
+    # When one item of a save fails, Orbax reports it while the other items' threads
+    # still write into the temporary folder; removing it under them only adds errors.
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        ours = type(thread).__module__.startswith("orbax") or thread.name == "async_save"
+        if ours and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _data_filename() -> str:
@@ -176,6 +209,8 @@ class Checkpointer:
             "config": ocp.JsonCheckpointHandler(),  # process 0 only (Orbax's default)
         }
         directory = self.workdir / "checkpoints"
+        if not read_only:
+            _quiet_failed_saves(directory)
         # Orbax reads every step's metrics file when it opens: damage found first.
         self._no_best = self._scan(directory)
         if self._no_best:
@@ -257,8 +292,7 @@ class Checkpointer:
         """The one-line error for a failed save of `step`, after removing its
         temporary folder (a full disk gets the space back)."""
         self._pending = None
-        # The failed item's error arrives first; the other items' writers may still
-        # be writing into the temporary folder for a moment.
+        _join_save_threads()
         quiet = 0
         for _ in range(50):
             tmps = list(self._manager.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
@@ -273,11 +307,12 @@ class Checkpointer:
         last = f"step {steps[-1]}" if steps else "none"
         code = getattr(err, "errno", None) or (errno.ENOSPC if "No space left" in str(err) else 0)
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        return CheckpointSaveError(
-            code,
+        error = CheckpointSaveError(
             f"{self._manager.directory}: saving step {step} failed ({first}); "
-            f"the last complete checkpoint is {last}",
+            f"the last complete checkpoint is {last}"
         )
+        error.errno = code  # set apart: OSError(code, message) would print "[Errno N]" twice
+        return error
 
     def latest_step(self) -> int | None:
         """The newest saved step, or None."""

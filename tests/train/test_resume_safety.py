@@ -127,7 +127,7 @@ def disk_full(monkeypatch):
     return full
 
 
-def test_damaged_newest_checkpoint_and_full_disk_in_training(tmp_path, caplog, disk_full):
+def test_damaged_newest_checkpoint_and_full_disk_in_training(tmp_path, caplog, capsys, disk_full):
     quiet = lambda *_: None  # noqa: E731
     loop.train(_config(4), tmp_path, log=quiet)
     (tmp_path / "checkpoints" / "4" / "state" / "_METADATA").write_text('{"tree_metadata": {')
@@ -143,13 +143,15 @@ def test_damaged_newest_checkpoint_and_full_disk_in_training(tmp_path, caplog, d
     assert int(state.step) == 6
 
     disk_full["on"] = True
-    with pytest.raises(loop.TrainingError) as info:
-        loop.train(_config(8), tmp_path, log=quiet)
+    args = ["train", f"--workdir={tmp_path}", "--config=" + configs.DEFAULT + ":tiny"]
+    args += [f"--config.{k}={v}" for k, v in _flat_overrides(_config(8)).items()]
+    status, _, err = run_cli(capsys, *args)
     disk_full["on"] = False
-    message = str(info.value)
-    assert "\n" not in message and "saving step 8 failed" in message, message
-    assert "No space left on device" in message
-    assert message.endswith("the last complete checkpoint is step 6")
+    # One line, not Orbax's tracebacks; status 1 like any training that cannot go on.
+    assert status == 1 and err.count("\n") == 1, err
+    assert err.startswith("lmjax train: error: ") and "saving step 8 failed" in err
+    assert "No space left on device" in err
+    assert err.rstrip().endswith("the last complete checkpoint is step 6")
     assert not [p for p in os.listdir(tmp_path / "checkpoints") if "tmp" in p]
     _, _, state, _ = restore.restore_trained(tmp_path, which="latest")
     assert int(state.step) == 6
