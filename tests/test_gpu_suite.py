@@ -176,7 +176,7 @@ def test_full_mode_configs_are_the_accelerator_settings():
     assert vit.size == "B" and vit.patch_size == 16 and vit.trainable == "lora_and_head"
     sam = rows.config_for("sam_decoder", tiny=False)
     assert sam.model.size == "vit_b" and tuple(sam.data.input_size) == (1024, 1024)
-    assert sam.train.batch_size == 4
+    assert sam.train.batch_size == 4 and sam.model.dtype == "bfloat16"
     i = rows.config_for("input", tiny=False)
     assert i.data.format == "phantom" and i.data.augment_on_device and i.data.augment
     assert rows.config_for("unet", tiny=False, batch=8).train.batch_size == 8

@@ -9,8 +9,9 @@ the accelerator runs.
   unet         isbi2015_unet_heatmap.py:gpu at 512x512 (32 features, 7 levels), bf16
   hrnet        isbi2015_hrnet.py:kl (HRNet-W32) at 512x512, bf16
   vit_b_lora   isbi2015_vit_lora.py:b (ViT-B/16, LoRA on qkv/proj, head) at 512x512, bf16
-  sam_decoder  pelvis_sam_decoder.py:medsam (SAM ViT-B, 1024 px): the decoder's train
-               step at K = 32 prompts per image on cached bf16 embeddings
+  sam_decoder  pelvis_sam_decoder.py:medsam (SAM ViT-B, 1024 px) with bf16 compute:
+               the decoder's train step at K = 32 prompts per image on cached bf16
+               embeddings
   input        the unet row's config on the built-in phantom with augmentation on the
                device: the Grain pipeline alone vs the train step it feeds
   torch_unet   the PyTorch port of the unet row's U-Net (experiments/peer), same
@@ -36,11 +37,12 @@ PEER = ROOT / "experiments" / "peer"
 ISBI_LANDMARKS = 19
 SAM_PROMPTS = 32
 
-# Per-model batch that fits one 80 GB H100 in bf16 (halved by the suite on an
-# out-of-memory error), and the tiny CPU batch.
-# SAM's decoder step at K = 32 needs 19.5 GiB for 4 images (`lmjax compile-check`,
-# experiments/results/sam_cpu), so it keeps the config's 4.
-BATCH = {"unet": 32, "hrnet": 32, "vit_b_lora": 32, "sam_decoder": 4, "input": 32}
+# Per-model batch meant to fit one 80 GB H100 in bf16 (halved by the suite on an
+# out-of-memory error), and the tiny CPU batch. `lmjax compile-check` (XLA:CPU's
+# memory analysis, a rough guide to the GPU's) gives ViT-B LoRA at 512x512 105.5 GiB
+# at batch 32, hence 16; SAM's decoder step at K = 32 19.5 GiB for 4 images
+# (experiments/results/sam_cpu), hence the config's 4.
+BATCH = {"unet": 32, "hrnet": 32, "vit_b_lora": 16, "sam_decoder": 4, "input": 32}
 TINY_BATCH = dict.fromkeys(BATCH, 4)
 TINY_SIZE = (64, 64)
 PHANTOM_IMAGES = {False: 64, True: 8}  # the input row's phantom, full / tiny
@@ -49,7 +51,8 @@ _CONFIG = {
     "unet": ("isbi2015_unet_heatmap.py:gpu", ["data.input_size=(512, 512)"]),
     "hrnet": ("isbi2015_hrnet.py:kl", ["data.input_size=(512, 512)"]),
     "vit_b_lora": ("isbi2015_vit_lora.py:b", ["data.input_size=(512, 512)"]),
-    "sam_decoder": ("pelvis_sam_decoder.py:medsam", []),
+    # The config computes in float32 (bf16 embeddings); the suite's rows are all bf16.
+    "sam_decoder": ("pelvis_sam_decoder.py:medsam", ["model.dtype=bfloat16"]),
 }
 _TINY = {
     "unet": ["model.features=4", "model.num_levels=3"],
@@ -60,10 +63,16 @@ _TINY = {
         "model.num_blocks=(1, 1, 1, 1)",
     ],
     "vit_b_lora": ["model.size=tiny"],
-    # The tiny random SAM of the config's `tiny`, at 64 px: an 8 x 8 token grid.
-    "sam_decoder": [],
+    # The widths of the config's `tiny` SAM, at 64 px: an 8 x 8 token grid.
+    "sam_decoder": [
+        "model.size=tiny",
+        "model.patch_size=8",
+        "model.window_size=4",
+        "model.prompt_dim=32",
+        "model.decoder_mlp_dim=128",
+        "model.iou_head_hidden_dim=64",
+    ],
 }
-_TINY_SAM = ("pelvis_sam_decoder.py:tiny", ["model.patch_size=8", "model.prompt_dim=32"])
 
 
 def config_for(name: str, *, tiny: bool, batch: int | None = None):
@@ -73,9 +82,7 @@ def config_for(name: str, *, tiny: bool, batch: int | None = None):
     model = "unet" if name in ("input", "torch_unet") else name
     spec, overrides = _CONFIG[model]
     if tiny:
-        spec, base = _TINY_SAM if model == "sam_decoder" else (spec, [])
         overrides = [
-            *base,
             f"data.input_size={TINY_SIZE}",
             "task.compute_dtype=float32",
             *_TINY[model],
