@@ -123,13 +123,24 @@ def cross_validate(config, workdir, **options) -> dict:
 
 
 def cmd_train(inv: Invocation) -> int:
+    import inspect
     import tempfile
 
+    from lmjax.task import HEADS
     from lmjax.train import folds
     from lmjax.train.trainers import trainer_for
 
     config = with_data_flags(inv.config, inv)
     trainer = trainer_for(config)
+    allowed = inv.value("allow_config_change")
+    if allowed and (
+        "allow_config_change" not in inspect.signature(trainer.train).parameters
+        or folds.cv_enabled(config)
+    ):
+        raise UsageError(
+            f"--allow_config_change applies to single runs of the map heads "
+            f"({'/'.join(HEADS)}), not to task.mode {config.task.mode!r} or cross-validation"
+        )
     workdir = inv.value("workdir") or tempfile.mkdtemp(prefix="lmjax_")
     data = config.data.data_dir or "the phantom"
     print(f"training {config.model.name} on {data} into {workdir}")
@@ -150,7 +161,6 @@ def cmd_train(inv: Invocation) -> int:
                 f = summary["final"]
                 print(f"final model on {f.get('split')}: MRE {f['mre']:.3f} {summary['unit']}")
         return 0
-    allowed = inv.value("allow_config_change")
     if trainer.train(config, workdir, **({"allow_config_change": allowed} if allowed else {})).get(
         "stopped_by"
     ):

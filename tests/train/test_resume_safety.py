@@ -99,6 +99,16 @@ def test_resume_with_a_changed_config_is_refused_unless_allowed(tmp_path, capsys
     assert restore.read_config(tmp_path).optim.learning_rate == 1e-3
 
 
+def test_allow_config_change_is_refused_where_it_does_not_apply(tmp_path, capsys):
+    args = ["train", f"--workdir={tmp_path}", "--config=" + configs.DEFAULT + ":tiny"]
+    status, _, err = run_cli(
+        capsys, *args, "--config.data.cv_folds=3", "--allow_config_change=optim"
+    )
+    assert status == 2 and err.count("\n") == 1, err
+    assert "--allow_config_change applies to single runs of the map heads" in err
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def _flat_overrides(config) -> dict[str, str]:
     """The fields `_config` changes from the tiny phantom, as --config.FIELD values."""
     c = config
