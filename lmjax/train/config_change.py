@@ -20,13 +20,20 @@ Safe without a flag, because they change neither what is learned nor the data or
                                 where decoded images are cached, how many threads read
     paper                       the description
     refine.*, conformal.*       stages that run after this training
+
+A checkpoint saved by another lmjax version may lack a field added since (it then
+counts as unchanged while the new config holds the field's default) or hold one
+removed since (ignored); inside free mappings (`task.losses`, ...) every key counts.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from lmjax.configs import base
 
 SAFE_FIELDS = (
     "train.steps",
@@ -65,14 +72,25 @@ def _covered(field: str, names: Iterable[str]) -> bool:
     return any(field == n or field.startswith(n + ".") for n in names)
 
 
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return _flat(base.get_config().to_dict())
+
+
+def _version_skew(field: str, old: Any, new: Any) -> bool:
+    """Whether the difference is only a field added or removed between versions."""
+    if _covered(field, [".".join(m) for m in base.FREE_MAPPINGS]):
+        return False
+    defaults = _defaults()
+    return new == _ABSENT or (old == _ABSENT and field in defaults and defaults[field] == new)
+
+
 def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple]:
-    """`{field: (saved value, current value)}` for every leaf field that differs."""
+    """`{field: (saved value, current value)}` for every leaf field that differs (a
+    field only one lmjax version has, at its default, does not; module docstring)."""
     a, b = _flat(dict(saved)), _flat(dict(current))
-    return {
-        k: (a.get(k, _ABSENT), b.get(k, _ABSENT))
-        for k in sorted(a.keys() | b.keys())
-        if a.get(k, _ABSENT) != b.get(k, _ABSENT)
-    }
+    pairs = {k: (a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(a.keys() | b.keys())}
+    return {k: v for k, v in pairs.items() if v[0] != v[1] and not _version_skew(k, *v)}
 
 
 def parse_allowed(value: str | Iterable[str] | None) -> tuple[str, ...]:

@@ -70,6 +70,16 @@ def test_config_differences_safe_fields_and_allowed_names():
     assert config_change.parse_allowed(None) == ()
 
 
+def test_fields_of_another_lmjax_version_are_no_change():
+    saved = _config(4).to_dict()
+    del saved["train"]["ensemble_map"]  # saved before the field existed
+    saved["train"]["retired_option"] = 3  # saved with a field since removed
+    current = _config(4).to_dict()
+    assert config_change.differences(saved, current) == {}
+    current["train"]["ensemble_map"] = "vmap"  # not the default: a change after all
+    assert config_change.differences(saved, current) == {"train.ensemble_map": ("<absent>", "vmap")}
+
+
 def test_resume_with_a_changed_config_is_refused_unless_allowed(tmp_path, capsys):
     quiet = lambda *_: None  # noqa: E731
     loop.train(_config(2), tmp_path, log=quiet)
