@@ -63,6 +63,7 @@ def finite(x) -> bool:
     return isinstance(x, int | float) and math.isfinite(x)
 
 
+@pytest.mark.slow  # five models built and compiled in a worker process (shared with the next)
 def test_tiny_mode_measures_every_row(tiny):
     r, _, _ = tiny
     assert r["mode"] == "tiny" and r["device"]["backend"] == "cpu"  # chosen without a GPU
@@ -95,6 +96,7 @@ def test_tiny_mode_measures_every_row(tiny):
         assert t["parameters"] == r["rows"]["unet"]["parameters"]
 
 
+@pytest.mark.slow
 def test_tiny_mode_report_names_device_rows_and_null_mfu(tiny):
     r, md, out = tiny
     assert f"# lmjax accelerator suite: {r['device']['device_kind']} (cpu)" in md
