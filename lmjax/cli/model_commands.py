@@ -74,11 +74,7 @@ def define_train(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     flags.DEFINE_list(
-        "allow_config_change",
-        [],
-        "resuming: config fields (or sections) allowed to differ from the checkpoint's; "
-        "steps, eval/log cadence and evaluation-only fields need no flag",
-        flag_values=fv,
+        "allow_config_change", [], "config fields (or sections) a resume may change", flag_values=fv
     )
     define_data_flags(
         fv,
@@ -123,24 +119,15 @@ def cross_validate(config, workdir, **options) -> dict:
 
 
 def cmd_train(inv: Invocation) -> int:
-    import inspect
     import tempfile
 
-    from lmjax.task import HEADS
-    from lmjax.train import folds
+    from lmjax.train import config_change, folds
     from lmjax.train.trainers import trainer_for
 
     config = with_data_flags(inv.config, inv)
     trainer = trainer_for(config)
     allowed = inv.value("allow_config_change")
-    if allowed and (
-        "allow_config_change" not in inspect.signature(trainer.train).parameters
-        or folds.cv_enabled(config)
-    ):
-        raise UsageError(
-            f"--allow_config_change applies to single runs of the map heads "
-            f"({'/'.join(HEADS)}), not to task.mode {config.task.mode!r} or cross-validation"
-        )
+    config_change.check_applies(allowed, config, trainer.train, folds.cv_enabled(config))
     workdir = inv.value("workdir") or tempfile.mkdtemp(prefix="lmjax_")
     data = config.data.data_dir or "the phantom"
     print(f"training {config.model.name} on {data} into {workdir}")

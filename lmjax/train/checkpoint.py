@@ -1,5 +1,9 @@
 """Checkpointing: the one module that uses Orbax.
 
+It is longer than 400 lines because Orbax stays inside it: saving, the keep policy,
+read-only restoring and the damage fallback all drive one CheckpointManager (what
+needs no Orbax is in `checkpoint_check` and `checkpoint_faults`).
+
 One `orbax.checkpoint.CheckpointManager` under `<workdir>/checkpoints` saves per step:
 
     state    any pytree of jax arrays (params, optimizer state, step, typed PRNG keys);
@@ -29,8 +33,9 @@ newest finished one.
 Damage: restoring the latest (or best) step checks its files first
 (`checkpoint_check`); a step with a missing, empty or truncated file, or whose
 restore fails naming one of its files, is reported in one warning (step and file)
-and the next newest step is used (for the best, the next best). A writer moves the damaged folder to
-`<workdir>/damaged_checkpoints/<step>` so that training can save that step again.
+and the next newest step is used (for the best, the next best). A writer moves the
+damaged folder to `<workdir>/damaged_checkpoints/<step>` (so that training can save
+that step again), and every damaged step there when it opens.
 
 A save that fails (a full disk: Orbax reports it from its background thread at the
 next `save` or `wait`) raises `CheckpointSaveError` naming the step and the last
@@ -41,13 +46,9 @@ touched, so the last good checkpoint stays restorable.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import math
 import os
-import shutil
-import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -57,20 +58,16 @@ from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as keep
 
 from lmjax.train import checkpoint_check
+from lmjax.train import checkpoint_faults as faults
+from lmjax.train.checkpoint_faults import (  # noqa: F401 (part of this module's API)
+    DAMAGED_DIR,
+    CheckpointSaveError,
+    DamagedCheckpointError,
+)
 
 PyTree = Any
 log = logging.getLogger(__name__)
 _READ_RETRIES = 3  # a reader racing a training's keep policy loses a step at most rarely
-DAMAGED_DIR = "damaged_checkpoints"
-
-
-class CheckpointSaveError(OSError):
-    """A save failed (e.g. no space left); the message names the step and the last
-    complete one, which is left as it was."""
-
-
-class DamagedCheckpointError(ValueError):
-    """Every candidate step is damaged; the message names the newest one's file."""
 
 
 def abstract_like(state: PyTree) -> PyTree:
@@ -98,38 +95,6 @@ def _quiet_read_only_notices() -> None:
     absl_log = logging.getLogger("absl")
     if not any(isinstance(f, _DropReadOnlyNotice) for f in absl_log.filters):
         absl_log.addFilter(_DropReadOnlyNotice())
-
-
-class _DropFailedSaveTracebacks(logging.Filter):
-    """Orbax's background threads log a failed save with a traceback per item (and
-    asyncio one per pending write); `CheckpointSaveError` reports it in one line, so
-    below `--verbosity=1` (absl at INFO) those records are dropped."""
-
-    directories: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR or logging.getLogger("absl").isEnabledFor(logging.INFO):
-            return True
-        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-        return not any(d in text for d in self.directories)
-
-
-def _quiet_failed_saves(directory: epath.Path) -> None:
-    _DropFailedSaveTracebacks.directories.add(str(directory))
-    for name in ("absl", "asyncio"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropFailedSaveTracebacks) for f in logger.filters):
-            logger.addFilter(_DropFailedSaveTracebacks())
-
-
-def _join_save_threads(timeout_s: float = 10.0) -> None:
-    # When one item of a save fails, Orbax reports it while the other items' threads
-    # still write into the temporary folder; removing it under them only adds errors.
-    deadline = time.monotonic() + timeout_s
-    for thread in threading.enumerate():
-        ours = type(thread).__module__.startswith("orbax") or thread.name == "async_save"
-        if ours and thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _data_filename() -> str:
@@ -210,7 +175,7 @@ class Checkpointer:
         }
         directory = self.workdir / "checkpoints"
         if not read_only:
-            _quiet_failed_saves(directory)
+            faults.quiet_failed_saves(directory)
         # Orbax reads every step's metrics file when it opens: damage found first.
         self._no_best = self._scan(directory)
         if self._no_best:
@@ -218,28 +183,10 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
     def _scan(self, directory: epath.Path) -> bool:
-        """A writer moves every step with a missing or unreadable file aside (one
-        warning each); a reader only looks for unreadable metrics files and returns
-        whether it found one (it then cannot rank steps: the best is the latest)."""
-        if not directory.is_dir():
-            return False
-        steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-        unreadable = False
-        for step in steps:
-            step_dir = directory / str(step)
-            if self.read_only:
-                metrics = step_dir / "metrics" / "metrics"
-                unreadable |= metrics.exists() and checkpoint_check.bad_json(metrics) is not None
-            elif damage := checkpoint_check.step_damage(step_dir, _data_filename()):
-                where = self._set_aside(step, directory)
-                log.warning(
-                    "%s: checkpoint step %d is damaged (%s); moved to %s",
-                    self.workdir,
-                    step,
-                    damage,
-                    where,
-                )
-        return unreadable
+        """A writer sets every damaged step aside (`checkpoint_faults.scan`); a reader
+        returns whether a metrics file is unreadable (then the best is the latest)."""
+        aside = None if self.read_only else self.workdir / DAMAGED_DIR
+        return faults.scan(directory, _data_filename(), aside, where=str(self.workdir))
 
     def _score(self, metrics: Any) -> float:
         # A missing or NaN metric ranks worst, so it never displaces a real best.
@@ -292,27 +239,9 @@ class Checkpointer:
         """The one-line error for a failed save of `step`, after removing its
         temporary folder (a full disk gets the space back)."""
         self._pending = None
-        _join_save_threads()
-        quiet = 0
-        for _ in range(50):
-            tmps = list(self._manager.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
-            quiet = 0 if tmps else quiet + 1
-            if quiet == 2:
-                break
-            for tmp in tmps:
-                shutil.rmtree(tmp, ignore_errors=True)
-            time.sleep(0.1)
+        faults.remove_failed_save(self._manager.directory, step)
         self._manager.reload()
-        steps = self.all_steps()
-        last = f"step {steps[-1]}" if steps else "none"
-        code = getattr(err, "errno", None) or (errno.ENOSPC if "No space left" in str(err) else 0)
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        error = CheckpointSaveError(
-            f"{self._manager.directory}: saving step {step} failed ({first}); "
-            f"the last complete checkpoint is {last}"
-        )
-        error.errno = code  # set apart: OSError(code, message) would print "[Errno N]" twice
-        return error
+        return faults.save_error(err, self._manager.directory, step, self.all_steps())
 
     def latest_step(self) -> int | None:
         """The newest saved step, or None."""
@@ -415,20 +344,10 @@ class Checkpointer:
             return self._score(None)
 
     def _set_aside(self, step: int, directory: epath.Path) -> epath.Path | None:
-        """Where a writer moved the damaged `step` (None: a reader moves nothing).
-
-        Out of Orbax's sight: training saves that step again later, which Orbax
-        refuses while a folder of that name exists.
-        """
-        if self.read_only or jax.process_index() != 0:
+        """Where a writer moved the damaged `step` (None: a reader moves nothing)."""
+        if self.read_only:
             return None
-        aside = self.workdir / DAMAGED_DIR
-        aside.mkdir(parents=True, exist_ok=True)
-        target = aside / str(step)
-        if target.exists():
-            shutil.rmtree(target)
-        (directory / str(step)).rename(target)
-        return target
+        return faults.set_aside(directory, step, self.workdir / DAMAGED_DIR)
 
     def _check_config(self, step: int, check_config) -> None:
         if check_config is not None:

@@ -29,6 +29,7 @@ removed since (ignored); inside free mappings (`task.losses`, ...) every key cou
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -124,3 +125,14 @@ def check_resume(
             f"--allow_config_change={','.join(refused)} if that is intended, or use a new workdir"
         )
     return changed
+
+
+def check_applies(allowed, config, train_fn, cross_validation: bool) -> None:
+    """Raises ValueError when `--allow_config_change` is given where no resume takes
+    it: a task with its own trainer, or cross-validation."""
+    takes = "allow_config_change" in inspect.signature(train_fn).parameters
+    if allowed and (not takes or cross_validation):
+        raise ValueError(
+            "--allow_config_change applies to single runs of the map heads, not to "
+            f"task.mode {config.task.mode!r} runs or cross-validation"
+        )
