@@ -39,8 +39,9 @@ SAM_PROMPTS = 32
 
 # Per-model batch meant to fit one 80 GB H100 in bf16 (halved by the suite on an
 # out-of-memory error), and the tiny CPU batch. `lmjax compile-check` (XLA:CPU's
-# memory analysis, a rough guide to the GPU's) gives ViT-B LoRA at 512x512 105.5 GiB
-# at batch 32, hence 16; SAM's decoder step at K = 32 19.5 GiB for 4 images
+# memory analysis, a rough guide to the GPU's; experiments/results/gpu/batch_memory_cpu)
+# gives at 512x512 and batch 32: U-Net 36.6 GiB, HRNet-W32 55.8 GiB, ViT-B LoRA
+# 105.5 GiB, hence 16; SAM's decoder step at K = 32 needs 19.5 GiB for 4 images
 # (experiments/results/sam_cpu), hence the config's 4.
 BATCH = {"unet": 32, "hrnet": 32, "vit_b_lora": 16, "sam_decoder": 4, "input": 32}
 TINY_BATCH = dict.fromkeys(BATCH, 4)
