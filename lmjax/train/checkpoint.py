@@ -457,17 +457,24 @@ def restore_state(checkpoints: Checkpointer, like: PyTree, *, which: str = "best
 
 
 def restore_config(workdir: str | epath.PathLike) -> dict[str, Any] | None:
-    """The config saved with the latest checkpoint in `workdir`, or None if there is none.
+    """The config saved with the latest checkpoint in `workdir` whose config file is
+    whole, or None if there is none.
 
     Reads only the config item, so no model or abstract state is needed.
     """
     directory = epath.Path(workdir) / "checkpoints"
     if not directory.exists():
         return None
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    # lightweight: Orbax would read every step's metrics file, damaged or not.
+    options = ocp.CheckpointManagerOptions(
+        read_only=True, create=False, lightweight_initialize=True
+    )
     handlers = {"config": ocp.JsonCheckpointHandler()}
     with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
-        step = manager.latest_step()
-        if step is None:
-            return None
-        return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+        for step in sorted(manager.all_steps(), reverse=True):
+            saved = directory / str(step) / "config" / "metadata"
+            if saved.exists() and checkpoint_check.bad_json(saved) is None:
+                config = ocp.args.Composite(config=ocp.args.JsonRestore())
+                return manager.restore(step, args=config).config
+            log.warning("%s: checkpoint step %d has no whole config; trying older", workdir, step)
+        return None

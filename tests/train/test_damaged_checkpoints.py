@@ -18,6 +18,7 @@ from lmjax.train.checkpoint import (
     CheckpointSaveError,
     DamagedCheckpointError,
     abstract_like,
+    restore_config,
 )
 from tests.train.test_checkpoint import CONFIG, assert_same_state, make_state
 
@@ -117,6 +118,17 @@ def test_a_damaged_best_step_gives_way_to_the_next_best(tmp_path, caplog):
     damaged = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
     assert len(damaged) == 1 and "checkpoint step 3 is damaged (state/_METADATA" in damaged[0]
     assert damaged[0].endswith("; using step 1")
+
+
+def test_the_saved_config_comes_from_the_newest_whole_step(tmp_path):
+    with Checkpointer(tmp_path) as ckpt:
+        for step in (1, 2):
+            ckpt.save(
+                step, make_state(), data_state={}, config={"step": step}, metrics={"val_mre": 1.0}
+            )
+    _truncate(tmp_path / "checkpoints" / "2" / "config" / "metadata")
+    _truncate(tmp_path / "checkpoints" / "2" / "metrics" / "metrics")
+    assert restore_config(tmp_path) == {"step": 1}
 
 
 def test_every_step_damaged_is_one_error(tmp_path):
