@@ -2,7 +2,7 @@
 
     experiments/gpu/run_all.sh [--tiny] [--out DIR] [--items a,b] [--budget NAME=S] ...
 
-Rows (experiments/gpu/items.py says what each measures): unet, hrnet, vit_b_lora,
+Rows (experiments/gpu/suite_rows.py says what each measures): unet, hrnet, vit_b_lora,
 sam_decoder (train images/s, MFU from XLA's cost analysis of the compiled step,
 peak memory, compile time, inference images/s at batch 1 and 32), input (the Grain
 pipeline alone vs the train step it feeds, augmentation on the device) and
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import pathlib
 import platform
@@ -46,12 +45,10 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-import items as suite_items  # noqa: E402
+import suite_report  # noqa: E402
+import suite_rows  # noqa: E402
 
 ITEMS = ("unet", "hrnet", "vit_b_lora", "sam_decoder", "input", "torch_unet")
-# MFU goals on an H100 (bf16 dense peak): published PyTorch figures converted to MFU
-# are about 12 % (nnU-Net 2D on an A100) and 24 % (ViTPose-B, of the A100's TF32 peak).
-GOALS = {"unet": 0.40, "hrnet": 0.25, "vit_b_lora": 0.55}
 # Seconds per row on an accelerator, start-up and compilation included; their sum
 # stays inside TOTAL_S so that one slow row cannot take the others' time.
 BUDGET_S = {
@@ -166,7 +163,7 @@ def worker(args) -> int:
     for name in args.items:
         t0 = time.perf_counter()
         try:
-            row, raw = suite_items.measure(
+            row, raw = suite_rows.measure(
                 name, tiny=args.tiny, batch=args.batch.get(name), steps=steps, warmup=warmup
             )
             result = {"status": "ok", **row, "raw": raw}
@@ -275,8 +272,8 @@ class Suite:
     def _current_batch(self, name: str) -> int:
         if name in self.batch:
             return self.batch[name]
-        key = name if name in suite_items.BATCH else "unet"
-        return (suite_items.TINY_BATCH if self.args.tiny else suite_items.BATCH)[key]
+        key = name if name in suite_rows.BATCH else "unet"
+        return (suite_rows.TINY_BATCH if self.args.tiny else suite_rows.BATCH)[key]
 
     def _say(self, name: str, r: dict[str, Any]) -> None:
         if r["status"] == "ok":
@@ -348,7 +345,7 @@ class Suite:
 
     def run(self) -> None:
         names = list(self.args.items)
-        if "torch_unet" in names and not suite_items.torch_available():
+        if "torch_unet" in names and not suite_rows.torch_available():
             self.rows["torch_unet"] = {
                 "status": "skipped",
                 "error": "torch is not installed (pip install '.[peer]' to compare with the port)",
@@ -365,162 +362,6 @@ class Suite:
             groups.append(["torch_unet"])  # always alone: its own JAX_PLATFORMS
         for group in groups:
             self.run_group(group)
-
-
-# ---------------------------------------------------------------- the report
-
-
-def _with_goals_and_comparisons(rows: dict[str, dict[str, Any]]) -> None:
-    """Adds each goal's verdict (None: no MFU to judge) and the port's comparison."""
-    for name, r in rows.items():
-        if name in GOALS:
-            r["goal_mfu"] = GOALS[name]
-            mfu = r.get("mfu") if r["status"] == "ok" else None
-            r["goal_pass"] = None if mfu is None else bool(mfu >= GOALS[name])
-    t, u = rows.get("torch_unet"), rows.get("unet")
-    if t and u and t["status"] == "ok" and u["status"] == "ok":
-        t["lmjax_train_images_per_s"] = u["train_images_per_s"]
-        t["lmjax_over_torch"] = u["train_images_per_s"] / t["train_images_per_s"]
-        peak, flops = u.get("peak_tflops"), u.get("flops_per_image")
-        same = t["batch"] == u["batch"] and t["torch_device"] != "cpu"
-        # The port runs the same network: XLA's FLOP count of lmjax's step stands for both.
-        t["mfu_same_flops"] = (
-            flops * t["train_images_per_s"] / (peak * 1e12) if peak and flops and same else None
-        )
-
-
-def _fmt(x, spec: str, none: str = "-") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return none
-    return format(x, spec)
-
-
-def _gib(b) -> str:
-    return "n/a" if b is None else f"{b / 2**30:.2f}"
-
-
-def markdown(result: dict[str, Any]) -> str:
-    d, rows = result["device"], result["rows"]
-    v = d["versions"]
-    peak = (
-        f"{d['peak_name']} bf16 dense peak, {d['peak_bf16_tflops']:g} TFLOP/s per device "
-        "(`lmjax/hardware.py`); float32 rows use its TF32 column"
-        if d["peak_name"]
-        else f"none: no peak is known for {d['device_kind']!r}, so MFU is null (`-`); "
-        "on CPU MFU is not defined"
-    )
-    lines = [
-        f"# lmjax accelerator suite: {d['device_kind']} ({d['backend']}), {result['date']}",
-        "",
-        f"    {result['command']}",
-        "",
-        f"Mode **{result['mode']}**"
-        + (
-            " (64x64 inputs, tiny widths, float32, 2 steps: checks that the suite runs; "
-            "the numbers are not figures)"
-            if result["mode"] == "tiny"
-            else " (512x512 inputs, bf16 compute, float32 parameters)"
-        )
-        + f"; {d['device_count']} device(s); {result['wall_s']:.0f} s in all.",
-        "",
-        "Versions: " + ", ".join(f"{k} {v[k]}" for k in v) + f". Platform: {d['platform']}.",
-        "",
-        "MFU = the compiled train step's FLOPs (XLA's cost analysis) x steps/s / peak; "
-        f"peak: {peak}.",
-        "",
-        "## Train steps and inference",
-        "",
-        "| row | status | model | input | batch | dtype | train img/s | step ms | compile s "
-        "| GFLOP/img | TFLOP/s | MFU | goal | pass | peak GiB | infer img/s b1 | b32 |",
-        "|" + "---|" * 17,
-    ]
-    for name in ("unet", "hrnet", "vit_b_lora", "sam_decoder"):
-        if name not in rows:
-            continue
-        r = rows[name]
-        goal = f">= {GOALS[name]:.0%}" if name in GOALS else "-"
-        verdict = {None: "n/a", True: "pass", False: "FAIL"}[r.get("goal_pass")]
-        if r["status"] != "ok":
-            lines.append(
-                f"| {name} | **{r['status']}** | "
-                + " | ".join(["-"] * 10)
-                + f" | {goal} | not measured | - | - | - |"
-            )
-            continue
-        size = "x".join(map(str, r["input_size"]))
-        flops = None if r["flops_per_image"] is None else r["flops_per_image"] / 1e9
-        lines.append(
-            f"| {name} | ok | {r['model']} | {size} | {r['batch']} | {r['compute_dtype']} "
-            f"| {_fmt(r['train_images_per_s'], '.1f')} | {_fmt(r['step_ms'], '.1f')} "
-            f"| {_fmt(r['compile_s'], '.1f')} | {_fmt(flops, '.4g')} "
-            f"| {_fmt(r['achieved_tflops'], '.3g')} | {_fmt(r['mfu'], '.1%')} | {goal} "
-            f"| {verdict} | {_gib(r['peak_memory_bytes'])} "
-            f"| {_fmt(r['infer_b1_images_per_s'], '.1f')} "
-            f"| {_fmt(r['infer_b32_images_per_s'], '.1f')} |"
-        )
-    lines += [
-        "",
-        "Peak GiB is `memory_stats()['peak_bytes_in_use']` of the row's process after its "
-        "train steps (n/a: the backend keeps none). Inference is the eval step on a batch "
-        "kept on the device; b1 is one image per device. sam_decoder: its train step at "
-        f"K = {suite_items.SAM_PROMPTS} prompts per image on cached embeddings; b1 is one "
-        "image's K prompts decoded, b32 does not apply (the decoder answers one image at a "
-        "time); its peak memory includes the image encoder's batch.",
-    ]
-    if "sam_decoder" in rows and rows["sam_decoder"]["status"] == "ok":
-        s = rows["sam_decoder"]
-        lines.append(
-            f"SAM image encoder: {s['encoder_images_per_s']:.2f} images/s at batch "
-            f"{s['encoder_batch']}."
-        )
-    if "input" in rows:
-        r = rows["input"]
-        lines += ["", "## Input pipeline", ""]
-        if r["status"] != "ok":
-            lines.append(f"**{r['status']}**: {r.get('error', '')}")
-        else:
-            keeps = r["pipeline_images_per_s"] >= r["train_images_per_s"]
-            lines += [
-                "| input | batch | augmentation | host threads | pipeline alone img/s "
-                "| train step img/s (batch on device) | fed step img/s | input wait | verdict |",
-                "|" + "---|" * 9,
-                f"| {r['dataset']}, {'x'.join(map(str, r['input_size']))} | {r['batch']} "
-                f"| {r['augment']} | {r['host_threads']} "
-                f"| {r['pipeline_images_per_s']:.1f} | {r['train_images_per_s']:.1f} "
-                f"| {r['fed_images_per_s']:.1f} | {r['input_wait_fraction']:.1%} "
-                f"| {'the pipeline keeps up' if keeps else 'input-bound'} |",
-                "",
-                "The unet row's config on the built-in phantom through the training run's "
-                "Grain pipeline (decode cache, fit, batch; augmentation in the step): "
-                "drained alone, then feeding the compiled step as the training loop does.",
-            ]
-    if "torch_unet" in rows:
-        r = rows["torch_unet"]
-        lines += ["", "## PyTorch port (experiments/peer/torch_unet.py)", ""]
-        if r["status"] != "ok":
-            lines.append(f"**{r['status']}**: {r.get('error', '')}")
-        else:
-            lines += [
-                "| | device | dtype | batch | train img/s | step ms | MFU (XLA's FLOPs) "
-                "| peak GiB |",
-                "|" + "---|" * 8,
-                f"| PyTorch {r['torch_version']} (eager) | {r['torch_device']} "
-                f"| {r['compute_dtype']} | {r['batch']} | {r['train_images_per_s']:.1f} "
-                f"| {r['step_ms']:.1f} | {_fmt(r.get('mfu_same_flops'), '.1%')} "
-                f"| {_gib(r['peak_memory_bytes'])} |",
-            ]
-            if r.get("lmjax_over_torch") is not None and result["mode"] == "full":
-                lines += ["", f"lmjax / PyTorch train images/s: **{r['lmjax_over_torch']:.2f}**."]
-    failed = {n: r for n, r in rows.items() if r["status"] != "ok"}
-    retried = {n: r for n, r in rows.items() if r.get("attempts")}
-    if failed or retried:
-        lines += ["", "## Failures and retries", ""]
-        for n, r in failed.items():
-            lines.append(f"- {n}: {r['status']}: {r.get('error', '').splitlines()[-1][:300]}")
-        for n, r in retried.items():
-            for a in r["attempts"]:
-                lines.append(f"- {n}: out of memory at batch {a['batch']}, retried at half")
-    return "\n".join(lines) + "\n"
 
 
 def _slug(text: str) -> str:
@@ -549,7 +390,7 @@ def main(argv=None) -> int:
     suite = Suite(args, device, out)
     suite.run()
     rows = {n: suite.rows[n] for n in args.items if n in suite.rows}
-    _with_goals_and_comparisons(rows)
+    suite_report.add_goals_and_comparisons(rows)
     result = {
         "date": date,
         "command": shlex.join(["experiments/gpu/run_all.sh", *(argv or sys.argv[1:])]),
@@ -559,14 +400,14 @@ def main(argv=None) -> int:
         "steps": args.steps,
         "warmup": args.warmup,
         "compilation_cache": args.compilation_cache or None,
-        "goals_mfu": GOALS,
+        "goals_mfu": suite_report.GOALS,
         "rows": rows,
         "wall_s": time.monotonic() - t0,
     }
     _write_json(out / "suite.json", result)
-    (out / "suite.md").write_text(markdown(result))
+    (out / "suite.md").write_text(suite_report.markdown(result))
     suite.work.rmdir()
-    print(markdown(result))
+    print(suite_report.markdown(result))
     return 0
 
 
