@@ -34,6 +34,7 @@ import pathlib
 import platform
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -378,6 +379,8 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     device = _run_probe()
+    if device["backend"] == "cpu" and not args.tiny:
+        print("[suite] no accelerator visible to JAX: running the tiny CPU check instead")
     args.tiny = args.tiny or device["backend"] == "cpu"
     steps, warmup = STEPS[args.tiny]
     args.steps = args.steps or steps
@@ -406,7 +409,7 @@ def main(argv=None) -> int:
     }
     _write_json(out / "suite.json", result)
     (out / "suite.md").write_text(suite_report.markdown(result))
-    suite.work.rmdir()
+    shutil.rmtree(suite.work, ignore_errors=True)  # a killed worker may leave a partial file
     print(suite_report.markdown(result))
     return 0
 
