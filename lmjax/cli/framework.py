@@ -44,6 +44,10 @@ COMMAND_METAVARS = {
     ("measure", "output"): "FILE.json|FILE.csv",
     ("compare", "format"): "text|markdown",
     ("compare", "error_cap"): "MM",
+    ("export", "output"): "FILE.lmjax",
+    ("export", "format"): "stablehlo|onnx",
+    ("export", "tta_scales"): "S,...",
+    ("export", "platforms"): "cpu,cuda,...",
 }
 
 
