@@ -53,8 +53,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{d['peak_name']} bf16 dense peak, {d['peak_bf16_tflops']:g} TFLOP/s per device "
         "(`lmjax/hardware.py`); float32 rows use its TF32 column"
         if d["peak_name"]
-        else f"none: no peak is known for {d['device_kind']!r}, so MFU is null (`-`); "
-        "on CPU MFU is not defined"
+        else f"none: no peak is known for {d['device_kind']!r}, so MFU is null (`-`)"
+        + ("; on CPU MFU is not defined" if d["backend"] == "cpu" else "")
     )
     lines = [
         f"# lmjax accelerator suite: {d['device_kind']} ({d['backend']}), {result['date']}",
@@ -66,7 +66,7 @@ def markdown(result: dict[str, Any]) -> str:
             " (64x64 inputs, tiny widths, float32, 2 steps: checks that the suite runs; "
             "the numbers are not figures)"
             if result["mode"] == "tiny"
-            else " (512x512 inputs, bf16 compute, float32 parameters)"
+            else " (512x512 inputs, SAM 1024 px, bf16 compute, float32 parameters)"
         )
         + f"; {d['device_count']} device(s); {result['wall_s']:.0f} s in all.",
         "",
