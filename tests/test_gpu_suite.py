@@ -191,3 +191,42 @@ def _load_rows():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_full_mode_report_names_the_peak_and_judges_the_goals():
+    # The report an H100 run writes, from made-up figures: the branch CPU never takes.
+    heat = {
+        "status": "ok", "model": "unet", "input_size": [512, 512], "batch": 32,
+        "compute_dtype": "bfloat16", "train_images_per_s": 400.0, "step_ms": 80.0,
+        "compile_s": 30.0, "flops_per_image": 1e12, "achieved_tflops": 400.0,
+        "peak_tflops": 989.4, "mfu": 0.41, "peak_memory_bytes": 3 * 2**30,
+        "infer_b1_images_per_s": 100.0, "infer_b32_images_per_s": 1000.0,
+    }  # fmt: skip
+    rows = {
+        "unet": heat,
+        "hrnet": heat | {"model": "hrnet", "mfu": 0.2},
+        "vit_b_lora": {"status": "timeout", "error": "killed at its budget, 70 s"},
+        "torch_unet": {
+            "status": "ok", "batch": 32, "train_images_per_s": 200.0, "step_ms": 160.0,
+            "torch_device": "NVIDIA H100 80GB HBM3", "torch_version": "2.11.0",
+            "compute_dtype": "bfloat16 autocast", "peak_memory_bytes": 2**30,
+        },
+    }  # fmt: skip
+    suite_report.add_goals_and_comparisons(rows)
+    device = {
+        "backend": "gpu", "device_kind": "NVIDIA H100 80GB HBM3", "device_count": 1,
+        "peak_name": "H100 SXM", "peak_bf16_tflops": 989.4, "versions": {"jax": "0.11.2"},
+        "platform": "Linux",
+    }  # fmt: skip
+    md = suite_report.markdown(
+        {"device": device, "rows": rows, "date": "2026-12-07", "command": "run_all.sh",
+         "mode": "full", "wall_s": 400.0}
+    )  # fmt: skip
+    assert "H100 SXM bf16 dense peak, 989.4 TFLOP/s per device" in md
+    lines = {ln.split(" | ")[0]: ln for ln in md.splitlines() if ln.startswith("| ")}
+    assert "| 41.0% | >= 40% | pass | 3.00 |" in lines["| unet"]
+    assert "| 20.0% | >= 25% | FAIL |" in lines["| hrnet"]
+    assert "| **timeout** |" in lines["| vit_b_lora"] and "not measured" in lines["| vit_b_lora"]
+    assert "lmjax / PyTorch train images/s: **2.00**" in md
+    assert "| 20.2% |" in md  # the port's MFU with XLA's FLOPs: 1e12 * 200 / 989.4e12
+    assert "- vit_b_lora: timeout: killed at its budget, 70 s" in md
