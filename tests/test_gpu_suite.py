@@ -230,3 +230,32 @@ def test_full_mode_report_names_the_peak_and_judges_the_goals():
     assert "lmjax / PyTorch train images/s: **2.00**" in md
     assert "| 20.2% |" in md  # the port's MFU with XLA's FLOPs: 1e12 * 200 / 989.4e12
     assert "- vit_b_lora: timeout: killed at its budget, 70 s" in md
+
+
+_FAKE_WORKER = """
+import json, pathlib, sys
+work, batch = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+if batch == 32:  # out of memory: the row says so and the worker stops, as suite.worker does
+    row = {"status": "error", "error": "RESOURCE_EXHAUSTED: out of memory", "oom": True}
+    (work / "unet.json").write_text(json.dumps(row))
+    sys.exit(3)
+(work / "unet.json").write_text(json.dumps({"status": "ok", "batch": batch,
+                                            "train_images_per_s": 1.0}))
+sys.exit(1)  # then dies while measuring hrnet, writing nothing
+"""
+
+
+def test_workers_are_restarted_after_out_of_memory_and_a_crash_is_recorded(tmp_path, monkeypatch):
+    s = _suite(tmp_path)
+    monkeypatch.setattr(
+        s,
+        "_command",
+        lambda names: [sys.executable, "-c", _FAKE_WORKER, str(s.work),
+                       str(s._current_batch("unet"))],
+    )  # fmt: skip
+    s.run_group(["unet", "hrnet"])
+    assert s.workers == 2
+    assert s.rows["unet"]["status"] == "ok" and s.rows["unet"]["batch"] == 16
+    assert [a["batch"] for a in s.rows["unet"]["attempts"]] == [32]
+    assert s.rows["hrnet"]["status"] == "error"
+    assert "worker exited with 1 without a result" in s.rows["hrnet"]["error"]
