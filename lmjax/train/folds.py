@@ -161,7 +161,7 @@ def run_folds(config, workdir, dataset, train_fn, evaluate_fn, *, log=print) -> 
     `dataset` is the config's whole dataset (`lmjax.train.setup.load_config_dataset`).
     `train_fn(config, fold_workdir)` trains one fold (resuming if it has started);
     `evaluate_fn(fold_workdir, output_path)` returns the held-out report. A fold
-    stopped by SIGTERM stops the whole run, to be resumed later.
+    stopped by SIGTERM or SIGINT stops the whole run, to be resumed later.
     """
     import json
     import pathlib
@@ -178,16 +178,16 @@ def run_folds(config, workdir, dataset, train_fn, evaluate_fn, *, log=print) -> 
             fold_config.data.cv_fold = i
         fold_dir = workdir / f"fold_{i}"
         log(f"cross-validation: {name} ({i + 1} of {len(names)}) into {fold_dir}")
-        if train_fn(fold_config, fold_dir).get("stopped_by"):
-            return {"stopped_by": "SIGTERM", "fold": i}
+        if stopped := train_fn(fold_config, fold_dir).get("stopped_by"):
+            return {"stopped_by": stopped, "fold": i}
         reports.append(evaluate_fn(fold_dir, str(fold_dir / "eval.json")))
     summary = summarize_folds(reports, names)
     if d.cv_refit:
         final = refit_config(config)
         final_dir = workdir / "final"
         log(f"cross-validation done; training on every training record into {final_dir}")
-        if train_fn(final, final_dir).get("stopped_by"):
-            return {"stopped_by": "SIGTERM", "fold": "final"}
+        if stopped := train_fn(final, final_dir).get("stopped_by"):
+            return {"stopped_by": stopped, "fold": "final"}
         report = evaluate_fn(final_dir, str(final_dir / "eval.json"))
         keys = ("split", "n_images", "mre", "median", "p95", "sdr")
         summary["final"] = {k: report[k] for k in keys if k in report}
