@@ -13,7 +13,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from lmjax import predict
+from lmjax import predict_outputs
 from lmjax.anonymize import HASH_DIGITS, Anonymizer, anonymize_report
 from tests.data.test_image_io import write_dicom
 from tests.test_cli import run_cli
@@ -111,14 +111,14 @@ def test_batch_predict_goes_on_after_bad_files(workdir, tmp_path, capsys, monkey
     nan = np.ones((40, 30), np.float32)
     nan[5, 5] = np.nan
     tifffile.imwrite(folder / "e.tif", nan)  # refused when read, not later
-    real = predict.overlay
+    real = predict_outputs.overlay
 
     def full_disk(grey, *args, **kw):
         if grey.shape == (80, 60):
             raise OSError(28, "No space left on device")
         return real(grey, *args, **kw)
 
-    monkeypatch.setattr(predict, "overlay", full_disk)
+    monkeypatch.setattr(predict_outputs, "overlay", full_disk)
     out = tmp_path / "out"
     code, stdout, err = run_cli(
         capsys, "predict", f"--workdir={workdir}", f"--output_dir={out}", str(folder)

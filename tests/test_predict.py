@@ -17,7 +17,8 @@ from lmjax.data.labelme import load_labelme
 from lmjax.data.phantom import render_phantom
 from lmjax.data.tabular import load_csv
 from lmjax.data.types import LandmarkDataError
-from lmjax.predict import collect_inputs, overlay, run_predict, unique_stems
+from lmjax.overlay import overlay
+from lmjax.predict import collect_inputs, run_predict, unique_stems
 from lmjax.train import loop, restore, setup
 from tests.data.test_image_io import write_dicom
 
