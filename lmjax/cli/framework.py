@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 
 from absl import flags
 
+from lmjax.cli.metavars import COMMAND_METAVARS, METAVARS
+
 EXIT_OK = 0
 EXIT_NO = 1  # the command ran and its result says no
 EXIT_USAGE = 2  # a usage or input error, told in one line
@@ -20,35 +22,6 @@ EXIT_USAGE = 2  # a usage or input error, told in one line
 HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull")
 CONFIG_PREFIX = "--config."
 LOGGERS = ("absl", "orbax", "jax")  # third-party loggers hidden below --verbosity=1
-
-# The value placeholders shown in help; flags not named here get one from their type.
-METAVARS = {
-    "config": "PATH[:ARG]",
-    "workdir": "DIR",
-    "data_dir": "PATH",
-    "format": "NAME",
-    "image_dir": "DIR",
-    "spacing": "ROW_MM,COL_MM",
-    "output": "FILE.json",
-    "output_dir": "DIR",
-    "augment": "PRESET",
-    "split": "NAME",
-    "extractor": "NAME|all",
-    "sdr_mm": "MM,...",
-    "values": "FIELD=V1,V2,...",
-    "compilation_cache_dir": "DIR",
-    "device_memory_gb": "GB",
-    "coordinator_address": "HOST:PORT",
-}
-COMMAND_METAVARS = {
-    ("measure", "output"): "FILE.json|FILE.csv",
-    ("compare", "format"): "text|markdown",
-    ("compare", "error_cap"): "MM",
-    ("export", "output"): "FILE.lmjax",
-    ("export", "format"): "stablehlo|onnx",
-    ("export", "tta_scales"): "S,...",
-    ("export", "platforms"): "cpu,cuda,...",
-}
 
 
 class UsageError(ValueError):

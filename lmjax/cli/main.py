@@ -14,6 +14,7 @@ from lmjax.cli import predict_command as predict
 from lmjax.cli import refine_command as refine
 from lmjax.cli import report_command as report
 from lmjax.cli import sweep_command as sweep
+from lmjax.cli import throughput_commands as throughput
 from lmjax.cli.framework import EXIT_OK, EXIT_USAGE, Command, execute, format_usage
 
 _TABLE = [
@@ -106,8 +107,8 @@ _TABLE = [
         "lmjax benchmark [--config=PATH[:ARG]] [--config.FIELD=VALUE ...] [--steps=N] "
         "[--data=fake|real] [--infer_batch=N] [--output=FILE.json]",
         "train-step and inference throughput, MFU, memory, input-pipeline wait",
-        model.define_benchmark,
-        model.cmd_benchmark,
+        throughput.define_benchmark,
+        throughput.cmd_benchmark,
         config=True,
         device=True,
     ),
@@ -116,8 +117,8 @@ _TABLE = [
         "lmjax compile-check [--config=PATH[:ARG]] [--config.FIELD=VALUE ...] [--devices=N] "
         "[--device_memory_gb=GB] [--output=FILE.json]",
         "compile the train step without running it: memory per device, FLOPs, whether it fits",
-        model.define_compile_check,
-        model.cmd_compile_check,
+        throughput.define_compile_check,
+        throughput.cmd_compile_check,
         config=True,
         device=True,
     ),

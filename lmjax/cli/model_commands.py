@@ -1,5 +1,5 @@
-"""The commands that build, train or run a model: train, evaluate, predict,
-benchmark, compile-check."""
+"""The commands that train and score a model: train, evaluate (benchmark and
+compile-check are in throughput_commands)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def _provenance(workdir: str, report: dict) -> dict:
     return provenance.run(workdir, report.get("checkpoint_step"), stages=stages)
 
 
-def _define_output(fv: flags.FlagValues, what: str) -> None:
+def define_output(fv: flags.FlagValues, what: str) -> None:
     flags.DEFINE_string("output", None, f"also write {what} as JSON to this file", flag_values=fv)
 
 
@@ -168,7 +168,8 @@ def cmd_train(inv: Invocation) -> int:
 # ---------------------------------------------------------------- evaluate
 
 
-def define_evaluate(fv: flags.FlagValues) -> None:
+def define_evaluated_run(fv: flags.FlagValues) -> None:
+    """The flags naming a trained run and the split and annotations it is scored on."""
     flags.DEFINE_string("workdir", None, "the trained run's folder (required)", flag_values=fv)
     flags.DEFINE_string(
         "data_dir",
@@ -189,6 +190,10 @@ def define_evaluate(fv: flags.FlagValues) -> None:
         "ISBI 2015 annotations to compare with; default: those trained on",
         flag_values=fv,
     )
+
+
+def define_evaluate(fv: flags.FlagValues) -> None:
+    define_evaluated_run(fv)
     flags.DEFINE_string(
         "extractor",
         None,
@@ -220,7 +225,7 @@ def define_evaluate(fv: flags.FlagValues) -> None:
         "average; replaces the config's train.tta_scales",
         flag_values=fv,
     )
-    _define_output(fv, "the report (every error per image and landmark)")
+    define_output(fv, "the report (every error per image and landmark)")
     flags.DEFINE_string("report", None, "also write it as lmjax report's HTML page", flag_values=fv)
     define_anonymize(fv, "the report's image names")
 
@@ -315,84 +320,3 @@ def define_anonymize(fv: flags.FlagValues, what: str) -> None:
         "the same salt gives the same names)",
         flag_values=fv,
     )
-
-
-# ---------------------------------------------------------------- benchmark
-
-
-def define_benchmark(fv: flags.FlagValues) -> None:
-    flags.DEFINE_integer("steps", 20, "timed train steps after warm-up", flag_values=fv)
-    flags.DEFINE_enum(
-        "data",
-        "fake",
-        ["fake", "real"],
-        "fake: one batch kept on the devices; real: also time the training input pipeline",
-        flag_values=fv,
-    )
-    flags.DEFINE_integer("infer_batch", 32, "batch of the inference throughput", flag_values=fv)
-    _define_output(fv, "the results")
-
-
-def cmd_benchmark(inv: Invocation) -> int:
-    from lmjax.train.trainers import trainer_for
-
-    trainer = trainer_for(inv.config)
-    if trainer.benchmark is None:
-        raise UsageError(f"task.mode {inv.config.task.mode!r} has no benchmark")
-    result = trainer.benchmark(
-        inv.config,
-        steps=inv.value("steps"),
-        data=inv.value("data"),
-        infer_batch=inv.value("infer_batch"),
-    )
-    print(trainer.format_benchmark(result))
-    write_json(result, inv.value("output"))
-    return 0
-
-
-# ---------------------------------------------------------------- compile-check
-
-
-def define_compile_check(fv: flags.FlagValues) -> None:
-    flags.DEFINE_integer(
-        "devices",
-        None,
-        "devices of the mesh; on the CPU backend that many (fake) CPU devices, elsewhere "
-        "it must equal the device count; default: all devices",
-        flag_values=fv,
-    )
-    flags.DEFINE_float(
-        "device_memory_gb",
-        None,
-        "memory of one device in GiB for the fits verdict; default: what the runtime "
-        "reports (nothing on CPU)",
-        flag_values=fv,
-    )
-    _define_output(fv, "the results")
-
-
-def cmd_compile_check(inv: Invocation) -> int:
-    import jax
-
-    from lmjax.train.trainers import trainer_for
-
-    trainer = trainer_for(inv.config)
-    if trainer.compile_check is None:
-        raise UsageError(f"task.mode {inv.config.task.mode!r} has no compile-check")
-    devices = inv.value("devices")
-    if devices is not None:
-        if devices < 1:
-            raise UsageError(f"--devices must be at least 1, got {devices}")
-        # Only the CPU backend makes devices, and only before it starts, which
-        # jax.device_count() below does.
-        jax.config.update("jax_num_cpu_devices", devices)
-        if jax.device_count() != devices:
-            raise UsageError(
-                f"--devices={devices}, but the {jax.default_backend()} backend has "
-                f"{jax.device_count()} devices; JAX_PLATFORMS=cpu checks {devices} "
-                "fake CPU devices"
-            )
-    result = trainer.compile_check(inv.config, device_memory_gb=inv.value("device_memory_gb"))
-    print(trainer.format_compile_check(result))
-    write_json(result, inv.value("output"))
-    return 0 if result["fits"] is not False else 1

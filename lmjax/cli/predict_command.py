@@ -8,7 +8,7 @@ from absl import flags
 
 from lmjax.cli.data_commands import write_json
 from lmjax.cli.framework import Invocation, UsageError
-from lmjax.cli.model_commands import _define_output, define_anonymize, tta_scales
+from lmjax.cli.model_commands import define_anonymize, define_output, tta_scales
 
 # ---------------------------------------------------------------- calibrate
 
@@ -21,7 +21,7 @@ def define_calibrate(fv: flags.FlagValues) -> None:
         "(trained with data.calib_fraction > 0)",
         flag_values=fv,
     )
-    _define_output(fv, "the radii (as <workdir>/conformal.json)")
+    define_output(fv, "the radii (as <workdir>/conformal.json)")
 
 
 def cmd_calibrate(inv: Invocation) -> int:

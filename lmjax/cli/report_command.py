@@ -5,30 +5,11 @@ from __future__ import annotations
 from absl import flags
 
 from lmjax.cli.framework import Invocation, UsageError
-from lmjax.cli.model_commands import define_anonymize
+from lmjax.cli.model_commands import define_anonymize, define_evaluated_run
 
 
 def define_report(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("workdir", None, "the trained run's folder (required)", flag_values=fv)
-    flags.DEFINE_string(
-        "data_dir",
-        None,
-        "evaluate on this dataset folder instead of the one trained on",
-        flag_values=fv,
-    )
-    flags.DEFINE_string(
-        "split",
-        None,
-        "split to evaluate; default: test if the data has it, else val",
-        flag_values=fv,
-    )
-    flags.DEFINE_enum(
-        "ground_truth",
-        None,
-        ["senior", "junior", "mean"],
-        "ISBI 2015 annotations to compare with; default: those trained on",
-        flag_values=fv,
-    )
+    define_evaluated_run(fv)
     flags.DEFINE_string("output", "report.html", "the HTML file to write", flag_values=fv)
     flags.DEFINE_string(
         "json", None, "also write the evaluation report as JSON to this file", flag_values=fv
