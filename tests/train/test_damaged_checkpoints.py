@@ -9,7 +9,6 @@ import os
 import pathlib
 
 import pytest
-from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
 from lmjax.train import checkpoint_check
 from lmjax.train.checkpoint import (
@@ -160,30 +159,15 @@ def test_an_explicit_step_is_not_replaced(tmp_path):
         ckpt.restore(2, abstract_state=abstract_like(make_state()))
 
 
-@pytest.fixture
-def disk_full_on_data_state(monkeypatch):
-    """The data item's write (after the arrays were written) finds no space left."""
-    original = json_checkpoint_handler.JsonCheckpointHandler._save_fn
-    full = {"on": False}
-
-    async def save_fn(self, x, directory):
-        if full["on"] and "process_" in str(self._filename):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
-        return await original(self, x, directory)
-
-    monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", save_fn)
-    return full
-
-
-def test_disk_full_during_a_save_keeps_the_last_good_checkpoint(tmp_path, disk_full_on_data_state):
+def test_disk_full_during_a_save_keeps_the_last_good_checkpoint(tmp_path, disk_full):
     with Checkpointer(tmp_path, max_to_keep=1) as ckpt:
         ckpt.save(1, make_state(1.0), data_state={"next": 1}, config=CONFIG)
         ckpt.wait()
-        disk_full_on_data_state["on"] = True
+        disk_full["on"] = True
         assert ckpt.save(2, make_state(2.0), data_state={"next": 2}, config=CONFIG)
         with pytest.raises(CheckpointSaveError) as info:
             ckpt.wait()
-        disk_full_on_data_state["on"] = False
+        disk_full["on"] = False
         message = str(info.value)
         assert info.value.errno == errno.ENOSPC and "\n" not in message
         assert "saving step 2 failed" in message and "No space left on device" in message
@@ -197,12 +181,12 @@ def test_disk_full_during_a_save_keeps_the_last_good_checkpoint(tmp_path, disk_f
     assert data == {"next": 1}
 
 
-def test_a_failed_save_surfaces_at_the_next_save(tmp_path, disk_full_on_data_state):
+def test_a_failed_save_surfaces_at_the_next_save(tmp_path, disk_full):
     ckpt = Checkpointer(tmp_path)
-    disk_full_on_data_state["on"] = True
+    disk_full["on"] = True
     ckpt.save(1, make_state(), data_state={}, config=CONFIG)
     with pytest.raises(CheckpointSaveError, match="saving step 1 failed .* is none$"):
         ckpt.save(2, make_state(), data_state={}, config=CONFIG)
-    disk_full_on_data_state["on"] = False
+    disk_full["on"] = False
     ckpt.close()
     assert not (tmp_path / "checkpoints" / "1").exists()

@@ -4,7 +4,6 @@ last good checkpoint, Ctrl-C saves and a second one exits at once."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -13,7 +12,6 @@ import sys
 import time
 
 import pytest
-from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
 from lmjax import configs
 from lmjax.configs.phantom import get_config
@@ -130,21 +128,6 @@ def _flat_overrides(config) -> dict[str, str]:
         "train.eval_every": c.train.eval_every,
         "train.log_every": c.train.log_every,
     }
-
-
-@pytest.fixture
-def disk_full(monkeypatch):
-    """Every Grain state write finds no space left (after the arrays are written)."""
-    original = json_checkpoint_handler.JsonCheckpointHandler._save_fn
-    full = {"on": False}
-
-    async def save_fn(self, x, directory):
-        if full["on"] and "process_" in str(self._filename):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
-        return await original(self, x, directory)
-
-    monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", save_fn)
-    return full
 
 
 def test_damaged_newest_checkpoint_and_full_disk_in_training(tmp_path, caplog, capsys, disk_full):
