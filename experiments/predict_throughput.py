@@ -136,7 +136,7 @@ def write_rate(workdir: pathlib.Path, paths: list[pathlib.Path], out: pathlib.Pa
     k = lset.num_landmarks
     rng = np.random.default_rng(0)
     rads = [image_io.read_radiograph(p) for p in paths]
-    out.mkdir()
+    out.mkdir(parents=True)
     t = time.perf_counter()
     for p, rad in zip(paths, rads, strict=True):
         h, w = rad.pixels.shape[:2]
@@ -154,8 +154,8 @@ def png_encode_fraction(workdir: pathlib.Path, paths: list[pathlib.Path], out: p
     prof = cProfile.Profile()
     prof.runcall(write_rate, workdir, paths, out / "profiled")
     stats = pstats.Stats(prof).stats
-    total = sum(v[2] for k, v in stats.items() if k[2] == "write_outputs")
-    encode = sum(v[2] for k, v in stats.items() if "ImagingEncoder" in k[2])
+    total = sum(v[3] for k, v in stats.items() if k[2] == "write_outputs")
+    encode = sum(v[3] for k, v in stats.items() if "ImagingEncoder" in k[2])
     return encode / total if total else None
 
 
