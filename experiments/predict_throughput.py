@@ -1,7 +1,7 @@
 """`lmjax predict` throughput on a folder of real cephalograms, against its parts.
 
-Builds a folder of N inputs in a temporary folder (symlinks to the ISBI 2015
-cephalograms under $LMJAX_DATA, cycled under distinct names), then:
+Builds a folder of N inputs in a temporary folder (hard links to, or copies of, the
+ISBI 2015 cephalograms under $LMJAX_DATA, cycled under distinct names), then:
 
 1. times the whole `lmjax predict --workdir=W --output_dir=OUT FOLDER` process and
    reads the per-image `<stem>.json` modification times to split start-up (until the
@@ -59,10 +59,16 @@ def source_images() -> list[pathlib.Path]:
 
 
 def make_folder(folder: pathlib.Path, n: int, sources: list[pathlib.Path]) -> None:
+    """Hard links (copies where the file system refuses): predict reads each resolved
+    path once, so symlinks to the same cephalogram would count as one input."""
     folder.mkdir(parents=True)
     for i in range(n):
         src = sources[i % len(sources)]
-        (folder / f"img{i:05d}_{src.stem}{src.suffix}").symlink_to(src)
+        dest = folder / f"img{i:05d}_{src.stem}{src.suffix}"
+        try:
+            os.link(src, dest)
+        except OSError:
+            shutil.copyfile(src, dest)
 
 
 def env() -> dict[str, str]:
@@ -339,8 +345,9 @@ def markdown(s: dict) -> str:
     return f"""# `lmjax predict` throughput on CPU: {full["images"]} real cephalograms
 
 Workdir `{s["workdir"]}` (refinement stage: {"yes" if s["refine_stage"] else "no"}),
-predict batch {s["batch"]}; inputs are symlinks to the {s["source_images"]} ISBI 2015
-cephalograms (1935 x 2400 JPEG), cycled under distinct names in a temporary folder.
+predict batch {s["batch"]}; inputs are hard links to (or copies of) the
+{s["source_images"]} ISBI 2015 cephalograms (1935 x 2400 JPEG), cycled under distinct
+names in a temporary folder.
 
     python experiments/predict_throughput.py --workdir={s["workdir"]} --images={full["images"]}
     # which runs
