@@ -342,6 +342,8 @@ def markdown(s: dict) -> str:
         if refine_s is not None
         else ""
     )
+    notes = "".join(f"\n- {n}" for n in s.get("notes", []))
+    notes = f"\nNotes (added to summary.json by hand):\n{notes}\n" if notes else ""
     return f"""# `lmjax predict` throughput on CPU: {full["images"]} real cephalograms
 
 Workdir `{s["workdir"]}` (refinement stage: {"yes" if s["refine_stage"] else "no"}),
@@ -353,10 +355,10 @@ names in a temporary folder.
     # which runs
     {full["command"]}
 
-Machine: {s["machine"]}. **Load:** the two cores were shared with a training run
-throughout; load average (1, 5, 15 min) {s["loadavg_before"]} before and
-{s["loadavg_after"]} after, so every absolute figure is inflated, and the parts were
-measured at different moments of that load.
+Machine: {s["machine"]}. **Load:** the two cores were shared with other jobs
+(training, a test-suite run) throughout; load average (1, 5, 15 min)
+{s["loadavg_before"]} before and {s["loadavg_after"]} after, so every absolute figure
+is inflated, and the parts were measured at different moments of that load.
 
 Start-up (process start to the first batch's last `<stem>.json`):
 {full["first_batch_done_s"]} s; tables after the last image: {full["tables_s"]} s.
@@ -373,7 +375,7 @@ the device; it leaves out the resize and normalisation, the refinement, the
 measurements and the writing. {refine_line}
 
 {breakdown(s, refine_s)}
-"""
+{notes}"""
 
 
 if __name__ == "__main__":
