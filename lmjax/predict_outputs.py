@@ -26,6 +26,10 @@ from lmjax.data.types import LandmarkSet, Radiograph
 from lmjax.overlay import measurement_lines, overlay, segments_for
 from lmjax.predict_inputs import from_doc, relative
 
+# zlib level 1: a full-size cephalogram overlay encodes 4x faster than Pillow's default
+# 6 (0.24 vs 0.94 s) for 7 % more bytes; encoding was half of predict's time per image.
+PNG_COMPRESS_LEVEL = 1
+
 
 def prediction_doc(
     path: pathlib.Path | str,
@@ -113,7 +117,9 @@ def write_outputs(
     files = [out / f"{stem}{ext}" for ext in (".png", ".labelme.json", ".json")]
     partial = [f.with_name(f".{f.name}.tmp") for f in files]
     try:
-        overlay(grey, coords, lines, regions or (), **drawn).save(partial[0], format="PNG")
+        overlay(grey, coords, lines, regions or (), **drawn).save(
+            partial[0], format="PNG", compress_level=PNG_COMPRESS_LEVEL
+        )
         _write_review_labelme(
             partial[1], path, rad, grey, coords, conf, lset, regions, uncertainty,
             image_path=alias or relative(path, target.parent), embed=alias is not None,
@@ -147,7 +153,7 @@ def _write_review_labelme(
             embed = True
     if embed:
         doc_lm, png = json.loads(review.read_text()), io.BytesIO()
-        Image.fromarray(grey).save(png, format="PNG")
+        Image.fromarray(grey).save(png, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         doc_lm["imageData"] = base64.b64encode(png.getvalue()).decode("ascii")
         review.write_text(json.dumps(doc_lm, indent=2))
 
