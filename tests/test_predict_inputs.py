@@ -111,3 +111,31 @@ def test_skip_existing_resumes(workdir, tree, tmp_path, monkeypatch, capsys):  #
         str(tree),
     )  # fmt: skip
     assert code == 0 and predicted == [] and "kept 6 existing predictions" in err
+
+
+def test_outputs_stream_and_decoded_images_are_let_go(workdir, tmp_path, monkeypatch):  # noqa: F811
+    """A large job holds about one batch: earlier batches are on disk, not in memory."""
+    import gc
+    import weakref
+
+    folder = tmp_path / "many"
+    for i in range(9):
+        _png(folder / f"img{i}.png", i)
+    out = tmp_path / "out"
+    seen, alive_before = [], []
+    real = predict.predict_radiographs
+
+    def watching(model, rads, batch):
+        gc.collect()
+        alive_before.append(sum(r() is not None for r in seen))
+        done = [p for p in out.glob("img*.json") if not p.name.endswith(".labelme.json")]
+        assert len(done) == len(seen), (done, len(seen))  # every earlier image written
+        seen.extend(weakref.ref(r) for r in rads)
+        return real(model, rads, batch)
+
+    monkeypatch.setattr(predict, "predict_radiographs", watching)
+    results = predict.run_predict(workdir, [str(folder)], out, batch_size=2)
+    assert len(results) == 9 and all("error" not in r for r in results)
+    assert len(alive_before) == 5  # batches of 2
+    # at most the previous batch's images are still referenced: memory does not grow
+    assert max(alive_before) <= 2, alive_before
