@@ -5,7 +5,8 @@ known; spacing, reading warnings, measurements), `<stem>.png` (windowed, numbere
 landmarks) and `<stem>.labelme.json` (for review; corrected, it is training data);
 `predictions.csv` has all images, `provenance.json` beside it the run's version,
 config and weights hashes and each image's SHA-256 (as `<stem>.json` has under
-`provenance`, `lmjax.provenance`). Images are decoded once, a batch at a time, and
+`provenance`, `lmjax.provenance`). Images are decoded once, a batch at a time (the
+next batch decodes and the previous one is written while one is predicted), and
 go through `predict_dataset` as in-memory records: the evaluation's resize, fit,
 normalisation and mapping back through `to_original`."""
 
@@ -269,38 +270,57 @@ def predict_files(
         if kept:
             print(f"lmjax predict: kept {len(kept)} existing predictions", file=sys.stderr)
     todo = [k for k in range(len(planned)) if k not in kept]
-    # Threads decode; one batch at a time bounds the memory of full-resolution images.
+    chunks = [todo[s : s + batch] for s in range(0, len(todo), batch)]
+
+    def write(k: int, item: Input, r: Radiograph, sha: str, p: Prediction) -> None:
+        more = {
+            "regions": p.regions,
+            "uncertainty": p.annotation if annotated else None,
+            "origin": {**model.origin, "input_sha256": sha},
+            "alias": item.alias,
+        }
+        try:
+            write_outputs(
+                out, item.name, item.path, r, p.coords, p.confidence, lset,
+                p.measurements, **more,
+            )  # fmt: skip
+        except (OSError, LandmarkDataError) as e:
+            failed[k] = f"{item.path}: outputs not written ({limits.one_line(e)})"
+            print(f"lmjax predict: skipped: {failed[k]}", file=sys.stderr)
+
+    # Three stages overlap, one batch each: the next batch decodes and the previous
+    # one is written while this one is predicted (the model releases the GIL, and so
+    # do the JPEG decoder and the PNG encoder). At most three batches of
+    # full-resolution images are alive, however many images there are.
     with (
-        ThreadPoolExecutor(max_workers=min(batch, os.cpu_count() or 1)) as pool,
+        ThreadPoolExecutor(max_workers=min(batch, os.cpu_count() or 1)) as readers,
+        ThreadPoolExecutor(max_workers=1) as writer,
         progress.Progress(len(todo), "predict", unit="image") as bar,
     ):
-        for s in range(0, len(todo), batch):
-            chunk = [planned[k] for k in todo[s : s + batch]]
-            read, hashes = zip(*pool.map(_read, [i.path for i in chunk]), strict=True)
+        decoding = [readers.submit(_read, planned[k].path) for k in chunks[0]] if chunks else []
+        writing: list = []
+        for c, ks in enumerate(chunks):
+            read, hashes = zip(*(f.result() for f in decoding), strict=True)
+            nxt = chunks[c + 1] if c + 1 < len(chunks) else []
+            decoding = [readers.submit(_read, planned[k].path) for k in nxt]
             done = iter(
                 predict_radiographs(model, [r for r in read if isinstance(r, Radiograph)], batch)
             )
-            for k, item, r, sha in zip(todo[s : s + batch], chunk, read, hashes, strict=True):
+            for f in writing:  # the previous batch: on disk before this one is queued
+                f.result()
+            bar.advance(len(writing))
+            writing = []
+            for k, r, sha in zip(ks, read, hashes, strict=True):
                 if isinstance(r, LandmarkDataError):
                     failed[k] = str(r)
                     print(f"lmjax predict: skipped: {r}", file=sys.stderr)
+                    bar.advance(1)
                     continue
-                p = next(done)
-                more = {
-                    "regions": p.regions,
-                    "uncertainty": p.annotation if annotated else None,
-                    "origin": {**model.origin, "input_sha256": sha},
-                    "alias": item.alias,
-                }
-                try:
-                    write_outputs(
-                        out, item.name, item.path, r, p.coords, p.confidence, lset,
-                        p.measurements, **more,
-                    )  # fmt: skip
-                except (OSError, LandmarkDataError) as e:
-                    failed[k] = f"{item.path}: outputs not written ({limits.one_line(e)})"
-                    print(f"lmjax predict: skipped: {failed[k]}", file=sys.stderr)
-            bar.advance(len(read))
+                writing.append(writer.submit(write, k, planned[k], r, sha, next(done)))
+            del read, done
+        for f in writing:
+            f.result()
+        bar.advance(len(writing))
     if len(failed) == len(planned):
         errors = list(failed.values())
         many = f"none of the {len(errors)} images could be predicted; first: {errors[0]}"

@@ -114,7 +114,8 @@ def test_skip_existing_resumes(workdir, tree, tmp_path, monkeypatch, capsys):  #
 
 
 def test_outputs_stream_and_decoded_images_are_let_go(workdir, tmp_path, monkeypatch):  # noqa: F811
-    """A large job holds about one batch: earlier batches are on disk, not in memory."""
+    """A large job holds a few batches: the one predicted, the next one decoding and
+    the previous one being written; every batch before those is on disk, not in memory."""
     import gc
     import weakref
 
@@ -129,7 +130,8 @@ def test_outputs_stream_and_decoded_images_are_let_go(workdir, tmp_path, monkeyp
         gc.collect()
         alive_before.append(sum(r() is not None for r in seen))
         done = [p for p in out.glob("img*.json") if not p.name.endswith(".labelme.json")]
-        assert len(done) == len(seen), (done, len(seen))  # every earlier image written
+        # every image before the previous batch is written (that one may be in flight)
+        assert len(seen) - 2 <= len(done) <= len(seen), (done, len(seen))
         seen.extend(weakref.ref(r) for r in rads)
         return real(model, rads, batch)
 
@@ -137,5 +139,7 @@ def test_outputs_stream_and_decoded_images_are_let_go(workdir, tmp_path, monkeyp
     results = predict.run_predict(workdir, [str(folder)], out, batch_size=2)
     assert len(results) == 9 and all("error" not in r for r in results)
     assert len(alive_before) == 5  # batches of 2
-    # at most the previous batch's images are still referenced: memory does not grow
+    # only the previous batch's images, being written, are still referenced (the next
+    # batch's are decoding): memory does not grow with the number of images
     assert max(alive_before) <= 2, alive_before
+    assert sorted(p.name for p in out.glob("img*.png")) == [f"img{i}.png" for i in range(9)]
