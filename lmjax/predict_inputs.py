@@ -137,11 +137,19 @@ def relative(path: pathlib.Path, start: pathlib.Path) -> str:
         return path.resolve().as_posix()
 
 
-def existing(out: pathlib.Path, item: Input, origin: dict[str, Any], names) -> dict | None:
+def output_extensions(overlay: bool = True) -> tuple[str, ...]:
+    """The files `lmjax predict` writes per image (the `.png` is the overlay)."""
+    return OUTPUT_EXTENSIONS if overlay else (".json", ".labelme.json")
+
+
+def existing(
+    out: pathlib.Path, item: Input, origin: dict[str, Any], names, overlay: bool = True
+) -> dict | None:
     """The `<name>.json` an earlier run wrote for this image with the same model
     (config, weights and stages in its provenance) and landmarks `names`, when its
-    `.png` and `.labelme.json` are there too (the JSON is written last); else None."""
-    if not all((out / f"{item.name}{ext}").is_file() for ext in OUTPUT_EXTENSIONS):
+    `.labelme.json` (and with `overlay` its `.png`) is there too (the JSON is
+    written last); else None."""
+    if not all((out / f"{item.name}{ext}").is_file() for ext in output_extensions(overlay)):
         return None
     try:
         doc = json.loads((out / f"{item.name}.json").read_text())
@@ -165,6 +173,7 @@ def from_doc(doc: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, Any]:
 
 __all__ = [
     "OUTPUT_EXTENSIONS",
+    "output_extensions",
     "Input",
     "anonymized",
     "collect_inputs",

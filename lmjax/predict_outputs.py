@@ -23,7 +23,8 @@ from lmjax.data import image_io
 from lmjax.data.labelme import write_labelme
 from lmjax.data.tabular import write_csv_rows
 from lmjax.data.types import LandmarkSet, Radiograph
-from lmjax.overlay import measurement_lines, overlay, segments_for
+from lmjax.overlay import measurement_lines, segments_for
+from lmjax.overlay import overlay as draw_overlay
 from lmjax.predict_inputs import from_doc, relative
 
 # zlib level 1: a full-size cephalogram overlay encodes 4x faster than Pillow's default
@@ -87,9 +88,10 @@ def write_outputs(
     uncertainty: queue.Annotation | None = None,
     origin: dict[str, Any] | None = None,
     alias: str | None = None,
+    overlay: bool = True,
 ) -> dict[str, Any]:
-    """Writes `<stem>.json`, `.png`, `.labelme.json` for `coords` `[K, 2]` (original
-    pixels, NaN where the model gave none) and, from a cascade, `regions` (outline
+    """Writes `<stem>.json`, `.png` (the overlay, unless `overlay` is False) and
+    `.labelme.json` for `coords` `[K, 2]` (original pixels, NaN where the model gave none) and, from a cascade, `regions` (outline
     polylines and patch polygons: `{"name", "kind", "points", "score", ...}`, kept
     in the JSON under "regions", LabelMe linestrips and polygons); returns the JSON.
     `stem` may name a subfolder of `out` (made as needed). Each file is written
@@ -114,17 +116,19 @@ def write_outputs(
         drawn = {"radii_px": uncertainty.ellipse_px, "implausible": uncertainty.implausible}
     lines = measurement_lines(measured)
     drawn |= {"names": lset.names, "segments": segments_for(lset.names)}
-    files = [out / f"{stem}{ext}" for ext in (".png", ".labelme.json", ".json")]
+    exts = [".png"] * overlay + [".labelme.json", ".json"]  # the JSON last: it marks done
+    files = [out / f"{stem}{ext}" for ext in exts]
     partial = [f.with_name(f".{f.name}.tmp") for f in files]
     try:
-        overlay(grey, coords, lines, regions or (), **drawn).save(
-            partial[0], format="PNG", compress_level=PNG_COMPRESS_LEVEL
-        )
+        if overlay:
+            draw_overlay(grey, coords, lines, regions or (), **drawn).save(
+                partial[-3], format="PNG", compress_level=PNG_COMPRESS_LEVEL
+            )
         _write_review_labelme(
-            partial[1], path, rad, grey, coords, conf, lset, regions, uncertainty,
+            partial[-2], path, rad, grey, coords, conf, lset, regions, uncertainty,
             image_path=alias or relative(path, target.parent), embed=alias is not None,
         )  # fmt: skip
-        partial[2].write_text(json.dumps(doc, indent=2))
+        partial[-1].write_text(json.dumps(doc, indent=2))
         for tmp, final in zip(partial, files, strict=True):
             os.replace(tmp, final)
     finally:

@@ -143,3 +143,25 @@ def test_outputs_stream_and_decoded_images_are_let_go(workdir, tmp_path, monkeyp
     # batch's are decoding): memory does not grow with the number of images
     assert max(alive_before) <= 2, alive_before
     assert sorted(p.name for p in out.glob("img*.png")) == [f"img{i}.png" for i in range(9)]
+
+
+def test_nooverlays_writes_no_png_and_resumes_without_them(workdir, tmp_path, capsys):  # noqa: F811
+    folder = tmp_path / "in"
+    for i in range(3):
+        _png(folder / f"img{i}.png", i)
+    out = tmp_path / "out"
+    args = ["predict", f"--workdir={workdir}", f"--output_dir={out}", "--nooverlays"]
+    code, text, err = run_cli(capsys, *args, str(folder))
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("img")) == [
+        f"img{i}{ext}" for i in range(3) for ext in (".json", ".labelme.json")
+    ]
+    with_png = json.loads((out / "img0.json").read_text())
+    # the same model's outputs without overlays are whole for a run without overlays ...
+    code, text, err = run_cli(capsys, *args, "--skip_existing", str(folder))
+    assert code == 0 and "kept 3 existing predictions" in err, err
+    assert json.loads((out / "img0.json").read_text()) == with_png
+    # ... but not for one that draws them: those are predicted again, with their PNGs
+    code, text, err = run_cli(capsys, *args[:-1], "--skip_existing", str(folder))
+    assert code == 0 and "kept" not in err, err
+    assert sorted(p.name for p in out.glob("img*.png")) == [f"img{i}.png" for i in range(3)]

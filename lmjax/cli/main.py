@@ -83,7 +83,7 @@ _TABLE = [
         "predict",
         "lmjax predict (--workdir=DIR | --model=FILE) --output_dir=DIR [--flip_tta] "
         "[--tta_scales=S,...] "
-        "[--review] [--skip_existing] [--anonymize_names [--anonymize_salt=S] "
+        "[--review] [--skip_existing] [--nooverlays] [--anonymize_names [--anonymize_salt=S] "
         "[--name_map=FILE.csv]] INPUT [INPUT ...]",
         "landmarks (JSON, overlay PNG, LabelMe file) for DICOM or image files and folders",
         predict.define_predict,

@@ -87,6 +87,13 @@ def define_predict(fv: flags.FlagValues) -> None:
         "large job); predictions.csv, provenance.json and the review still list every image",
         flag_values=fv,
     )
+    flags.DEFINE_bool(
+        "overlays",
+        True,
+        "write <stem>.png, the landmarks drawn on the image (--nooverlays: only the JSON, "
+        "LabelMe and table files; encoding the PNGs is most of the time per image)",
+        flag_values=fv,
+    )
     define_anonymize(
         fv,
         "the outputs' names (flat in --output_dir) and every path written into them; "
@@ -127,6 +134,7 @@ def cmd_predict(inv: Invocation) -> int:
         anonymize_names=anonymize,
         anonymize_salt=inv.value("anonymize_salt"),
         name_map=inv.value("name_map"),
+        overlays=inv.value("overlays"),
     )
     kept = f" (kept {done.kept} from an earlier run)" if done.kept else ""
     print(f"wrote {done.written} of {len(done.inputs)} predictions to {output_dir}{kept}")
