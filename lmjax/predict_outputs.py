@@ -91,12 +91,13 @@ def write_outputs(
     overlay: bool = True,
 ) -> dict[str, Any]:
     """Writes `<stem>.json`, `.png` (the overlay, unless `overlay` is False) and
-    `.labelme.json` for `coords` `[K, 2]` (original pixels, NaN where the model gave none) and, from a cascade, `regions` (outline
-    polylines and patch polygons: `{"name", "kind", "points", "score", ...}`, kept
-    in the JSON under "regions", LabelMe linestrips and polygons); returns the JSON.
-    `stem` may name a subfolder of `out` (made as needed). Each file is written
-    under a temporary name and renamed when all three are complete, the JSON last,
-    so that a failure leaves nothing of this image and the JSON marks the three done.
+    `.labelme.json` for `coords` `[K, 2]` (original pixels, NaN where the model gave
+    none) and, from a cascade, `regions` (outline polylines and patch polygons:
+    `{"name", "kind", "points", "score", ...}`, kept in the JSON under "regions",
+    LabelMe linestrips and polygons); returns the JSON. `stem` may name a subfolder
+    of `out` (made as needed). Each file is written under a temporary name and
+    renamed when all are complete, the JSON last, so that a failure leaves nothing
+    of this image and the JSON marks the others done.
     `uncertainty` (`lmjax.review.annotate`) adds each landmark's radius and shape check
     to the JSON, the LabelMe description and the overlay; `origin` is the JSON's
     `provenance` block. `alias` (`--anonymize_names`) replaces the image's path in
