@@ -4,8 +4,11 @@ The reference is one process that reads the same global batches: its input
 pipeline concatenates the slices of process 0 and process 1, as
 `parallel.shard_batch` does across processes. The per-step losses and gradient
 norms, the validation after training, and the validation of the reference's
-checkpoint restored on two processes must agree. A shared persistent compilation
-cache spares the two processes the eager model initialisation's many compilations.
+checkpoint restored on two processes must agree. The model is the tiny phantom
+U-Net shrunk further (32 x 32, two levels, 4 features) and XLA compiles at LLVM's
+optimisation level 0: the three processes spend most of their time compiling. The
+reference writes every program to the test run's persistent compilation cache,
+where the two processes (and later runs) read what they share with it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ import numpy as np
 role, workdir, steps, port, process_id, reference = sys.argv[1:] + [None] * (7 - len(sys.argv))
 overrides = {
     "data.augment": "",
+    "data.input_size": (32, 32),
+    "model.num_levels": 2,
+    "model.features": 4,
     "train.steps": int(steps),
     "train.log_every": 1,
     "train.eval_every": int(steps),
@@ -137,14 +143,17 @@ def _records(workdir: pathlib.Path, kind: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("distributed")
+    # The conftest's cache, which `lmjax train` reads through LMJAX_COMPILATION_CACHE.
+    cache = os.environ.get("LMJAX_COMPILATION_CACHE", "").strip()
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
+        JAX_COMPILATION_CACHE_DIR=cache if cache not in ("", "0") else str(tmp / "jax_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        # Without the caller's flags: one CPU device per process.
+        XLA_FLAGS="--xla_backend_optimization_level=0",
     )
-    env.pop("XLA_FLAGS", None)  # one CPU device per process
     ref, two = tmp / "one_process", tmp / "two_processes"
     log = tmp / "reference.log"
     _finish([_start(["reference", str(ref), str(STEPS)], env, log)], [log], timeout=TIMEOUT)
