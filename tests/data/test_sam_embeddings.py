@@ -87,11 +87,10 @@ def test_the_affine_agrees_with_the_resampled_pixels():
 
 @pytest.fixture(scope="module")
 def tiny_sam():
-    from flax import nnx
+    from tests.models.test_sam import tiny_sam
 
-    from lmjax.models import build_model
-
-    return build_model("sam", size="tiny", rngs=nnx.Rngs(0))
+    # Weights drawn in NumPy: an eager random init compiles each initializer per shape.
+    return tiny_sam()
 
 
 @pytest.fixture
@@ -143,7 +142,9 @@ def test_cached_embeddings_equal_the_model_within_bf16(tiny_sam, images, tmp_pat
     got = cache.embed_dataset(tiny_sam, images, batch_size=3, log=None)
     pixels = [read_radiograph(p).pixels for p in images[:3]] + [images[3].image]
     batch = np.stack([sam_preprocess(x, mode="medsam", size=80)[0] for x in pixels])
-    direct = np.asarray(tiny_sam.embed(batch), np.float32)
+    from flax import nnx
+
+    direct = np.asarray(nnx.jit(lambda m, x: m.embed(x))(tiny_sam, batch), np.float32)
     for g, d in zip(got, direct, strict=True):
         np.testing.assert_allclose(g.astype(np.float32), d, rtol=2**-7, atol=1e-4)
 
@@ -167,23 +168,23 @@ def test_keys_follow_content_preprocessing_and_weights(images, tmp_path):
 
 def test_other_weights_or_preprocessing_miss(tiny_sam, images, tmp_path):
     EmbeddingCache(tmp_path, weights_id="w0", preprocessing=PREP).embed_dataset(
-        tiny_sam, images[:2], batch_size=2, log=None
+        tiny_sam, images[:2], batch_size=3, log=None
     )
     for cache in (
         EmbeddingCache(tmp_path, weights_id="w1", preprocessing=PREP),
         EmbeddingCache(tmp_path, weights_id="w0", preprocessing={**PREP, "mode": "sam"}),
     ):
-        cache.embed_dataset(tiny_sam, images[:2], batch_size=2, log=None)
+        cache.embed_dataset(tiny_sam, images[:2], batch_size=3, log=None)
         assert (cache.hits, cache.misses) == (0, 2)
 
 
 def test_a_truncated_entry_is_recomputed_with_a_warning(tiny_sam, images, tmp_path):
     cache = EmbeddingCache(tmp_path, weights_id="w0", preprocessing=PREP)
-    (first,) = cache.embed_dataset(tiny_sam, images[:1], batch_size=1, log=None)
+    (first,) = cache.embed_dataset(tiny_sam, images[:1], batch_size=3, log=None)
     npy = tmp_path / f"{cache.key(images[0])}.npy"
     npy.write_bytes(npy.read_bytes()[:100])
     with pytest.warns(UserWarning, match="unreadable"):
-        (again,) = cache.embed_dataset(tiny_sam, images[:1], batch_size=1, log=None)
+        (again,) = cache.embed_dataset(tiny_sam, images[:1], batch_size=3, log=None)
     assert cache.misses == 2
     np.testing.assert_array_equal(bits(first), bits(again))
     assert cache.get(cache.key(images[0])) is not None
