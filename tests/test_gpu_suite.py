@@ -1,7 +1,7 @@
 """experiments/gpu/run_all.sh: the accelerator suite, run here in its CPU (tiny) mode.
 
 The tiny run goes through the code an accelerator runs (probe, worker process,
-`lmjax benchmark`'s measurements, the report) at 64x64 with tiny widths, and shares
+`lmjax benchmark`'s measurements, the report) at 32x32 with tiny widths, and shares
 the test suite's compilation cache so that a second run mostly loads programs. The
 other tests exercise the parent's bookkeeping (budgets, out-of-memory retries,
 goals) without compiling anything.
@@ -32,6 +32,7 @@ def _load_suite():
 
 suite = _load_suite()
 suite_report = sys.modules["suite_report"]  # imported by suite.py from its folder
+suite_rows = sys.modules["suite_rows"]
 
 FINITE = (
     "train_images_per_s",
@@ -74,7 +75,8 @@ def test_tiny_mode_measures_every_row(tiny):
     for name in ("unet", "hrnet", "vit_b_lora", "sam_decoder", "input"):
         row = r["rows"][name]
         assert row["status"] == "ok", (name, row.get("error"))
-        assert row["input_size"] == [64, 64] and row["compute_dtype"] == "float32"
+        assert row["input_size"] == list(suite_rows.TINY_SIZE)
+        assert row["compute_dtype"] == "float32"
         assert all(finite(row[k]) and row[k] > 0 for k in FINITE), (name, row)
         # CPU: no peak FLOP/s and no memory statistics; both reported as null.
         assert row["mfu"] is None and "CPU" in row["mfu_note"]

@@ -17,7 +17,7 @@ peak memory (`memory_stats()["peak_bytes_in_use"]`, a per-process high-water
 mark) is its own; on CPU, which keeps no memory statistics, one worker runs the
 rows in turn, to pay for one start-up instead of five.
 
-Without an accelerator (or with `--tiny`) the same rows run at 64x64 with tiny
+Without an accelerator (or with `--tiny`) the same rows run at 32x32 with tiny
 widths in float32 and 2 steps: a check that the suite still works, not a figure.
 
 Writes `suite.json` and `suite.md` to `--out` (default:

@@ -63,7 +63,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Mode **{result['mode']}**"
         + (
-            " (64x64 inputs, tiny widths, float32, 2 steps: checks that the suite runs; "
+            " (32x32 inputs, tiny widths, float32, 2 steps: checks that the suite runs; "
             "the numbers are not figures)"
             if result["mode"] == "tiny"
             else " (512x512 inputs, SAM 1024 px, bf16 compute, float32 parameters)"

@@ -3,8 +3,8 @@
 Every JAX row is `lmjax benchmark`'s own measurement (`lmjax.benchmark.benchmark`,
 `lmjax.sam_benchmark.benchmark_sam`) on a config of experiments/configs with the
 suite's size: the full size on an accelerator, and on CPU (`tiny`) the same config
-shrunk to 64x64 images and tiny widths in float32, so the CPU test runs the code
-the accelerator runs.
+shrunk to 32x32 images, tiny widths and a two-stage HRNet in float32, so the CPU
+test runs the code the accelerator runs.
 
   unet         isbi2015_unet_heatmap.py:gpu at 512x512 (32 features, 7 levels), bf16
   hrnet        isbi2015_hrnet.py:kl (HRNet-W32) at 512x512, bf16
@@ -45,7 +45,7 @@ SAM_PROMPTS = 32
 # (experiments/results/sam_cpu), hence the config's 4.
 BATCH = {"unet": 32, "hrnet": 32, "vit_b_lora": 16, "sam_decoder": 4, "input": 32}
 TINY_BATCH = dict.fromkeys(BATCH, 4)
-TINY_SIZE = (64, 64)
+TINY_SIZE = (32, 32)  # the smallest every row accepts (HRNet: a multiple of 8)
 PHANTOM_IMAGES = {False: 64, True: 8}  # the input row's phantom, full / tiny
 
 _CONFIG = {
@@ -55,18 +55,23 @@ _CONFIG = {
     # The config computes in float32 (bf16 embeddings); the suite's rows are all bf16.
     "sam_decoder": ("pelvis_sam_decoder.py:medsam", ["model.dtype=bfloat16"]),
 }
+# One block or level of each kind fewer where the row's code path stays the same:
+# compiling is most of the tiny run.
 _TINY = {
-    "unet": ["model.features=4", "model.num_levels=3"],
+    "unet": ["model.features=4", "model.num_levels=2"],
+    # Two stages (two branches and one exchange) instead of four: the same modules.
     "hrnet": [
         "model.width=8",
         "model.stem_features=16",
-        "model.num_modules=(1, 1, 1)",
-        "model.num_blocks=(1, 1, 1, 1)",
+        "model.num_modules=(1,)",
+        "model.num_blocks=(1, 1)",
     ],
-    "vit_b_lora": ["model.size=tiny"],
-    # The widths of the config's `tiny` SAM, at 64 px: an 8 x 8 token grid.
+    "vit_b_lora": ["model.size=tiny", "model.depth=1"],
+    # The widths of the config's `tiny` SAM, at 32 px: a 4 x 4 token grid, one window.
     "sam_decoder": [
         "model.size=tiny",
+        "model.depth=1",
+        "model.global_attn_indexes=(0,)",
         "model.patch_size=8",
         "model.window_size=4",
         "model.prompt_dim=32",
