@@ -11,7 +11,7 @@ from lmjax import configs
 from lmjax.configs.phantom import get_config
 from lmjax.data.types import Record
 from lmjax.train import folds, setup
-from tests.test_cli import lmjax
+from tests.test_cli import run_cli
 
 
 def _records(names, meta=None):
@@ -116,30 +116,36 @@ def test_refit_config_turns_cross_validation_off():
         folds.refit_config(_config(cv_refit=True))
 
 
-def test_train_runs_every_fold_and_writes_the_summary(tmp_path):
+def test_train_runs_every_fold_and_writes_the_summary(tmp_path, capsys):
+    # In this process, with the tiny U-Net shrunk to 32 x 32 and two levels: the
+    # three runs (two folds, the refit) are the point, not the model or a new process.
     config = configs.DEFAULT
-    out = lmjax(
+    status, stdout, err = run_cli(
+        capsys,
         "train",
         f"--config={config}:tiny",
         f"--workdir={tmp_path}",
         "--config.data.cv_folds=2",
         "--config.data.cv_refit=true",
+        "--config.data.input_size=(32, 32)",
+        "--config.model.num_levels=2",
+        "--config.model.features=4",
         "--config.train.steps=4",
         "--config.train.eval_every=4",
         "--config.data.augment=",
         "--config.train.tensorboard=false",
     )
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert status == 0, err[-2000:]
     summary = json.loads((tmp_path / "cv_summary.json").read_text())
     assert summary["n_folds"] == 2 and summary["unit"] == "mm"
     reports = [json.loads((tmp_path / f"fold_{i}" / "eval.json").read_text()) for i in (0, 1)]
     assert summary["mre_mean"] == pytest.approx(np.mean([r["mre"] for r in reports]))
     held = [set(r["per_image"]["images"]) for r in reports]
     assert held[0] and held[1] and not held[0] & held[1]
-    assert "cross-validation over 2 folds" in out.stdout
+    assert "cross-validation over 2 folds" in stdout
     # cv_refit: one more run on every training record, tested once on the test split.
     final = json.loads((tmp_path / "final" / "eval.json").read_text())
     test_names = {r.name for r in setup.load_splits(_config())[2].records}
     assert set(final["per_image"]["images"]) == test_names
     assert not test_names & (held[0] | held[1])
-    assert summary["final"]["mre"] == final["mre"] and "final model on" in out.stdout
+    assert summary["final"]["mre"] == final["mre"] and "final model on" in stdout
