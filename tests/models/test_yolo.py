@@ -99,9 +99,8 @@ def test_tiny_forward_is_finite_and_anchors_are_cell_centres():
         "yolo11", num_outputs=nc, input_size=128, in_channels=1, rngs=_rngs(0), **TINY
     )
     images = jax.random.normal(jax.random.key(1), (2, 128, 128, 1))
-    apply = nnx.jit(lambda m, x: m(x))
     model.eval()
-    out = apply(model, images)
+    out = nnx.jit(lambda m, x: m(x))(model, images)
     a = 16 * 16 + 8 * 8 + 4 * 4
     assert out["box_dist"].shape == (2, a, 64) and out["cls"].shape == (2, a, nc)
     for key in ("box_dist", "cls"):
@@ -118,23 +117,23 @@ def test_tiny_forward_is_finite_and_anchors_are_cell_centres():
     head = model.model[23]
     np.testing.assert_allclose(head.cv2[1][2].bias[...], 2.0)
     np.testing.assert_allclose(head.cv3[1][2].bias[...], math.log(5 / nc / 40**2), rtol=1e-6)
-    model.train()  # batch statistics path
-    assert bool(jnp.all(jnp.isfinite(apply(model, images)["cls"])))
+    # Training mode (batch statistics, the SPPF max pools): outputs and gradients from
+    # one compiled program.
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params):
+        out = nnx.merge(graphdef, params, rest, copy=True)(images)
+        return out["cls"].sum(), out
+
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    assert bool(jnp.all(jnp.isfinite(out["cls"])))
     # Per-class top-1 decoding: the best anchor's box, NaN below the threshold.
-    out = apply(model, images)
     assert out["boxes"].shape == (2, nc, 4) and out["coords"].shape == (2, nc, 2)
     found = np.asarray(out["found"])
     np.testing.assert_array_equal(np.isfinite(np.asarray(out["boxes"])).all(-1), found)
     np.testing.assert_array_equal(found, np.asarray(out["scores"]) >= model.score_threshold)
-    # Gradients under jit in training mode (the SPPF max pools included).
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def loss(params):
-        return nnx.merge(graphdef, params, rest, copy=True)(images)["cls"].sum()
-
-    grad = jax.jit(jax.grad(loss))
-
-    norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grad(params))]
+    norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
     assert all(np.isfinite(norms)) and sum(norms) > 0
 
 
