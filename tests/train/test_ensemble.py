@@ -35,46 +35,65 @@ def _leaves(params):
     return jax.tree.leaves(jax.device_get(params))
 
 
-@pytest.mark.parametrize("how", ["vmap", "unroll"])
-def test_member_k_equals_the_single_model_seeded_seed_plus_k(tmp_path, how):
+def _quiet(*_):
+    pass
+
+
+def _augmenting_ensemble(how: str = "vmap"):
     # Device augmentation: each member draws its own stream from its own key.
     config = _config(ensemble=2, seed=3, ensemble_map=how)
     with config.unlocked():
         config.data.augment = "default"
         config.data.augment_on_device = True
+    return config
+
+
+@pytest.fixture(scope="module")
+def single_runs(tmp_path_factory):
+    """Three batches and, for member k = 0, 1, the single model seeded seed + k trained
+    on them: `(batches, [(losses, params) of k])`, the reference of both ensemble maps."""
+    config = _augmenting_ensemble()
     train_ds, _, _ = setup.load_splits(config)
     lset = train_ds.landmark_set
     keys = setup.device_keys(setup.task_spec(config), augment_on_device=True)
-    pipeline = setup.make_train_pipeline(config, train_ds, cache_dir=str(tmp_path))
+    cache = str(tmp_path_factory.mktemp("cache"))
+    pipeline = setup.make_train_pipeline(config, train_ds, cache_dir=cache)
     batches = [{k: b[k] for k in keys} for b in (next(pipeline) for _ in range(3))]
-    quiet = lambda *_: None  # noqa: E731
+    runs = []
+    for k in range(2):
+        single = ensemble.member_config(config, k)
+        mesh1, state1, step1, _, _ = setup.build(single, lset.num_landmarks, lset, log=_quiet)
+        losses = []
+        for batch in batches:
+            state1, metrics1 = step1(state1, parallel.shard_batch(batch, mesh1))
+            losses.append(float(metrics1["loss"]))
+        runs.append((losses, _leaves(state1.params)))
+    return batches, runs
 
-    mesh, state, step, _, _ = setup.build(config, lset.num_landmarks, lset, log=quiet)
+
+@pytest.mark.parametrize("how", ["vmap", "unroll"])
+def test_member_k_equals_the_single_model_seeded_seed_plus_k(single_runs, how):
+    config = _augmenting_ensemble(how)
+    batches, runs = single_runs
+    lset = setup.load_splits(config)[0].landmark_set
+    mesh, state, step, _, _ = setup.build(config, lset.num_landmarks, lset, log=_quiet)
     losses = []
     for batch in batches:
         state, metrics = step(state, parallel.shard_batch(batch, mesh))
         losses.append([float(metrics[f"member{k}_loss"]) for k in range(2)])
     assert int(state.step) == 3 and state.params is not None
-    for k in range(2):
+    for k, (single_losses, single_params) in enumerate(runs):
         single = ensemble.member_config(config, k)
         assert single.train.seed == 3 + k and single.train.ensemble == 1
-        mesh1, state1, step1, _, _ = setup.build(single, lset.num_landmarks, lset, log=quiet)
-        single_losses = []
-        for batch in batches:
-            state1, metrics1 = step1(state1, parallel.shard_batch(batch, mesh1))
-            single_losses.append(float(metrics1["loss"]))
         np.testing.assert_allclose([row[k] for row in losses], single_losses, rtol=1e-5)
         member = ensemble.member_state(state, k)
-        for got, want in zip(_leaves(member.params), _leaves(state1.params), strict=True):
+        for got, want in zip(_leaves(member.params), single_params, strict=True):
             # vmap batches the convolutions (grouped), which rounds differently.
             scale = max(float(np.abs(want).max()), 1e-3)
             assert float(np.abs(got - want).max()) <= 1e-5 * scale
         if k == 1:  # the members really differ: initialisation and augmentation
             other = _leaves(ensemble.member_state(state, 0).params)
-            gap = max(
-                float(np.abs(a - b).max())
-                for a, b in zip(other, _leaves(state1.params), strict=True)
-            )
+            gap = max(float(np.abs(a - b).max()) for a, b in zip(other, single_params, strict=True))
             assert gap > 1e-2
 
 
