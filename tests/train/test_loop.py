@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -76,10 +77,15 @@ def test_segmentation_with_method_3_learns(tmp_path):
     assert evaluation.segmentation_report(heatmap, eval_step, mesh, trained, val) is None
 
 
-def test_resume_reaches_the_same_parameters(tmp_path):
-    loop.train(
-        _config(steps=12, eval_every=6, log_every=6), tmp_path / "whole", log=lambda *_: None
-    )
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    """A 12-step run validated at steps 6 and 12 (read, never changed, by the tests)."""
+    path = tmp_path_factory.mktemp("whole")
+    loop.train(_config(steps=12, eval_every=6, log_every=6), path, log=lambda *_: None)
+    return path
+
+
+def test_resume_reaches_the_same_parameters(whole_run, tmp_path):
     loop.train(_config(steps=6, eval_every=6, log_every=6), tmp_path / "split", log=lambda *_: None)
     messages = []
     loop.train(
@@ -89,22 +95,19 @@ def test_resume_reaches_the_same_parameters(tmp_path):
     assert resumed == [f"resumed from step 6 in {tmp_path / 'split'}"]
     assert messages[0].startswith("resolved config:\n  ")
     assert "\n  data.augment = ''\n" in messages[0]
-    step_a, a = _params(tmp_path / "whole")
+    step_a, a = _params(whole_run)
     step_b, b = _params(tmp_path / "split")
     assert step_a == step_b == 12
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
-def test_evaluate_without_checkpoint_is_one_line(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "lmjax.cli", "evaluate", f"--workdir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 2
-    assert f"{tmp_path}: no checkpoint found" in out.stderr and "Traceback" not in out.stderr
+def test_evaluate_without_checkpoint_is_one_line(tmp_path, capsys):
+    from tests.test_cli import run_cli
+
+    code, _, err = run_cli(capsys, "evaluate", f"--workdir={tmp_path}")
+    assert code == 2
+    assert f"{tmp_path}: no checkpoint found" in err and "Traceback" not in err
     with pytest.raises(FileNotFoundError):
         restore.restore_trained(tmp_path)
     assert ckpt_lib.restore_config(tmp_path) is None
@@ -144,12 +147,14 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
         assert checkpoints.latest_step() == saved
 
 
-def test_restore_reads_the_saved_config_json_and_runs_no_python(tmp_path):
-    loop.train(_config(steps=2, eval_every=2, log_every=2), tmp_path, log=lambda *_: None)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["train"]["steps"] == 2 and saved["model"]["name"] == "unet"
+def test_restore_reads_the_saved_config_json_and_runs_no_python(whole_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(whole_run, workdir)  # the copy's config is changed below
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["train"]["steps"] == 12 and saved["model"]["name"] == "unet"
     saved["train"]["flip_tta"] = True  # a change only config.json carries
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    (tmp_path / "config.py").write_text("raise SystemExit('a workdir config was executed')\n")
-    config, _, state, _ = restore.restore_trained(tmp_path)
-    assert config.train.flip_tta is True and int(state.step) == 2
+    (workdir / "config.json").write_text(json.dumps(saved))
+    (workdir / "config.py").write_text("raise SystemExit('a workdir config was executed')\n")
+    config, _, state, _ = restore.restore_trained(workdir)
+    with ckpt_lib.Checkpointer(workdir) as checkpoints:
+        assert config.train.flip_tta is True and int(state.step) == checkpoints.best_step()
