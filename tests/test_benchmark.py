@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -23,6 +21,7 @@ from lmjax.benchmark import (
 )
 from lmjax.configs.phantom import get_config
 from lmjax.train import setup
+from tests.test_cli import run_cli
 
 REPO = pathlib.Path(__file__).parents[1]
 HRNET = REPO / "experiments" / "configs" / "phantom_hrnet.py"
@@ -95,37 +94,33 @@ def test_real_data_without_region_masks_is_refused_clearly(monkeypatch):
         benchmark(hrnet, steps=1, data="real")
 
 
-def test_cli_benchmarks_a_config_whose_losses_need_region_masks(tmp_path):
+def test_cli_benchmarks_a_config_whose_losses_need_region_masks(tmp_path, capsys):
     # The fluoroscopy paper's proposed loss: segmentation Dice-CE against region masks,
     # anatomical consistency with the phantom's landmark regions; the real pipeline
-    # ships the phantom's masks to the step.
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lmjax.cli",
-            "benchmark",
-            f"--config={HRNET}:proposed_cpu",
-            "--config.data.input_size=(32, 32)",
-            "--config.data.phantom_size=12",
-            "--config.model.stem_features=8",
-            "--config.model.width=4",
-            "--config.train.batch_size=2",
-            "--steps=1",
-            "--infer_batch=1",
-            "--data=real",
-            f"--output={tmp_path / 'b.json'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    # ships the phantom's masks to the step. In this process: nothing here is about
+    # process start-up. A two-stage HRNet: the losses, not the depth, are the point.
+    status, out, err = run_cli(
+        capsys,
+        "benchmark",
+        f"--config={HRNET}:proposed_cpu",
+        "--config.data.input_size=(32, 32)",
+        "--config.data.phantom_size=12",
+        "--config.model.stem_features=8",
+        "--config.model.width=4",
+        "--config.model.num_modules=(1,)",
+        "--config.model.num_blocks=(1, 1)",
+        "--config.train.batch_size=2",
+        "--steps=1",
+        "--infer_batch=1",
+        "--data=real",
+        f"--output={tmp_path / 'b.json'}",
     )
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert status == 0, err[-3000:]
     r = json.loads((tmp_path / "b.json").read_text())
     check_report(r)
     assert r["model"] == "hrnet" and r["input_size"] == [32, 32] and r["global_batch"] == 2
     assert 0 <= r["input"]["input_wait_fraction"] <= 1 and r["input"]["images_per_s"] > 0
-    assert "M parameters" in out.stdout
+    assert "M parameters" in out
 
 
 @pytest.mark.parametrize(
@@ -211,28 +206,21 @@ def test_benchmark_rejects_unknown_data():
         benchmark(get_config("tiny"), data="synthetic")
 
 
-def test_cli_fake_data_writes_json(tmp_path):
+def test_cli_fake_data_writes_json(tmp_path, capsys):
     config = REPO / "lmjax" / "configs" / "phantom.py"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lmjax.cli",
-            "benchmark",
-            f"--config={config}:tiny",
-            "--steps=2",
-            "--infer_batch=1",  # the latency batch: one eval compile, not two
-            f"--output={tmp_path / 'b.json'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    status, out, err = run_cli(
+        capsys,
+        "benchmark",
+        f"--config={config}:tiny",
+        "--steps=2",
+        "--infer_batch=1",  # the latency batch: one eval compile, not two
+        f"--output={tmp_path / 'b.json'}",
     )
-    assert out.returncode == 0, out.stderr
+    assert status == 0, err
     r = json.loads((tmp_path / "b.json").read_text())
     check_report(r)
     assert r["data"] == "fake" and r["input"] is None and r["global_batch"] == 4
-    assert "MFU not defined on CPU" in out.stdout
+    assert "MFU not defined on CPU" in out
 
 
 def test_cpu_bf16_flags_read_from_cpuinfo(tmp_path):
