@@ -136,16 +136,17 @@ def test_compile_check_does_not_fit_in_a_kilobyte():
 
 def test_cli_benchmark_and_compile_check(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(sam_benchmark, "PROMPTS", ())  # the encoder only: no train compile
-    size = "--config.data.input_size=(64, 64)"
+    # The fixtures' model: its encoder program is read from the compilation cache.
+    size = [f"--config.{o}" for o in SMALL]
     code, out, err = run_cli(
-        capsys, "benchmark", f"--config={CONFIG}", size, "--steps=1",
+        capsys, "benchmark", f"--config={CONFIG}", *size, "--steps=1",
         f"--output={tmp_path / 'b.json'}",
     )  # fmt: skip
     assert code == 0, err
     assert "images/s at batch 4" in out
     assert json.loads((tmp_path / "b.json").read_text())["encoder"]["images_per_s"] > 0
     code, out, err = run_cli(
-        capsys, "compile-check", f"--config={CONFIG}", size, "--device_memory_gb=0.000001",
+        capsys, "compile-check", f"--config={CONFIG}", *size, "--device_memory_gb=0.000001",
     )  # fmt: skip
     assert code == 1, err  # does not fit
     assert "fits         NO" in out
