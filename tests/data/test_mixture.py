@@ -84,8 +84,9 @@ def test_a_specialist_starts_from_its_generalist(tmp_path, capsys):
     from lmjax.train.restore import restore_trained
     from tests.test_cli import run_cli
 
+    # Two small phantoms (the default one has 200 images to render and evaluate).
     two = "--config.data.mixture=" + json.dumps(
-        [{"name": "first"}, {"name": "second", "phantom_size": 60}]
+        [{"name": "first", "phantom_size": 24}, {"name": "second", "phantom_size": 16}]
     )
     common = [two, "--config.train.steps=2", "--config.train.eval_every=2",
               "--config.train.tensorboard=false"]  # fmt: skip
