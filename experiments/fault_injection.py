@@ -44,31 +44,35 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 KINDS = ("start", "step", "save", "time")
 
 
-def overrides(steps: int, save_every: int) -> list[str]:
+def overrides(steps: int, save_every: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """The config's changes; `extra` (`FIELD=VALUE`, e.g. a smaller model) come last."""
     return [
         f"train.steps={steps}",
         f"train.eval_every={save_every}",
         f"train.log_every={save_every}",
         "train.tensorboard=False",
         "data.phantom_size=24",
+        *extra,
     ]
 
 
-def child(workdir: str, cache: str, steps: int, save_every: int) -> None:
+def child(workdir: str, cache: str, steps: int, save_every: int, extra=()) -> None:
     """The training process that gets killed (run with `--child`)."""
     from lmjax import compilation, configs
     from lmjax.train import loop
 
     compilation.enable_persistent_cache(cache, min_compile_time_s=0)
     config = configs.load(
-        str(REPO / "lmjax/configs/phantom.py") + ":tiny", overrides(steps, save_every)
+        str(REPO / "lmjax/configs/phantom.py") + ":tiny", overrides(steps, save_every, extra)
     )
     loop.train(config, workdir, log=lambda m: print(m, flush=True))
 
 
-def _launch(workdir: pathlib.Path, cache: pathlib.Path, steps: int, save_every: int, n: int):
+def _launch(
+    workdir: pathlib.Path, cache: pathlib.Path, steps: int, save_every: int, n: int, extra=()
+):
     cmd = [sys.executable, __file__, "--child", str(workdir), f"--cache={cache}"]
-    cmd += [f"--steps={steps}", f"--save_every={save_every}"]
+    cmd += [f"--steps={steps}", f"--save_every={save_every}", *(f"--set={x}" for x in extra)]
     env = {**os.environ, "LMJAX_LOG_BATCHES": "1", "PYTHONPATH": str(REPO)}
     out = open(workdir.parent / f"{workdir.name}.run{n}.log", "w")  # noqa: SIM115
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env), out
@@ -228,14 +232,16 @@ def run(
     root: str | pathlib.Path | None = None,
     timeout: float = 600.0,
     log=print,
+    extra: tuple[str, ...] = (),
 ) -> dict:
-    """Reference run, killed run, comparison; the result (see the module docstring)."""
+    """Reference run, killed run, comparison; the result (see the module docstring).
+    `extra` are more config overrides (`FIELD=VALUE`) for every training process."""
     root = pathlib.Path(root or tempfile.mkdtemp(prefix="fault_injection_"))
     root.mkdir(parents=True, exist_ok=True)
     cache = root / "jax_cache"
     reference, faulty = root / "reference", root / "faulty"
     t0 = time.time()
-    proc, out = _launch(reference, cache, steps, save_every, 0)
+    proc, out = _launch(reference, cache, steps, save_every, 0, extra)
     _run_to_end(proc, timeout)
     out.close()
     reference_s = time.time() - t0
@@ -245,7 +251,7 @@ def run(
     for moment in plan(kills, steps, seed):
         n += 1
         started = time.time()
-        proc, out = _launch(faulty, cache, steps, save_every, n)
+        proc, out = _launch(faulty, cache, steps, save_every, n, extra)
         found = _kill_when_due(proc, faulty, moment, started, timeout)
         out.close()
         if found is None:  # finished before the moment came; no further kills possible
@@ -261,15 +267,16 @@ def run(
         records.append(record)
         log(_row(record))
     started = time.time()
-    proc, out = _launch(faulty, cache, steps, save_every, n + 1)
+    proc, out = _launch(faulty, cache, steps, save_every, n + 1, extra)
     _run_to_end(proc, timeout)
     out.close()
     final_resume = _resumed_from(root / f"faulty.run{n + 1}.log")
     log(f"final run resumed from step {final_resume} and finished in {time.time() - started:.1f} s")
     result = {
         "command": f"python experiments/fault_injection.py --kills={kills} --seed={seed} "
-        f"--steps={steps} --save_every={save_every}",
-        "config": "lmjax/configs/phantom.py:tiny with " + " ".join(overrides(steps, save_every)),
+        f"--steps={steps} --save_every={save_every}" + "".join(f" --set={x}" for x in extra),
+        "config": "lmjax/configs/phantom.py:tiny with "
+        + " ".join(overrides(steps, save_every, extra)),
         "kills": records,
         "final_run_resumed_from": final_resume,
         "kills_with_save_in_flight": sum(r["save_in_flight"] for r in records),
@@ -322,13 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save_every", type=int, default=4)
     parser.add_argument("--root", default=None, help="working folder (default: a new temp one)")
     parser.add_argument("--output", default=None, help="result JSON")
+    parser.add_argument(
+        "--set", action="append", default=[], help="FIELD=VALUE config override (repeatable)"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.cache, args.steps, args.save_every)
+        child(args.child, args.cache, args.steps, args.save_every, args.set)
         return 0
-    result = run(args.kills, args.seed, args.steps, args.save_every, args.root)
+    result = run(args.kills, args.seed, args.steps, args.save_every, args.root, extra=args.set)
     if args.output:
         path = pathlib.Path(args.output)
         path.parent.mkdir(parents=True, exist_ok=True)
