@@ -26,6 +26,11 @@ SMALL = [
     "train.batch_size=2",
     "train.tensorboard=False",
 ]
+# The joint-step tests' SAM: one two-way attention layer instead of the tiny SAM's
+# two (its joint step and gradient are among the file's costliest compiles). The
+# CLI cascade keeps the tiny decoder: its traced outlines and patches need masks
+# that 4 steps of a shallower decoder may leave empty.
+SAM_SMALL = ["model.decoder_depth=1"]
 
 
 def _landmarks(points, spacing=(0.5, 0.5)):
@@ -110,8 +115,13 @@ def test_mask_shapes_give_back_the_drawn_polygon_and_stroke():
 @pytest.fixture(scope="module")
 def cascade_run(tmp_path_factory):
     """A tiny detector (4 steps) and a cascade on it (4 decoder steps), via the CLI."""
+    from lmjax import parallel
     from tests.test_cli import run_cli
 
+    # The training loop sets a global mesh, and eager parameter initialisers compiled
+    # outside it compile again inside it: set it first, so that every model built in
+    # this process (the joint stage's, the benchmark's) reuses the first build's.
+    jax.set_mesh(parallel.make_mesh())
     root = tmp_path_factory.mktemp("cascade")
     det, wd = root / "detector", root / "cascade"
     det_args = [
@@ -149,7 +159,7 @@ def test_a_cascade_trains_evaluates_and_predicts(cascade_run, capsys, monkeypatc
     assert code == 0 and "detector landmarks detected" in out, err
 
     # With the detector replaced by ground truth, the cascade is the oracle path.
-    from lmjax.train import cascade_predict, sam_data, sam_decoder, sam_eval, sam_steps
+    from lmjax.train import cascade_predict, sam_data, sam_eval
     from lmjax.train.restore import read_config
     from lmjax.train.setup import load_splits
 
@@ -162,13 +172,12 @@ def test_a_cascade_trains_evaluates_and_predicts(cascade_run, capsys, monkeypatc
     )
     predictor = cascade_predict.predictor(wd)
     coords, conf, regions = predictor(test)
-    _, model, graphdef, state = sam_decoder.restore(wd)
-    _, weights_id = sam_data.build_sam(config, log=lambda _: None)
-    pset = sam_data.prompt_set(
-        test, config, sam_data.embedding_cache(config, tmp_path, weights_id), model, log=None
-    )
+    # The predictor's own SAM and decoder (the best checkpoint, as restore reads it),
+    # prompted as evaluation prompts: a fresh cache folder, its weights id a label.
+    cache = sam_data.embedding_cache(config, tmp_path, "oracle")
+    pset = sam_data.prompt_set(test, config, cache, predictor.model, log=None)
     oracle = sam_eval.predict_images(
-        sam_steps.make_predict_step(graphdef), state, pset, chunk=config.sam.eval_prompts,
+        predictor.predict, predictor.state, pset, chunk=config.sam.eval_prompts,
         prompts="oracle", fraction=0.0,
     )  # fmt: skip
     visible = np.stack([r.visible for r in test.records])
@@ -251,10 +260,10 @@ def joint_parts(tmp_path_factory):
         [
             *small,
             "model.score_threshold=0.0",
-            "model.backbone_options={'features': 4, 'num_levels': 3, 'upsample': 'resize'}",
+            "model.backbone_options={'features': 4, 'num_levels': 2, 'upsample': 'resize'}",
         ],
     )
-    sam_config = configs.load(CONFIG, [*small, "sam.prompts_per_image=6"])
+    sam_config = configs.load(CONFIG, [*small, *SAM_SMALL, "sam.prompts_per_image=6"])
     train, _, _ = load_splits(sam_config)
     lset = train.landmark_set
     det = build_state(det_config, lset.num_landmarks, lset, pretrained=False, log=lambda _: None)
