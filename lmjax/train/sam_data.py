@@ -107,8 +107,8 @@ def build_sam(config, *, log=print) -> tuple[Sam, str]:
                     f"{path}: converted for {mode} preprocessing (its sidecar "
                     f"{sidecar.name}), but sam.preprocess is {config.sam.preprocess!r}"
                 )
-        weights_id = file_sha256(path)
-        log(f"SAM weights {path} ({info['layout']} layout, sha256 {weights_id[:12]})")
+        wid = weights_id(config)
+        log(f"SAM weights {path} ({info['layout']} layout, sha256 {wid[:12]})")
     else:
         model = models.build_model(
             "sam",
@@ -117,13 +117,23 @@ def build_sam(config, *, log=print) -> tuple[Sam, str]:
             rngs=nnx.Rngs(config.train.seed),
             **options,
         )
-        blob = json.dumps([options, side, config.train.seed], sort_keys=True, default=str)
-        weights_id = "random:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+        wid = weights_id(config)
     if tuple(model.image_size) != (side, side):
         raise ValueError(
             f"the SAM weights take {model.image_size[0]} px input, data.input_size is {side}"
         )
-    return model, weights_id
+    return model, wid
+
+
+def weights_id(config) -> str:
+    """`build_sam`'s `weights_id` of `config`, without building or loading the model."""
+    path = config.model.pretrained
+    if path:
+        return file_sha256(path)
+    blob = json.dumps(
+        [model_options(config), input_side(config), config.train.seed], sort_keys=True, default=str
+    )
+    return "random:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def embedding_cache(config, workdir, weights_id: str) -> EmbeddingCache:

@@ -40,8 +40,10 @@ from lmjax.train.sam_data import (
     decoder_optimizer,
     decoder_state,
     embedding_cache,
+    input_side,
     prompt_set,
     restore,
+    weights_id,
 )
 from lmjax.train.setup import load_landmark_set, load_splits, save_landmark_set
 from lmjax.train.trainers import Trainer, lazy, register_trainer
@@ -58,6 +60,11 @@ def _check(config) -> None:
     sam_steps.check_losses(config.task.losses)
     if config.sam.prompts_per_image < 1:
         raise ValueError(f"sam.prompts_per_image must be >= 1, got {config.sam.prompts_per_image}")
+    # Checked here too, before the dataset is embedded (minutes for a ViT-B encoder).
+    frame, known = config.sam.loss_frame, ", ".join(sam_steps.FRAMES)
+    if frame not in sam_steps.FRAMES:
+        raise ValueError(f"unknown sam.loss_frame {frame!r}; known: {known}")
+    input_side(config)
 
 
 def validate(config, predict, state, pset, dataset, prompts=("jittered",)) -> dict[str, Any]:
@@ -216,8 +223,8 @@ def evaluate_workdir(
             f"the data's items ({', '.join(dataset.landmark_set.names[:4])}, ...) are not "
             f"the ones trained on ({', '.join(trained.names[:4])}, ...)"
         )
-    _, weights_id = build_sam(config, log=lambda _: None)
-    pset = prompt_set(dataset, config, cache_for(config, workdir, weights_id), model, log=log)
+    cache = cache_for(config, workdir, weights_id(config))
+    pset = prompt_set(dataset, config, cache, model, log=log)
     predict = sam_steps.make_predict_step(graphdef)
     prompts, extra = sam_eval.PROMPTS, {}
     described = {

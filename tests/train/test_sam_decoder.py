@@ -1,6 +1,7 @@
 """SAM decoder fine-tuning on cached embeddings: prompts, targets, scoring, the trainer."""
 
 import dataclasses
+import hashlib
 import json
 
 import jax
@@ -24,6 +25,10 @@ SMALL = [
     "train.batch_size=2",
     "sam.prompts_per_image=6",
     "train.tensorboard=False",
+    # A schedule that does not depend on train.steps: a resumed run with more steps
+    # then compiles the same train step (read from the compilation cache).
+    "optim.schedule=constant",
+    "optim.warmup_steps=0",
 ]
 
 
@@ -40,11 +45,17 @@ def train_args(workdir, *extra):
 
 
 @pytest.fixture(scope="module")
-def prompts(tmp_path_factory):
-    """`(config, dataset, model, PromptSet)` of the small phantom's training split."""
+def sam128():
+    """`(config, model, weights_id)` of the small config at 128 px."""
     config = small_config("data.input_size=(128, 128)")
+    return config, *sam_data.build_sam(config, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def prompts(sam128, tmp_path_factory):
+    """`(config, dataset, model, PromptSet)` of the small phantom's training split."""
+    config, model, weights_id = sam128
     train, _, _ = load_splits(config)
-    model, weights_id = sam_data.build_sam(config, log=lambda _: None)
     cache = sam_data.embedding_cache(config, tmp_path_factory.mktemp("wd"), weights_id)
     pset = sam_data.prompt_set(train, config, cache, model, log=lambda _: None)
     return config, train, model, pset
@@ -103,16 +114,15 @@ def _ground_truth_predict(pset):
     covers all items, so prompt p is item p.
     """
 
-    def predict(state, embeddings, boxes, valid):
-        del state
-        i = int(embeddings[0, 0, 0, 0])
-        b = pset.batch([i])
-        k = len(pset.kinds)
+    k, kinds = len(pset.kinds), sam_eval.kind_ids(pset.kinds)
+
+    @jax.jit  # one program for every image: eagerly, each op of item_masks compiles alone
+    def render(b, boxes):
         p = boxes.shape[1]
         # Coverage from 4 x 4 samples per pixel: the anti-aliased ground truth.
         n, side = 4, pset.side
         masks = item_masks(
-            (b["vertices"] + 0.5) * n - 0.5, b["vertex_valid"], sam_eval.kind_ids(pset.kinds),
+            (b["vertices"] + 0.5) * n - 0.5, b["vertex_valid"], kinds,
             shape=(side * n, side * n), radius=b["radius"][:, None] * n,
             width=b["width"][:, None] * n, visible=b["visible"],
         )  # fmt: skip
@@ -121,6 +131,12 @@ def _ground_truth_predict(pset):
         logits = jnp.moveaxis(jnp.log(cover) - jnp.log1p(-cover), -1, 1)
         logits = jnp.pad(logits, ((0, 0), (0, p - k), (0, 0), (0, 0)), constant_values=-10.0)
         return {"lowres": logits, "iou": jnp.ones((1, p)), **sam_steps.locate(logits, boxes)}
+
+    def predict(state, embeddings, boxes, valid):
+        del state, valid
+        b = pset.batch([int(embeddings[0, 0, 0, 0])])
+        return render({key: b[key] for key in ("vertices", "vertex_valid", "radius", "width",
+                                               "visible")}, boxes)  # fmt: skip
 
     return predict
 
@@ -163,7 +179,10 @@ def test_oracle_path_recovers_landmarks_and_regions(prompts):
 
 
 def test_a_tiny_decoder_learns_on_cached_embeddings(prompts):
-    """Soft Dice (1 - the squared-Dice loss) rises within 50 steps on 4 images."""
+    """Soft Dice (1 - the squared-Dice loss) rises within 30 steps on 4 images.
+
+    After 30 steps the loss is 0.77 (train.seed 0) and 0.76 (seed 1) of the first
+    steps', soft Dice up 0.19 and 0.16: both well clear of the thresholds."""
     config, _, model, pset = prompts
     config = configs.load(
         CONFIG,
@@ -179,7 +198,7 @@ def test_a_tiny_decoder_learns_on_cached_embeddings(prompts):
     )  # fmt: skip
     batch = pset.batch(np.arange(4))
     history = []
-    for _ in range(50):
+    for _ in range(30):
         state, m = step(state, batch)
         history.append((float(m["loss"]), 1.0 - float(m["loss_dice"])))
     first, last = np.mean(history[:5], axis=0), np.mean(history[-5:], axis=0)
@@ -261,6 +280,15 @@ def test_bad_configs_fail_in_one_line(tmp_path, capsys, override, message):
 
     code, _, err = run_cli(capsys, *train_args(tmp_path, override))
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_weights_id_is_build_sams_without_a_model(sam128, tmp_path):
+    config, _, built = sam128
+    assert sam_data.weights_id(config) == built
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not read as a model")
+    config = small_config(f"model.pretrained={weights}")
+    assert sam_data.weights_id(config) == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 def test_the_sam_task_needs_the_sam_model(tmp_path):
