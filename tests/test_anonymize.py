@@ -111,14 +111,14 @@ def test_batch_predict_goes_on_after_bad_files(workdir, tmp_path, capsys, monkey
     nan = np.ones((40, 30), np.float32)
     nan[5, 5] = np.nan
     tifffile.imwrite(folder / "e.tif", nan)  # refused when read, not later
-    real = predict_outputs.overlay
+    real = predict_outputs.draw_overlay
 
     def full_disk(grey, *args, **kw):
         if grey.shape == (80, 60):
             raise OSError(28, "No space left on device")
         return real(grey, *args, **kw)
 
-    monkeypatch.setattr(predict_outputs, "overlay", full_disk)
+    monkeypatch.setattr(predict_outputs, "draw_overlay", full_disk)
     out = tmp_path / "out"
     code, stdout, err = run_cli(
         capsys, "predict", f"--workdir={workdir}", f"--output_dir={out}", str(folder)
