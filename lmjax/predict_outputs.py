@@ -25,7 +25,7 @@ from lmjax.data.tabular import write_csv_rows
 from lmjax.data.types import LandmarkSet, Radiograph
 from lmjax.overlay import measurement_lines, segments_for
 from lmjax.overlay import overlay as draw_overlay
-from lmjax.predict_inputs import from_doc, relative
+from lmjax.predict_inputs import from_doc, output_extensions, relative
 
 # zlib level 1: a full-size cephalogram overlay encodes 4x faster than Pillow's default
 # 6 (0.24 vs 0.94 s) for 7 % more bytes; encoding was half of predict's time per image.
@@ -117,23 +117,25 @@ def write_outputs(
         drawn = {"radii_px": uncertainty.ellipse_px, "implausible": uncertainty.implausible}
     lines = measurement_lines(measured)
     drawn |= {"names": lset.names, "segments": segments_for(lset.names)}
-    exts = [".png"] * overlay + [".labelme.json", ".json"]  # the JSON last: it marks done
-    files = [out / f"{stem}{ext}" for ext in exts]
-    partial = [f.with_name(f".{f.name}.tmp") for f in files]
+    # The JSON is renamed last: its presence marks the others complete.
+    exts = [e for e in output_extensions(overlay) if e != ".json"] + [".json"]
+    files = {e: out / f"{stem}{e}" for e in exts}
+    partial = {e: f.with_name(f".{f.name}.tmp") for e, f in files.items()}
     try:
         if overlay:
             draw_overlay(grey, coords, lines, regions or (), **drawn).save(
-                partial[-3], format="PNG", compress_level=PNG_COMPRESS_LEVEL
+                partial[".png"], format="PNG", compress_level=PNG_COMPRESS_LEVEL
             )
         _write_review_labelme(
-            partial[-2], path, rad, grey, coords, conf, lset, regions, uncertainty,
-            image_path=alias or relative(path, target.parent), embed=alias is not None,
+            partial[".labelme.json"], path, rad, grey, coords, conf, lset, regions,
+            uncertainty, image_path=alias or relative(path, target.parent),
+            embed=alias is not None,
         )  # fmt: skip
-        partial[-1].write_text(json.dumps(doc, indent=2))
-        for tmp, final in zip(partial, files, strict=True):
-            os.replace(tmp, final)
+        partial[".json"].write_text(json.dumps(doc, indent=2))
+        for e in exts:
+            os.replace(partial[e], files[e])
     finally:
-        for tmp in partial:
+        for tmp in partial.values():
             tmp.unlink(missing_ok=True)
     return doc
 
